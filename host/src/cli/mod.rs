@@ -1,0 +1,76 @@
+//! The `legion` command line: parsing, and the glue from a command to the
+//! library. Commands print tables for people and, with `--output json`, JSON
+//! for scripts.
+
+mod output;
+mod toolchain;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::home::Home;
+use crate::plugin::{Limits, Runtime, Toolchains};
+use crate::store::Store;
+use crate::Error;
+
+/// Legion: train, package and serve models through toolchain plugins.
+#[derive(Debug, Parser)]
+#[command(name = "legion", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Data directory (state database, toolchains, compiled cache).
+    #[arg(long, global = true, env = "LEGION_HOME", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Readable tables.
+    Table,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register, inspect and try toolchain plugins.
+    #[command(subcommand)]
+    Toolchain(toolchain::ToolchainCommand),
+}
+
+impl Cli {
+    /// Runs the command.
+    pub async fn run(self) -> Result<(), Error> {
+        let home = Home::new(self.data_dir.clone().unwrap_or_else(Home::default_root));
+        match self.command {
+            Command::Toolchain(cmd) => {
+                let toolchains = open_toolchains(&home).await?;
+                let result = toolchain::run(cmd, &toolchains, self.output).await;
+                toolchains.store().close().await;
+                result
+            }
+        }
+    }
+}
+
+/// Opens the registry of `home` with the default limits and built-ins.
+pub async fn open_toolchains(home: &Home) -> Result<Toolchains, Error> {
+    let store = Store::open(&home.database()).await?;
+    let runtime = Runtime::new(Limits::default())?;
+    Ok(Toolchains::new(
+        runtime,
+        store,
+        home.clone(),
+        Toolchains::default_builtin_dir(),
+    ))
+}

@@ -1,0 +1,289 @@
+//! `legion toolchain …`: register, list, show, remove, and try a plugin's
+//! calls on a JSON request (the author's harness).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use clap::{Subcommand, ValueEnum};
+use serde::de::DeserializeOwned;
+
+use super::output;
+use super::Format;
+use crate::plan::{PackagingRequest, ServingRequest, TrainingRequest};
+use crate::plugin::registry::AddToolchain;
+use crate::plugin::{Interface, ToolchainRecord, Toolchains};
+use crate::Error;
+
+/// `legion toolchain` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ToolchainCommand {
+    /// Validate, compile and register a toolchain component.
+    Add {
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        path: PathBuf,
+        /// Name to register under (default: the name the toolchain gives itself).
+        #[arg(long)]
+        name: Option<String>,
+        /// Configuration the toolchain reads with `host.config` (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Replace a toolchain already registered under this name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List registered toolchains.
+    #[command(alias = "list")]
+    Ls,
+    /// Show one toolchain.
+    Show {
+        /// Toolchain name.
+        name: String,
+    },
+    /// Remove a toolchain.
+    #[command(alias = "remove")]
+    Rm {
+        /// Toolchain name.
+        name: String,
+    },
+    /// Run one of a toolchain's calls on a JSON request and print the result.
+    Plan {
+        /// Toolchain name.
+        name: String,
+        /// Request file (JSON; `-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        request: PathBuf,
+        /// Which call (default: `training` for trainers, else `packaging`).
+        #[arg(long, value_enum)]
+        call: Option<Call>,
+        /// Source folder preopened at /source for `training` (default: the
+        /// request's `source.uri` when it is a local folder).
+        #[arg(long, value_name = "DIR")]
+        source: Option<PathBuf>,
+        /// Output folder preopened at /output for `collect`.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// Model folder preopened at /model for `packaging`.
+        #[arg(long, value_name = "DIR")]
+        model_dir: Option<PathBuf>,
+    },
+}
+
+/// A plugin call the harness can make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Call {
+    /// `trainer.plan-training`.
+    Training,
+    /// `trainer.collect-training`.
+    Collect,
+    /// `packager.plan-packaging`.
+    Packaging,
+    /// `server.plan-serving`.
+    Serving,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got '{s}'")),
+    }
+}
+
+pub(super) async fn run(
+    cmd: ToolchainCommand,
+    toolchains: &Toolchains,
+    format: Format,
+) -> Result<(), Error> {
+    match cmd {
+        ToolchainCommand::Add {
+            path,
+            name,
+            config,
+            replace,
+        } => {
+            let config: BTreeMap<_, _> = config.into_iter().collect();
+            let row = toolchains
+                .add(&AddToolchain {
+                    path,
+                    name,
+                    config,
+                    replace,
+                })
+                .await?;
+            print_record(format, &row);
+        }
+        ToolchainCommand::Ls => {
+            let rows = toolchains.list().await?;
+            let table = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        r.info.version.clone(),
+                        r.interfaces.join(","),
+                        r.contract.clone(),
+                        short(&r.digest),
+                        if r.builtin { "builtin" } else { "" }.to_string(),
+                    ]
+                })
+                .collect();
+            output::table(
+                format,
+                &rows,
+                &["name", "version", "interfaces", "contract", "digest", ""],
+                table,
+            );
+        }
+        ToolchainCommand::Show { name } => {
+            let row = toolchains.get(&name).await?;
+            print_record(format, &row);
+        }
+        ToolchainCommand::Rm { name } => {
+            let row = toolchains.remove(&name).await?;
+            if format == Format::Json {
+                output::json(&row);
+            } else {
+                println!("removed toolchain '{}' ({})", row.name, row.digest);
+            }
+        }
+        ToolchainCommand::Plan {
+            name,
+            request,
+            call,
+            source,
+            output_dir,
+            model_dir,
+        } => {
+            let plugin = toolchains.load(&name).await?;
+            let call = call.unwrap_or(if plugin.interfaces().contains(&Interface::Trainer) {
+                Call::Training
+            } else {
+                Call::Packaging
+            });
+            // Plugin calls are synchronous and may take up to the deadline;
+            // keep them off the async runtime's worker.
+            tokio::task::block_in_place(|| -> Result<(), Error> {
+                match call {
+                    Call::Training => {
+                        let req: TrainingRequest = read_request(&request)?;
+                        let dir = source.or_else(|| local_source(&req)).ok_or_else(|| Error::InvalidArgument {
+                            field: "--source".into(),
+                            message: "plan-training preopens the source folder: pass --source DIR or set source.uri to a local folder".into(),
+                        })?;
+                        existing_dir("--source", &dir)?;
+                        output::json(&plugin.plan_training(&req, &dir)?);
+                        Ok(())
+                    }
+                    Call::Collect => {
+                        let req: TrainingRequest = read_request(&request)?;
+                        let dir = output_dir.ok_or_else(|| {
+                            required(
+                                "--output-dir",
+                                "collect-training preopens the run's output folder",
+                            )
+                        })?;
+                        existing_dir("--output-dir", &dir)?;
+                        output::json(&plugin.collect_training(&req, &dir)?);
+                        Ok(())
+                    }
+                    Call::Packaging => {
+                        let req: PackagingRequest = read_request(&request)?;
+                        let dir = model_dir.ok_or_else(|| {
+                            required("--model-dir", "plan-packaging preopens the model's folder")
+                        })?;
+                        existing_dir("--model-dir", &dir)?;
+                        output::json(&plugin.plan_packaging(&req, &dir)?);
+                        Ok(())
+                    }
+                    Call::Serving => {
+                        let req: ServingRequest = read_request(&request)?;
+                        output::json(&plugin.plan_serving(&req)?);
+                        Ok(())
+                    }
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn required(flag: &str, why: &str) -> Error {
+    Error::InvalidArgument {
+        field: flag.to_string(),
+        message: format!("required: {why}"),
+    }
+}
+
+fn existing_dir(flag: &str, dir: &Path) -> Result<(), Error> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            field: flag.to_string(),
+            message: format!("{} is not a folder", dir.display()),
+        })
+    }
+}
+
+fn local_source(req: &TrainingRequest) -> Option<PathBuf> {
+    let uri = req
+        .source
+        .uri
+        .strip_prefix("file://")
+        .unwrap_or(&req.source.uri);
+    let path = PathBuf::from(uri);
+    (!uri.is_empty() && path.is_dir()).then_some(path)
+}
+
+/// Reads a JSON request, naming the file and the field path on error.
+pub fn read_request<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let file = path.display().to_string();
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| Error::io(path, e))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
+    };
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if field == "." {
+            inner.to_string()
+        } else {
+            format!("field `{field}`: {inner}")
+        };
+        Error::InvalidRequest { file, message }
+    })
+}
+
+fn short(digest: &str) -> String {
+    digest.chars().take("sha256:".len() + 12).collect()
+}
+
+fn print_record(format: Format, r: &ToolchainRecord) {
+    let mut pairs = vec![
+        ("name", r.name.clone()),
+        ("digest", r.digest.clone()),
+        ("interfaces", r.interfaces.join(", ")),
+        ("contract", r.contract.clone()),
+        ("version", r.info.version.clone()),
+        ("description", r.info.description.clone()),
+        ("default image", r.info.default_image.clone()),
+        ("size", format!("{} bytes", r.size)),
+        ("builtin", r.builtin.to_string()),
+    ];
+    for (k, v) in &r.config {
+        pairs.push(("config", format!("{k}={v}")));
+    }
+    for p in &r.info.parameters {
+        let default = p
+            .default
+            .as_deref()
+            .map(|d| format!(" (default {d})"))
+            .unwrap_or_default();
+        pairs.push((
+            "parameter",
+            format!("{} <{}>{default}: {}", p.name, p.kind, p.description),
+        ));
+    }
+    output::fields(format, r, pairs);
+}

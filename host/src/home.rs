@@ -1,0 +1,45 @@
+//! The data directory (`--data-dir`, `LEGION_HOME`, default `~/.legion`) and
+//! where each kind of state lives in it.
+
+use std::path::{Path, PathBuf};
+
+/// Layout of a Legion data directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// The data directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Home { root: root.into() }
+    }
+
+    /// `$HOME/.legion`, or `./.legion` when `HOME` is unset.
+    pub fn default_root() -> PathBuf {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".legion")
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The SQLite state database.
+    pub fn database(&self) -> PathBuf {
+        self.root.join("legion.db")
+    }
+
+    /// Registered toolchain components, by sha256.
+    pub fn toolchain_blobs(&self) -> PathBuf {
+        self.root.join("toolchains").join("sha256")
+    }
+
+    /// Compiled components.
+    pub fn component_cache(&self) -> PathBuf {
+        self.root.join("cache").join("components")
+    }
+}

@@ -1,0 +1,379 @@
+//! Registered toolchains: name -> pinned sha256 -> compiled component.
+//!
+//! Registration validates everything before writing anything: the file is a
+//! component, it exports a contract interface of a supported version, it
+//! links against the host, and its `describe` answers within the sandbox.
+//! Only then are the wasm (content-addressed), its compiled code and the
+//! database row written, in that order; a failure removes what it wrote.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+
+use super::cache::ComponentCache;
+use super::call::Plugin;
+use super::engine::Runtime;
+use super::inspect::{binary_kind, BinaryKind};
+use crate::home::Home;
+use crate::store::{Store, ToolchainRow};
+use crate::Error;
+
+/// A registered toolchain (the stored row).
+pub type ToolchainRecord = ToolchainRow;
+
+/// The toolchains shipped with Legion, registered on first use from the
+/// built-in plugin folder.
+pub const BUILTIN_TOOLCHAINS: &[&str] = &["python", "mlflow", "docker-rest"];
+
+/// Largest wasm file accepted.
+const MAX_WASM_BYTES: usize = 64 << 20;
+
+/// What `legion toolchain add` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct AddToolchain {
+    /// The `.wasm` file.
+    pub path: PathBuf,
+    /// Name to register under; default: what the toolchain calls itself.
+    pub name: Option<String>,
+    /// Admin configuration (`--config KEY=VALUE`).
+    pub config: BTreeMap<String, String>,
+    /// Replace a toolchain of the same name.
+    pub replace: bool,
+}
+
+/// The toolchain registry of one data directory.
+pub struct Toolchains {
+    runtime: Runtime,
+    store: Store,
+    home: Home,
+    cache: ComponentCache,
+    builtin_dir: Option<PathBuf>,
+    loaded: Mutex<BTreeMap<String, Plugin>>,
+}
+
+impl Toolchains {
+    /// The registry over `store` in `home`, with built-ins from `builtin_dir`.
+    pub fn new(runtime: Runtime, store: Store, home: Home, builtin_dir: Option<PathBuf>) -> Self {
+        let cache = ComponentCache::new(home.component_cache());
+        Toolchains {
+            runtime,
+            store,
+            home,
+            cache,
+            builtin_dir,
+            loaded: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The folder holding the built-in plugins: `LEGION_PLUGIN_DIR`, else
+    /// `plugins/` beside the `legion` binary or one level up (the layout
+    /// `scripts/build-plugins.sh` produces under the cargo target folder).
+    pub fn default_builtin_dir() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("LEGION_PLUGIN_DIR") {
+            return Some(PathBuf::from(dir));
+        }
+        let exe = std::env::current_exe().ok()?;
+        let bin_dir = exe.parent()?;
+        [bin_dir.join("plugins"), bin_dir.parent()?.join("plugins")]
+            .into_iter()
+            .find(|d| d.is_dir())
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Registers a toolchain from a file.
+    pub async fn add(&self, req: &AddToolchain) -> Result<ToolchainRecord, Error> {
+        let display = req.path.display().to_string();
+        let bytes = std::fs::read(&req.path).map_err(|e| Error::io(&req.path, e))?;
+        if bytes.len() > MAX_WASM_BYTES {
+            return Err(Error::InvalidArgument {
+                field: display,
+                message: format!(
+                    "{} bytes is more than the {} MiB a toolchain may be",
+                    bytes.len(),
+                    MAX_WASM_BYTES >> 20
+                ),
+            });
+        }
+        self.register(
+            &bytes,
+            &display,
+            req.name.as_deref(),
+            req.config.clone(),
+            req.replace,
+            false,
+        )
+        .await
+    }
+
+    async fn register(
+        &self,
+        bytes: &[u8],
+        file: &str,
+        name: Option<&str>,
+        config: BTreeMap<String, String>,
+        replace: bool,
+        builtin: bool,
+    ) -> Result<ToolchainRecord, Error> {
+        if binary_kind(bytes, file)? == BinaryKind::CoreModule {
+            return Err(Error::CoreModule {
+                file: file.to_string(),
+            });
+        }
+        let hex = hex::encode(Sha256::digest(bytes));
+        let digest = format!("sha256:{hex}");
+        let label = name.map(str::to_string).unwrap_or_else(|| file_stem(file));
+        let component =
+            Component::new(self.runtime.engine(), bytes).map_err(|e| Error::Compile {
+                toolchain: label.clone(),
+                message: format!("{e:#}"),
+            })?;
+        let plugin = Plugin::new(&self.runtime, &label, &component, config.clone())?;
+        let info = plugin.describe()?;
+        let name = match name {
+            Some(n) => n.to_string(),
+            None if !info.name.is_empty() => info.name.clone(),
+            None => label,
+        };
+        validate_name(&name)?;
+
+        if let Some(existing) = self.store.get_toolchain(&name).await? {
+            if !replace {
+                return Err(Error::AlreadyRegistered {
+                    name,
+                    digest: existing.digest,
+                });
+            }
+        }
+
+        let blob = self.blob_path(&hex);
+        let wrote_blob = !blob.is_file();
+        if wrote_blob {
+            crate::fsutil::write_atomic(&blob, bytes)?;
+        }
+        let cached = self.cache.path(&self.runtime, &hex);
+        let wrote_cache = !cached.is_file();
+        let row = ToolchainRow {
+            name: name.clone(),
+            digest: digest.clone(),
+            interfaces: plugin
+                .interfaces()
+                .iter()
+                .map(|i| i.as_str().to_string())
+                .collect(),
+            contract: plugin.contract().to_string(),
+            info,
+            config,
+            builtin,
+            size: bytes.len() as u64,
+            added_at: unix_now(),
+        };
+        let written = async {
+            if wrote_cache {
+                let code = component.serialize().map_err(|e| Error::Compile {
+                    toolchain: name.clone(),
+                    message: format!("{e:#}"),
+                })?;
+                crate::fsutil::write_atomic(&cached, &code)?;
+            }
+            if !self.store.put_toolchain(&row, replace).await? {
+                return Err(Error::AlreadyRegistered {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                });
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            // Undo only what this call created and nothing else pins.
+            if self.store.toolchains_using(&digest).await.unwrap_or(1) == 0 {
+                if wrote_blob {
+                    let _ = std::fs::remove_file(&blob);
+                }
+                if wrote_cache {
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+            return Err(e);
+        }
+        self.forget(&name);
+        tracing::debug!(toolchain = %name, %digest, "registered");
+        Ok(row)
+    }
+
+    /// All toolchains, registering the built-ins first if needed.
+    pub async fn list(&self) -> Result<Vec<ToolchainRecord>, Error> {
+        self.ensure_builtins().await?;
+        self.store.list_toolchains().await
+    }
+
+    /// The toolchain `name`, registering it first if it is a built-in.
+    pub async fn get(&self, name: &str) -> Result<ToolchainRecord, Error> {
+        if let Some(row) = self.store.get_toolchain(name).await? {
+            return Ok(row);
+        }
+        if BUILTIN_TOOLCHAINS.contains(&name) {
+            self.ensure_builtins().await?;
+            if let Some(row) = self.store.get_toolchain(name).await? {
+                return Ok(row);
+            }
+        }
+        Err(self.unknown(name).await)
+    }
+
+    async fn unknown(&self, name: &str) -> Error {
+        let known = match self.store.list_toolchains().await {
+            Ok(rows) if !rows.is_empty() => rows
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "none".to_string(),
+        };
+        Error::UnknownToolchain {
+            name: name.to_string(),
+            known,
+        }
+    }
+
+    /// Removes the toolchain `name`, and its wasm and compiled code when no
+    /// other toolchain pins the same digest.
+    pub async fn remove(&self, name: &str) -> Result<ToolchainRecord, Error> {
+        let Some(row) = self.store.get_toolchain(name).await? else {
+            return Err(self.unknown(name).await);
+        };
+        self.store.delete_toolchain(name).await?;
+        self.forget(name);
+        if self.store.toolchains_using(&row.digest).await? == 0 {
+            let hex = row.digest.trim_start_matches("sha256:");
+            let _ = std::fs::remove_file(self.blob_path(hex));
+            self.cache.remove(&self.runtime, hex);
+        }
+        Ok(row)
+    }
+
+    /// The plugin for `name`, ready to call: from memory, else from the
+    /// compiled cache, else compiled from the pinned wasm.
+    pub async fn load(&self, name: &str) -> Result<Plugin, Error> {
+        if let Some(p) = self.lock().get(name) {
+            return Ok(p.clone());
+        }
+        let row = self.get(name).await?;
+        let plugin = self.load_row(&row)?;
+        self.lock().insert(name.to_string(), plugin.clone());
+        Ok(plugin)
+    }
+
+    /// Loads a stored toolchain's component (no database access).
+    pub fn load_row(&self, row: &ToolchainRecord) -> Result<Plugin, Error> {
+        let hex = row.digest.trim_start_matches("sha256:");
+        let (component, _) =
+            self.cache
+                .load(&self.runtime, &row.name, hex, &self.blob_path(hex))?;
+        Plugin::new(&self.runtime, &row.name, &component, row.config.clone())
+    }
+
+    /// Registers each built-in plugin found in the built-in folder that is
+    /// missing, and re-registers a built-in whose file changed (a newer
+    /// Legion). A toolchain the admin registered under a built-in's name is
+    /// left alone.
+    pub async fn ensure_builtins(&self) -> Result<(), Error> {
+        let Some(dir) = &self.builtin_dir else {
+            return Ok(());
+        };
+        for name in BUILTIN_TOOLCHAINS {
+            let path = dir.join(format!("{name}.wasm"));
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let existing = self.store.get_toolchain(name).await?;
+            let replace = match &existing {
+                None => false,
+                Some(row)
+                    if row.builtin
+                        && row.digest
+                            != format!("sha256:{}", hex::encode(Sha256::digest(&bytes))) =>
+                {
+                    true
+                }
+                Some(_) => continue,
+            };
+            let config = existing.map(|r| r.config).unwrap_or_default();
+            match self
+                .register(
+                    &bytes,
+                    &path.display().to_string(),
+                    Some(name),
+                    config,
+                    replace,
+                    true,
+                )
+                .await
+            {
+                Ok(_) | Err(Error::AlreadyRegistered { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn blob_path(&self, hex: &str) -> PathBuf {
+        self.home.toolchain_blobs().join(format!("{hex}.wasm"))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Plugin>> {
+        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+}
+
+/// Shared handle, for servers that call plugins from many tasks.
+pub type SharedToolchains = Arc<Toolchains>;
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+        })
+    }
+}
+
+fn file_stem(file: &str) -> String {
+    Path::new(file)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,102 @@
+//! Legion's state: toolchains now, runs and logs with the training issue.
+//!
+//! SQLite in the data directory is the embedded default. Every write is a
+//! single statement or a transaction, committed before the command reports
+//! success, so what the user was told is what is on disk.
+
+mod toolchains;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+pub use toolchains::ToolchainRow;
+
+use crate::Error;
+
+/// Schema, applied in order; the index of the last applied statement is
+/// kept in SQLite's `user_version`.
+const MIGRATIONS: &[&str] = &["CREATE TABLE toolchains (
+        name        TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL,
+        interfaces  TEXT NOT NULL,
+        contract    TEXT NOT NULL,
+        info        TEXT NOT NULL,
+        config      TEXT NOT NULL,
+        builtin     INTEGER NOT NULL,
+        size        INTEGER NOT NULL,
+        added_at    INTEGER NOT NULL
+    )"];
+
+/// The state database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and brings
+    /// its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let db_err = |e: sqlx::Error| Error::Database {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(db_err)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db_err)?;
+        let store = Store {
+            pool,
+            path: path.to_path_buf(),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            sqlx::query(sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+            sqlx::query(&format!("PRAGMA user_version = {}", i + 1))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    pub(crate) fn err(&self, e: sqlx::Error) -> Error {
+        Error::Database {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Closes the pool, flushing the WAL.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,128 @@
+//! The `toolchains` table: name -> pinned digest, exports, config.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::Store;
+use crate::plan::ToolchainInfo;
+use crate::Error;
+
+/// A registered toolchain as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolchainRow {
+    /// Registered name.
+    pub name: String,
+    /// Pinned digest, `sha256:<hex>`.
+    pub digest: String,
+    /// Exported interfaces.
+    pub interfaces: Vec<String>,
+    /// Contract version, e.g. `legion:toolchain@0.1.0`.
+    pub contract: String,
+    /// What the toolchain said about itself at registration.
+    pub info: ToolchainInfo,
+    /// Admin configuration.
+    pub config: BTreeMap<String, String>,
+    /// Registered automatically from the built-in plugins.
+    pub builtin: bool,
+    /// Size of the wasm in bytes.
+    pub size: u64,
+    /// Registration time, seconds since the Unix epoch.
+    pub added_at: i64,
+}
+
+impl Store {
+    /// Inserts `row`, replacing a toolchain of the same name when `replace`.
+    /// Returns `false` (and writes nothing) if the name exists and not `replace`.
+    pub async fn put_toolchain(&self, row: &ToolchainRow, replace: bool) -> Result<bool, Error> {
+        let verb = if replace {
+            "INSERT OR REPLACE"
+        } else {
+            "INSERT OR IGNORE"
+        };
+        let info = serde_json::to_string(&row.info).map_err(|e| Error::Engine(e.to_string()))?;
+        let config =
+            serde_json::to_string(&row.config).map_err(|e| Error::Engine(e.to_string()))?;
+        let done = sqlx::query(&format!(
+            "{verb} INTO toolchains (name, digest, interfaces, contract, info, config, builtin, size, added_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&row.name)
+        .bind(&row.digest)
+        .bind(row.interfaces.join(","))
+        .bind(&row.contract)
+        .bind(info)
+        .bind(config)
+        .bind(row.builtin)
+        .bind(row.size as i64)
+        .bind(row.added_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The toolchain named `name`.
+    pub async fn get_toolchain(&self, name: &str) -> Result<Option<ToolchainRow>, Error> {
+        let row = sqlx::query("SELECT * FROM toolchains WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| self.decode(r)).transpose()
+    }
+
+    /// All toolchains, by name.
+    pub async fn list_toolchains(&self) -> Result<Vec<ToolchainRow>, Error> {
+        let rows = sqlx::query("SELECT * FROM toolchains ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.into_iter().map(|r| self.decode(r)).collect()
+    }
+
+    /// Deletes the toolchain `name`; returns whether it existed.
+    pub async fn delete_toolchain(&self, name: &str) -> Result<bool, Error> {
+        let done = sqlx::query("DELETE FROM toolchains WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// How many toolchains pin `digest`.
+    pub async fn toolchains_using(&self, digest: &str) -> Result<i64, Error> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM toolchains WHERE digest = ?")
+            .bind(digest)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    fn decode(&self, r: sqlx::sqlite::SqliteRow) -> Result<ToolchainRow, Error> {
+        let corrupt = |field: &str, e: String| Error::Database {
+            path: self.path.clone(),
+            message: format!("toolchains.{field}: {e}"),
+        };
+        let interfaces: String = r.try_get("interfaces").map_err(|e| self.err(e))?;
+        let info: String = r.try_get("info").map_err(|e| self.err(e))?;
+        let config: String = r.try_get("config").map_err(|e| self.err(e))?;
+        Ok(ToolchainRow {
+            name: r.try_get("name").map_err(|e| self.err(e))?,
+            digest: r.try_get("digest").map_err(|e| self.err(e))?,
+            interfaces: interfaces
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            contract: r.try_get("contract").map_err(|e| self.err(e))?,
+            info: serde_json::from_str(&info).map_err(|e| corrupt("info", e.to_string()))?,
+            config: serde_json::from_str(&config).map_err(|e| corrupt("config", e.to_string()))?,
+            builtin: r.try_get("builtin").map_err(|e| self.err(e))?,
+            size: r.try_get::<i64, _>("size").map_err(|e| self.err(e))? as u64,
+            added_at: r.try_get("added_at").map_err(|e| self.err(e))?,
+        })
+    }
+}

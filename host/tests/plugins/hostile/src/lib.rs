@@ -1,0 +1,84 @@
+//! A plugin that misbehaves on purpose, for the host's sandbox tests. The
+//! behaviour is chosen by the request's entrypoint.
+
+use legion_sdk::*;
+
+struct Hostile;
+
+impl Trainer for Hostile {
+    fn describe() -> ToolchainInfo {
+        ToolchainInfo::new("hostile", "0.0.0", "misbehaves on purpose")
+    }
+
+    fn plan_training(request: TrainingRequest) -> Result<Plan, ToolchainError> {
+        let what = request.entrypoint.clone().unwrap_or_default();
+        match what.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "panic" => panic!("hostile plugin panicked on purpose"),
+            "huge" => {
+                // 8 MiB of arguments: fits the memory cap, breaks the result cap.
+                let big = "x".repeat(1 << 20);
+                let step = Step::new("huge", "img").args((0..8).map(|_| big.clone()));
+                Ok(Plan::new().step(step))
+            }
+            "spam" => {
+                // Far more stdout than the host keeps; must not trap.
+                for i in 0..200_000 {
+                    println!("line {i}");
+                }
+                Ok(Plan::new().step(Step::new("spam", "img")))
+            }
+            "read-file" => {
+                let path = request
+                    .args
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "/etc/passwd".into());
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Ok(Plan::new().step(Step::new("leaked", "img").arg(text))),
+                    Err(e) => Err(ToolchainError::other(format!("open {path}: {e}"))),
+                }
+            }
+            "write-source" => match std::fs::write(format!("{SOURCE_DIR}/planted"), "x") {
+                Ok(()) => Ok(Plan::new().step(Step::new("wrote", "img"))),
+                Err(e) => Err(ToolchainError::other(format!(
+                    "write {SOURCE_DIR}/planted: {e}"
+                ))),
+            },
+            "connect" => {
+                let addr = request.args.first().cloned().unwrap_or_default();
+                match std::net::TcpStream::connect(addr.as_str()) {
+                    Ok(_) => Ok(Plan::new().step(Step::new("connected", "img"))),
+                    Err(e) => Err(ToolchainError::other(format!("connect {addr}: {e}"))),
+                }
+            }
+            "env" => Ok(Plan::new().step(
+                Step::new("env", "img").args(std::env::vars().map(|(k, v)| format!("{k}={v}"))),
+            )),
+            "echo" => {
+                host::info("echo called");
+                println!("stdout from echo");
+                eprintln!("stderr from echo");
+                let greeting = host::config("greeting").unwrap_or_else(|| "unset".into());
+                Ok(Plan::new().step(Step::new("echo", "img").arg(greeting).args(request.args)))
+            }
+            other => Err(ToolchainError::invalid(format!(
+                "entrypoint: unknown behaviour {other:?}"
+            ))),
+        }
+    }
+}
+
+export_toolchain!(Hostile);
