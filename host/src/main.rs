@@ -1,5 +1,7 @@
 //! The `legion` binary: parse, run, report. Everything else is in the library.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 

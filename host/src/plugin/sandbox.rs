@@ -189,7 +189,12 @@ impl CapturedOutput {
     pub fn lines(&self) -> (Vec<String>, usize) {
         let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let text = String::from_utf8_lossy(&c.bytes);
-        (text.lines().map(str::to_string).collect(), c.dropped)
+        let lines = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect();
+        (lines, c.dropped)
     }
 }
 

@@ -1,0 +1,125 @@
+//! Helpers shared by the integration tests: where the plugins built by
+//! `scripts/build-plugins.sh` are, and a `legion` command on a fresh data dir.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `legion` binary under test.
+pub fn legion_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_legion"))
+}
+
+/// `$CARGO_TARGET_DIR/plugins`, filled by `scripts/build-plugins.sh`.
+pub fn plugin_dir() -> PathBuf {
+    let dir = legion_bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("plugins"))
+        .expect("target dir");
+    assert!(
+        dir.join("hostile.wasm").is_file(),
+        "plugins missing in {}: run scripts/build-plugins.sh first",
+        dir.display()
+    );
+    dir
+}
+
+/// Path of a built plugin, e.g. `plugin("hostile")`.
+pub fn plugin(name: &str) -> PathBuf {
+    plugin_dir().join(format!("{name}.wasm"))
+}
+
+/// A fresh data dir and a way to run `legion` on it.
+pub struct Legion {
+    pub home: tempfile::TempDir,
+}
+
+impl Legion {
+    pub fn new() -> Self {
+        Legion {
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(legion_bin());
+        c.env("LEGION_HOME", self.home.path())
+            .env("LEGION_PLUGIN_DIR", plugin_dir())
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// Runs `legion ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run legion")
+    }
+
+    /// Runs `legion ARGS`, asserting success, and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "legion {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `legion ARGS`, asserting failure, and returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "legion {args:?} should have failed:\nstdout: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Runs `legion -o json ARGS` and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("json output")
+    }
+
+    /// Every file under the data dir, relative, sorted, except SQLite's
+    /// journal files: to prove a failed command wrote nothing.
+    pub fn files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(self.home.path(), self.home.path(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if p.is_dir() {
+            walk(root, &p, out);
+        } else if name.ends_with("-wal") || name.ends_with("-shm") {
+            // SQLite's own journal files come and go with each connection.
+        } else {
+            out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+        }
+    }
+}
+
+/// Writes `text` to a file in a new temp dir and returns both.
+pub fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).expect("write");
+    (dir, path)
+}

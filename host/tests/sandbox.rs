@@ -1,0 +1,291 @@
+//! Hostile plugins against the sandbox: each misbehaviour yields a clear
+//! error naming the toolchain and the limit, and the same plugin then serves
+//! a normal call.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use legion::plan::TrainingRequest;
+use legion::plugin::{Limits, Plugin, Runtime};
+use legion::Error;
+use wasmtime::component::Component;
+
+fn limits() -> Limits {
+    // A short deadline keeps the endless-loop test quick; the other limits
+    // are the defaults.
+    Limits {
+        deadline: Duration::from_millis(300),
+        ..Limits::default()
+    }
+}
+
+fn hostile_with(limits: Limits, config: &[(&str, &str)]) -> Plugin {
+    let runtime = Runtime::new(limits).expect("runtime");
+    let component =
+        Component::from_file(runtime.engine(), common::plugin("hostile")).expect("compile hostile");
+    let config: BTreeMap<String, String> = config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Plugin::new(&runtime, "hostile", &component, config).expect("link hostile")
+}
+
+fn hostile() -> Plugin {
+    hostile_with(limits(), &[("greeting", "hi")])
+}
+
+fn request(behaviour: &str, args: &[&str]) -> TrainingRequest {
+    TrainingRequest {
+        entrypoint: Some(behaviour.to_string()),
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..TrainingRequest::default()
+    }
+}
+
+fn plan(
+    p: &Plugin,
+    behaviour: &str,
+    args: &[&str],
+    source: &Path,
+) -> Result<legion::plan::Plan, Error> {
+    p.plan_training(&request(behaviour, args), source)
+}
+
+/// The plugin still answers a normal call, with its configuration.
+fn still_serves(p: &Plugin, source: &Path) {
+    let plan = plan(p, "echo", &["after"], source).expect("normal call after a hostile one");
+    assert_eq!(plan.steps[0].args, ["hi", "after"]);
+}
+
+#[test]
+fn endless_loop_hits_the_deadline() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let err = plan(&p, "loop", &[], src.path()).unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::Deadline { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "toolchain 'hostile' plan-training: deadline of 300 ms exceeded; the call was stopped"
+    );
+    // Stopped by the deadline, not by something slower.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn default_deadline_is_two_seconds() {
+    let p = hostile_with(Limits::default(), &[("greeting", "hi")]);
+    let src = tempfile::tempdir().unwrap();
+    let err = plan(&p, "loop", &[], src.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("deadline of 2000 ms exceeded"),
+        "{err}"
+    );
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_cap() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    let err = plan(&p, "alloc", &[], src.path()).unwrap_err();
+    assert!(
+        matches!(err, Error::MemoryCap { limit, .. } if limit == 64 << 20),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "toolchain 'hostile' plan-training: memory cap of 64 MiB exceeded; the call was stopped"
+    );
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn smaller_memory_cap_is_enforced() {
+    let p = hostile_with(
+        Limits {
+            memory_bytes: 8 << 20,
+            ..limits()
+        },
+        &[("greeting", "hi")],
+    );
+    let src = tempfile::tempdir().unwrap();
+    let err = plan(&p, "alloc", &[], src.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("memory cap of 8 MiB exceeded"),
+        "{err}"
+    );
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn panic_is_a_crash_with_the_panic_message() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    let err = plan(&p, "panic", &[], src.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Trap { .. }), "{err:?}");
+    assert!(
+        text.starts_with("toolchain 'hostile' plan-training crashed:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("hostile plugin panicked on purpose"),
+        "the plugin's stderr is shown: {text}"
+    );
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn oversized_result_is_refused() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    let err = plan(&p, "huge", &[], src.path()).unwrap_err();
+    match &err {
+        Error::ResultTooLarge {
+            toolchain,
+            size,
+            limit,
+            ..
+        } => {
+            assert_eq!(toolchain, "hostile");
+            assert_eq!(*limit, 1 << 20);
+            assert!(*size > 8 << 20, "{size}");
+        }
+        other => panic!("expected ResultTooLarge, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("exceeds the cap of 1048576 bytes"),
+        "{err}"
+    );
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn flood_of_stdout_is_capped_without_trapping() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    let plan = plan(&p, "spam", &[], src.path()).expect("a chatty plugin still succeeds");
+    assert_eq!(plan.steps[0].name, "spam");
+}
+
+#[test]
+fn files_outside_the_preopens_cannot_be_read() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(src.path().join("visible.txt"), "inside").unwrap();
+    // The source itself is readable.
+    let ok =
+        plan(&p, "read-file", &["/source/visible.txt"], src.path()).expect("source is readable");
+    assert_eq!(ok.steps[0].args, ["inside"]);
+    // Nothing else is: absolute host paths, and escapes from the preopen.
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "secret").unwrap();
+    let escape = format!("/source/../{}", secret.strip_prefix("/").unwrap().display());
+    for path in [
+        "/etc/passwd",
+        secret.to_str().unwrap(),
+        escape.as_str(),
+        "/source/../../etc/passwd",
+    ] {
+        let err = plan(&p, "read-file", &[path], src.path()).unwrap_err();
+        match &err {
+            Error::Toolchain {
+                toolchain, error, ..
+            } => {
+                assert_eq!(toolchain, "hostile");
+                assert!(
+                    error.to_string().contains(&format!("open {path}")),
+                    "{error}"
+                );
+            }
+            other => panic!("reading {path} should fail inside the plugin, got {other:?}"),
+        }
+    }
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn source_is_read_only() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    let err = plan(&p, "write-source", &[], src.path()).unwrap_err();
+    assert!(err.to_string().contains("write /source/planted"), "{err}");
+    assert!(
+        !src.path().join("planted").exists(),
+        "the plugin wrote into the source"
+    );
+}
+
+#[test]
+fn sockets_are_refused() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let err = plan(&p, "connect", &[&addr], src.path()).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("connect {addr}")),
+        "{err}"
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the plugin reached the listener: {other:?}"),
+    }
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn environment_is_empty() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    std::env::var("PATH").expect("the host has an environment");
+    let plan = plan(&p, "env", &[], src.path()).unwrap();
+    assert!(
+        plan.steps[0].args.is_empty(),
+        "plugin saw {:?}",
+        plan.steps[0].args
+    );
+}
+
+#[test]
+fn calls_are_isolated_from_each_other() {
+    // Each call gets a fresh store: memory grown by one call is not there
+    // for the next, so many bombs in a row each fail on the cap alone.
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    for _ in 0..5 {
+        let err = plan(&p, "alloc", &[], src.path()).unwrap_err();
+        assert!(matches!(err, Error::MemoryCap { .. }), "{err:?}");
+    }
+    still_serves(&p, src.path());
+}
+
+#[test]
+fn concurrent_calls_each_get_their_own_sandbox() {
+    let p = hostile();
+    let src = tempfile::tempdir().unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let p = p.clone();
+                let dir = src.path().to_path_buf();
+                s.spawn(move || {
+                    let arg = format!("t{i}");
+                    let plan = plan(&p, "echo", &[&arg], &dir).unwrap();
+                    assert_eq!(plan.steps[0].args, ["hi", arg.as_str()]);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
