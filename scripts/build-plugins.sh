@@ -3,7 +3,9 @@
 # the test plugins) for wasm32-wasip2 and copies them to $TARGET/plugins/,
 # where the `legion` binary and the tests look for them.
 #
-# Each plugin is built by its own cargo invocation: legion-sdk's features pick
+# `scripts/build-plugins.sh --clippy` lints each plugin instead of building it.
+#
+# Each plugin is built (and linted) by its own cargo invocation: legion-sdk's features pick
 # the world a plugin exports, and building plugins together would unify those
 # features across them.
 set -euo pipefail
@@ -19,6 +21,13 @@ plugins=(
   legion-test-hostile
   legion-test-future-contract
 )
+if [ "${1:-}" = "--clippy" ]; then
+  for p in "${plugins[@]}"; do
+    cargo clippy --quiet --profile wasm --target wasm32-wasip2 -p "$p" -- -D warnings
+  done
+  exit 0
+fi
+
 out="$CARGO_TARGET_DIR/plugins"
 mkdir -p "$out"
 for p in "${plugins[@]}"; do

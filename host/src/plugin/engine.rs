@@ -20,6 +20,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// pooling allocator reserves address space for this many up front.
 const MAX_CONCURRENT_INSTANCES: u32 = 128;
 
+/// Bytes of each memory and table kept resident between instances.
+const KEEP_RESIDENT: usize = 512 << 10;
+
 /// The engine, the linker with the host's imports, and the call limits.
 /// Cheap to clone; the epoch ticker stops when the last clone is dropped.
 #[derive(Clone)]
@@ -53,6 +56,12 @@ impl Runtime {
             .max_memories_per_component(4)
             .total_tables(n * 8)
             .max_tables_per_component(32)
+            // Reset a freed instance's first 512 KiB of memory and tables
+            // with memset instead of madvise: no TLB shootdown, and no page
+            // faults when the next call touches them again. Measured on the
+            // example plugin: warm call 36 us -> 17 us (docs/benchmarks.md).
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
             // The pool refuses growth past this size too; the limiter
             // refuses first, with a message naming the cap.
             .max_memory_size(limits.memory_bytes.next_multiple_of(64 << 10));

@@ -99,6 +99,10 @@ pub(crate) fn new_store(
     builder
         .stdout(stdout.clone())
         .stderr(stderr.clone())
+        // Preopened reads are small and local: doing them on this thread
+        // instead of tokio's blocking pool saves two thread hand-offs per
+        // file operation.
+        .allow_blocking_current_thread(true)
         .wall_clock(FrozenClock)
         .monotonic_clock(FrozenClock)
         .allow_tcp(false)
