@@ -122,7 +122,8 @@ fn main() {
     c.final_summary();
     // `cargo test --benches` runs each benchmark once as a smoke test; the
     // percentile runs are for `cargo bench` only.
-    if std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test") {
         println!("\nsingle-measurement percentiles:");
         percentiles("compile (registration)", 30, || {
             black_box(Component::new(f.runtime.engine(), &f.bytes).expect("compile"));

@@ -257,3 +257,78 @@ impl ToolchainError {
         ToolchainError::Other(message.into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ModelId, Source};
+
+    fn request() -> TrainingRequest {
+        TrainingRequest {
+            model: ModelId { name: "m".into(), version: "1".into() },
+            entrypoint: None,
+            args: vec![],
+            hyper_parameters: vec![KeyValue::new("alpha", "0.5")],
+            env: vec![],
+            image: None,
+            resources: Resources::none(),
+            source: Source { uri: ".".into(), reference: None, commit: None },
+            data: vec![],
+            work_dir: None,
+        }
+    }
+
+    #[test]
+    fn step_builder_fills_every_field() {
+        let step = Step::new("train", "img")
+            .command(["python", "train.py"])
+            .args(["--a", "1"])
+            .arg("--b")
+            .env("K", "V")
+            .working_dir("sub")
+            .resources(Resources { cpu_millis: Some(500), memory_bytes: None, gpus: Some(1) });
+        assert_eq!(step.command, ["python", "train.py"]);
+        assert_eq!(step.args, ["--a", "1", "--b"]);
+        assert_eq!(step.env[0].key, "K");
+        assert_eq!(step.working_dir.as_deref(), Some("sub"));
+        assert_eq!(step.resources.gpus, Some(1));
+    }
+
+    #[test]
+    fn plan_builder_keeps_step_order_and_requirements() {
+        let plan = Plan::new().step(Step::new("a", "i")).step(Step::new("b", "i")).python(["numpy==2.0"]);
+        let names: Vec<_> = plan.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(plan.python.map(|p| p.requirements), Some(vec!["numpy==2.0".to_string()]));
+    }
+
+    #[test]
+    fn request_helpers() {
+        let r = request();
+        assert_eq!(r.hyper_parameter("alpha"), Some("0.5"));
+        assert_eq!(r.hyper_parameter("beta"), None);
+        assert_eq!(r.image_or("default"), "default");
+    }
+
+    #[test]
+    fn config_is_settable_in_native_tests() {
+        assert_eq!(crate::host::config("k"), None);
+        crate::host::set_test_config("k", "v");
+        assert_eq!(crate::host::config("k").as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn default_collect_is_unsupported() {
+        struct T;
+        impl crate::Trainer for T {
+            fn describe() -> ToolchainInfo {
+                ToolchainInfo::new("t", "0", "")
+            }
+            fn plan_training(_: TrainingRequest) -> Result<Plan, ToolchainError> {
+                Ok(Plan::new())
+            }
+        }
+        let err = <T as crate::Trainer>::collect_training(request()).unwrap_err();
+        assert!(matches!(err, ToolchainError::Unsupported(_)));
+    }
+}
