@@ -48,7 +48,7 @@ pub mod bindings {
     #[cfg(all(feature = "trainer", feature = "packager"))]
     wit_bindgen::generate!({
         world: "toolchain-plugin",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "legion_sdk::bindings",
@@ -56,7 +56,7 @@ pub mod bindings {
     #[cfg(all(feature = "trainer", not(feature = "packager")))]
     wit_bindgen::generate!({
         world: "trainer-plugin",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "legion_sdk::bindings",
@@ -67,7 +67,7 @@ pub mod bindings {
     #[cfg(all(feature = "packager", not(feature = "trainer")))]
     wit_bindgen::generate!({
         world: "packager-plugin",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "legion_sdk::bindings",
