@@ -265,14 +265,21 @@ mod tests {
 
     fn request() -> TrainingRequest {
         TrainingRequest {
-            model: ModelId { name: "m".into(), version: "1".into() },
+            model: ModelId {
+                name: "m".into(),
+                version: "1".into(),
+            },
             entrypoint: None,
             args: vec![],
             hyper_parameters: vec![KeyValue::new("alpha", "0.5")],
             env: vec![],
             image: None,
             resources: Resources::none(),
-            source: Source { uri: ".".into(), reference: None, commit: None },
+            source: Source {
+                uri: ".".into(),
+                reference: None,
+                commit: None,
+            },
             data: vec![],
             work_dir: None,
         }
@@ -286,7 +293,11 @@ mod tests {
             .arg("--b")
             .env("K", "V")
             .working_dir("sub")
-            .resources(Resources { cpu_millis: Some(500), memory_bytes: None, gpus: Some(1) });
+            .resources(Resources {
+                cpu_millis: Some(500),
+                memory_bytes: None,
+                gpus: Some(1),
+            });
         assert_eq!(step.command, ["python", "train.py"]);
         assert_eq!(step.args, ["--a", "1", "--b"]);
         assert_eq!(step.env[0].key, "K");
@@ -296,10 +307,16 @@ mod tests {
 
     #[test]
     fn plan_builder_keeps_step_order_and_requirements() {
-        let plan = Plan::new().step(Step::new("a", "i")).step(Step::new("b", "i")).python(["numpy==2.0"]);
+        let plan = Plan::new()
+            .step(Step::new("a", "i"))
+            .step(Step::new("b", "i"))
+            .python(["numpy==2.0"]);
         let names: Vec<_> = plan.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
-        assert_eq!(plan.python.map(|p| p.requirements), Some(vec!["numpy==2.0".to_string()]));
+        assert_eq!(
+            plan.python.map(|p| p.requirements),
+            Some(vec!["numpy==2.0".to_string()])
+        );
     }
 
     #[test]
