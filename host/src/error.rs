@@ -175,6 +175,44 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A registry refused or could not be reached.
+    #[error("registry {reference}: {message}")]
+    Registry {
+        /// The reference being pushed or pulled.
+        reference: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A plan broke the admin's policy; nothing ran.
+    #[error("toolchain '{toolchain}' plan refused by policy:\n  - {}", violations.join("\n  - "))]
+    Policy {
+        /// Toolchain.
+        toolchain: String,
+        /// Every rule broken.
+        violations: Vec<String>,
+    },
+    /// The training source could not be fetched.
+    #[error("source {source_uri}: {message}")]
+    Source {
+        /// The source as given.
+        source_uri: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A data binding could not be fetched.
+    #[error("data {uri}: {message}")]
+    Data {
+        /// The data URI.
+        uri: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A Python environment could not be made.
+    #[error("python environment: {message}")]
+    Environment {
+        /// What went wrong.
+        message: String,
+    },
     /// A file system operation failed.
     #[error("{}: {message}", path.display())]
     Io {

@@ -38,6 +38,28 @@ impl Home {
         self.root.join("toolchains").join("sha256")
     }
 
+    /// A run's folder (workspace and log).
+    pub fn run_dir(&self, id: &str) -> PathBuf {
+        self.root.join("runs").join(id)
+    }
+
+    /// The OCI image layout holding trained models.
+    pub fn models(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
+    /// Python environments: `LEGION_ENV_DIR`, or `envs/` here.
+    pub fn python_envs(&self) -> PathBuf {
+        std::env::var_os("LEGION_ENV_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("envs"))
+    }
+
+    /// The admin's plan policy.
+    pub fn policy(&self) -> PathBuf {
+        self.root.join("policy.json")
+    }
+
     /// Compiled components.
     pub fn component_cache(&self) -> PathBuf {
         self.root.join("cache").join("components")

@@ -5,16 +5,24 @@
 //!
 //! - [`plugin`]: the sandboxed plugin runtime and the toolchain registry;
 //! - [`plan`]: the host's model of requests, plans and manifests;
-//! - [`store`]: state (SQLite by default);
+//! - [`store`]: state (SQLite by default): toolchains, runs;
+//! - [`fetch`]: training sources (folders, git) and data bindings;
+//! - [`exec`]: executors that run plans, Python environments, run logs;
+//! - [`oci`]: models as OCI artifacts, the layout store, registries;
+//! - [`train`]: a training end to end;
 //! - [`home`]: the data directory layout;
 //! - [`cli`]: the `legion` command line.
 
 pub mod cli;
 mod error;
+pub mod exec;
+pub mod fetch;
 pub mod fsutil;
 pub mod home;
+pub mod oci;
 pub mod plan;
 pub mod plugin;
 pub mod store;
+pub mod train;
 
 pub use error::Error;

@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(cli.run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE

@@ -3,7 +3,9 @@
 //! for scripts.
 
 mod output;
+mod runs;
 mod toolchain;
+mod train;
 
 use std::path::PathBuf;
 
@@ -46,20 +48,36 @@ pub enum Command {
     /// Register, inspect and try toolchain plugins.
     #[command(subcommand)]
     Toolchain(toolchain::ToolchainCommand),
+    /// Train a model with a toolchain.
+    Train(train::TrainArgs),
+    /// Inspect training runs and their logs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Inspect stored models.
+    #[command(subcommand)]
+    Models(runs::ModelsCommand),
 }
 
 impl Cli {
-    /// Runs the command.
-    pub async fn run(self) -> Result<(), Error> {
+    /// Runs the command; returns the process exit code.
+    pub async fn run(self) -> Result<i32, Error> {
         let home = Home::new(self.data_dir.clone().unwrap_or_else(Home::default_root));
-        match self.command {
-            Command::Toolchain(cmd) => {
-                let toolchains = open_toolchains(&home).await?;
-                let result = toolchain::run(cmd, &toolchains, self.output).await;
-                toolchains.store().close().await;
-                result
-            }
+        if let Command::Models(cmd) = self.command {
+            return runs::models(cmd, &home, self.output).await.map(|_| 0);
         }
+        let toolchains = open_toolchains(&home).await?;
+        let result = match self.command {
+            Command::Toolchain(cmd) => toolchain::run(cmd, &toolchains, self.output)
+                .await
+                .map(|_| 0),
+            Command::Train(args) => train::run(args, &home, &toolchains, self.output).await,
+            Command::Runs(cmd) => runs::runs(cmd, toolchains.store(), self.output)
+                .await
+                .map(|_| 0),
+            Command::Models(_) => Ok(0),
+        };
+        toolchains.store().close().await;
+        result
     }
 }
 

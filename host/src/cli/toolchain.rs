@@ -59,7 +59,7 @@ pub enum ToolchainCommand {
         /// request's `source.uri` when it is a local folder).
         #[arg(long, value_name = "DIR")]
         source: Option<PathBuf>,
-        /// Output folder preopened at /output for `collect`.
+        /// Output folder preopened at /output for `collect` (with `--source`, if given, at /source).
         #[arg(long, value_name = "DIR")]
         output_dir: Option<PathBuf>,
         /// Model folder preopened at /model for `packaging`.
@@ -81,7 +81,7 @@ pub enum Call {
     Serving,
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got '{s}'")),
@@ -182,7 +182,14 @@ pub(super) async fn run(
                             )
                         })?;
                         existing_dir("--output-dir", &dir)?;
-                        output::json(&plugin.collect_training(&req, &dir)?);
+                        // The source is optional here; an empty folder stands in.
+                        let empty =
+                            tempfile::tempdir().map_err(|e| Error::io(Path::new("/tmp"), e))?;
+                        let src = source
+                            .or_else(|| local_source(&req))
+                            .unwrap_or_else(|| empty.path().to_path_buf());
+                        existing_dir("--source", &src)?;
+                        output::json(&plugin.collect_training(&req, &src, &dir)?);
                         Ok(())
                     }
                     Call::Packaging => {

@@ -10,6 +10,10 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod policy;
+
+pub use policy::Policy;
+
 /// Name/value pairs, in a stable order.
 pub type Pairs = BTreeMap<String, String>;
 
@@ -240,8 +244,8 @@ pub struct FileEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Layer {
-    /// The model's own layer, unpacked under this folder.
-    Model(String),
+    /// The model's own layer; its files land under `/model`.
+    Model,
     /// The `legion` server binary at this path.
     LegionServer(String),
     /// Files the plugin supplies.

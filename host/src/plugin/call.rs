@@ -171,18 +171,26 @@ impl Plugin {
         })
     }
 
-    /// `collect-training`, with `output` preopened read-only at `/output`.
+    /// `collect-training`, with `output` preopened read-only at `/output`
+    /// and `source` at `/source`.
     pub fn collect_training(
         &self,
         request: &plan::TrainingRequest,
+        source: &Path,
         output: &Path,
     ) -> Result<plan::ModelManifest, Error> {
         let idx = self.require(&self.trainer, Interface::Trainer, "collect-training")?;
         let req = wit::TrainingRequest::from(request);
-        let preopens = [Preopen {
-            host: output,
-            guest: "/output",
-        }];
+        let preopens = [
+            Preopen {
+                host: output,
+                guest: "/output",
+            },
+            Preopen {
+                host: source,
+                guest: "/source",
+            },
+        ];
         self.call("collect-training", &preopens, |store, instance| {
             let r = idx
                 .load(&mut *store, instance)?

@@ -187,7 +187,7 @@ impl From<wit::ImagePlan> for plan::ImagePlan {
                 .layers
                 .into_iter()
                 .map(|l| match l {
-                    wit::Layer::Model(dir) => plan::Layer::Model(dir),
+                    wit::Layer::Model => plan::Layer::Model,
                     wit::Layer::LegionServer(path) => plan::Layer::LegionServer(path),
                     wit::Layer::Files(files) => plan::Layer::Files(
                         files

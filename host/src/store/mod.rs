@@ -4,6 +4,7 @@
 //! single statement or a transaction, committed before the command reports
 //! success, so what the user was told is what is on disk.
 
+mod runs;
 mod toolchains;
 
 use std::path::{Path, PathBuf};
@@ -13,13 +14,15 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use runs::{RunRecord, RunState};
 pub use toolchains::ToolchainRow;
 
 use crate::Error;
 
 /// Schema, applied in order; the index of the last applied statement is
 /// kept in SQLite's `user_version`.
-const MIGRATIONS: &[&str] = &["CREATE TABLE toolchains (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE toolchains (
         name        TEXT PRIMARY KEY,
         digest      TEXT NOT NULL,
         interfaces  TEXT NOT NULL,
@@ -29,7 +32,31 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE toolchains (
         builtin     INTEGER NOT NULL,
         size        INTEGER NOT NULL,
         added_at    INTEGER NOT NULL
-    )"];
+    )",
+    "CREATE TABLE runs (
+        id               TEXT PRIMARY KEY,
+        toolchain        TEXT NOT NULL,
+        toolchain_digest TEXT NOT NULL,
+        model_name       TEXT NOT NULL,
+        model_version    TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        request          TEXT NOT NULL,
+        plan             TEXT,
+        exit_code        INTEGER,
+        reason           TEXT,
+        created_at       INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER,
+        model_digest     TEXT,
+        model_ref        TEXT,
+        pushed_ref       TEXT,
+        source_commit    TEXT,
+        workspace        TEXT NOT NULL,
+        log_path         TEXT NOT NULL,
+        pid              INTEGER
+    )",
+    "CREATE INDEX runs_created ON runs (created_at)",
+];
 
 /// The state database.
 #[derive(Debug, Clone)]

@@ -1,0 +1,249 @@
+//! `legion runs …` and `legion models …`: what ran and what it made.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::output;
+use super::Format;
+use crate::home::Home;
+use crate::oci::layout::Layout;
+use crate::oci::model::read_model;
+use crate::store::{RunRecord, Store};
+use crate::Error;
+
+/// `legion runs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    #[command(alias = "list")]
+    Ls {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Show one run.
+    Show {
+        /// Run id.
+        id: String,
+    },
+    /// Print a run's full log.
+    Logs {
+        /// Run id.
+        id: String,
+        /// Keep printing until the run ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+/// `legion models` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List stored models.
+    #[command(alias = "list")]
+    Ls,
+    /// Show a stored model's manifest (by name:version or digest).
+    Show {
+        /// `name:version` or `sha256:…`.
+        reference: String,
+    },
+}
+
+fn when(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn took(r: &RunRecord) -> String {
+    match (r.started_at, r.finished_at) {
+        (Some(s), Some(f)) => format!("{:.1}s", (f - s) as f64 / 1000.0),
+        (Some(_), None) => "running".into(),
+        _ => String::new(),
+    }
+}
+
+async fn get(store: &Store, id: &str) -> Result<RunRecord, Error> {
+    store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| Error::InvalidArgument {
+            field: "run id".into(),
+            message: format!("no run '{id}' (legion runs ls lists them)"),
+        })
+}
+
+pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Result<(), Error> {
+    match cmd {
+        RunsCommand::Ls { limit } => {
+            let runs = store.list_runs(limit).await?;
+            let rows = runs
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        format!("{}:{}", r.model.name, r.model.version),
+                        r.toolchain.clone(),
+                        r.state.as_str().to_string(),
+                        when(r.created_at),
+                        took(r),
+                        r.model_digest
+                            .as_deref()
+                            .map(|d| d.chars().take(19).collect())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            output::table(
+                format,
+                &runs,
+                &[
+                    "id",
+                    "model",
+                    "toolchain",
+                    "state",
+                    "created",
+                    "took",
+                    "model digest",
+                ],
+                rows,
+            );
+        }
+        RunsCommand::Show { id } => {
+            let r = get(store, &id).await?;
+            let mut pairs = vec![
+                ("id", r.id.clone()),
+                ("model", format!("{}:{}", r.model.name, r.model.version)),
+                (
+                    "toolchain",
+                    format!("{} ({})", r.toolchain, r.toolchain_digest),
+                ),
+                ("state", r.state.as_str().to_string()),
+                ("created", when(r.created_at)),
+                ("took", took(&r)),
+                ("source", r.request.source.uri.clone()),
+            ];
+            if let Some(c) = &r.source_commit {
+                pairs.push(("commit", c.clone()));
+            }
+            if let Some(e) = &r.request.entrypoint {
+                pairs.push(("entrypoint", e.clone()));
+            }
+            for (k, v) in &r.request.hyper_parameters {
+                pairs.push(("param", format!("{k}={v}")));
+            }
+            if let Some(code) = r.exit_code {
+                pairs.push(("exit code", code.to_string()));
+            }
+            if let Some(reason) = &r.reason {
+                pairs.push(("reason", reason.clone()));
+            }
+            if let Some(d) = &r.model_digest {
+                pairs.push(("model digest", d.clone()));
+            }
+            if let Some(p) = &r.pushed_ref {
+                pairs.push(("pushed", p.clone()));
+            }
+            pairs.push(("workspace", r.workspace.clone()));
+            pairs.push(("log", r.log_path.clone()));
+            output::fields(format, &r, pairs);
+        }
+        RunsCommand::Logs { id, follow } => {
+            let r = get(store, &id).await?;
+            let path = std::path::PathBuf::from(&r.log_path);
+            let mut file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let mut stdout = std::io::stdout();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                file.read_to_end(&mut buf)
+                    .map_err(|e| Error::io(&path, e))?;
+                stdout
+                    .write_all(&buf)
+                    .and_then(|_| stdout.flush())
+                    .map_err(|e| Error::io(&path, e))?;
+                if !follow {
+                    break;
+                }
+                let state = get(store, &id).await?.state;
+                if state.is_final() {
+                    // One last read: lines written just before the end.
+                    buf.clear();
+                    file.read_to_end(&mut buf)
+                        .map_err(|e| Error::io(&path, e))?;
+                    stdout.write_all(&buf).map_err(|e| Error::io(&path, e))?;
+                    break;
+                }
+                let pos = file.stream_position().map_err(|e| Error::io(&path, e))?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                file.seek(SeekFrom::Start(pos))
+                    .map_err(|e| Error::io(&path, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A stored model, as `models ls` shows it.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ModelRow {
+    reference: String,
+    digest: String,
+    flavor: String,
+    toolchain: String,
+    size: i64,
+}
+
+pub(super) async fn models(cmd: ModelsCommand, home: &Home, format: Format) -> Result<(), Error> {
+    let layout = Layout::open(home.models())?;
+    match cmd {
+        ModelsCommand::Ls => {
+            let mut rows = Vec::new();
+            for (reference, desc) in layout.list()? {
+                let Some((_, manifest, config)) = read_model(&layout, &reference)? else {
+                    continue;
+                };
+                let size = manifest.layers.iter().map(|l| l.size).sum();
+                rows.push(ModelRow {
+                    reference,
+                    digest: desc.digest,
+                    flavor: config.manifest.flavor,
+                    toolchain: config.toolchain.name,
+                    size,
+                });
+            }
+            let table = rows
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.reference.clone(),
+                        m.digest.chars().take(19).collect(),
+                        m.flavor.clone(),
+                        m.toolchain.clone(),
+                        format!("{:.1} KiB", m.size as f64 / 1024.0),
+                    ]
+                })
+                .collect();
+            output::table(
+                format,
+                &rows,
+                &["model", "digest", "flavor", "toolchain", "size"],
+                table,
+            );
+        }
+        ModelsCommand::Show { reference } => {
+            let Some((desc, manifest, config)) = read_model(&layout, &reference)? else {
+                return Err(Error::InvalidArgument {
+                    field: "model".into(),
+                    message: format!("no stored model '{reference}' (legion models ls lists them)"),
+                });
+            };
+            output::json(
+                &serde_json::json!({ "digest": desc.digest, "manifest": manifest, "config": config }),
+            );
+        }
+    }
+    Ok(())
+}

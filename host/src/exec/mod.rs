@@ -1,0 +1,162 @@
+//! Executors: where a plan's steps run.
+//!
+//! [`Executor`] is the seam: [`local::LocalExecutor`] runs steps as
+//! processes on this machine (the embedded default); the Kubernetes
+//! executor runs them as Jobs. Both get the same plan, the same workspace
+//! layout and the same event stream, and both keep the full log.
+
+pub mod local;
+pub mod log;
+pub mod pyenv;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{ModelId, Plan};
+use crate::Error;
+
+pub use log::RunLog;
+
+/// A run's folders. Steps see them as `LEGION_SOURCE_DIR`,
+/// `LEGION_DATA_DIR`, `LEGION_OUTPUT_DIR` and `LEGION_WORKSPACE`.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The run's folder.
+    pub root: PathBuf,
+}
+
+impl Workspace {
+    /// The workspace at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Workspace { root: root.into() }
+    }
+    /// Training code.
+    pub fn source(&self) -> PathBuf {
+        self.root.join("source")
+    }
+    /// Input data.
+    pub fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+    /// What the training writes.
+    pub fn output(&self) -> PathBuf {
+        self.root.join("output")
+    }
+    /// Creates the folders.
+    pub fn create(&self) -> Result<(), Error> {
+        for dir in [self.root.clone(), self.source(), self.data(), self.output()] {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(())
+    }
+    /// The `LEGION_*` variables of a step, also substituted as `${NAME}` in
+    /// its command, args and env values.
+    pub fn variables(&self, run_id: &str, model: &ModelId) -> Vec<(String, String)> {
+        let s = |p: &Path| p.display().to_string();
+        vec![
+            ("LEGION_RUN_ID".into(), run_id.to_string()),
+            ("LEGION_WORKSPACE".into(), s(&self.root)),
+            ("LEGION_SOURCE_DIR".into(), s(&self.source())),
+            ("LEGION_DATA_DIR".into(), s(&self.data())),
+            ("LEGION_OUTPUT_DIR".into(), s(&self.output())),
+            ("LEGION_MODEL_NAME".into(), model.name.clone()),
+            ("LEGION_MODEL_VERSION".into(), model.version.clone()),
+        ]
+    }
+}
+
+/// Replaces `${NAME}` for each of `vars` in `text`.
+pub fn substitute(text: &str, vars: &[(String, String)]) -> String {
+    let mut out = text.to_string();
+    for (k, v) in vars {
+        out = out.replace(&format!("${{{k}}}"), v);
+    }
+    out
+}
+
+/// Everything an executor needs besides the plan.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    /// Run id.
+    pub run_id: String,
+    /// The model being trained.
+    pub model: ModelId,
+    /// The run's folders.
+    pub workspace: Workspace,
+    /// Time allowed for all steps together.
+    pub timeout: Duration,
+    /// The Python environment's folder (a venv), if the plan asked for one.
+    pub python_env: Option<PathBuf>,
+    /// The run's log.
+    pub log: RunLog,
+}
+
+/// How a plan's execution ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every step exited 0.
+    Succeeded,
+    /// A step failed: non-zero exit, killed by a signal, or could not start.
+    Failed {
+        /// The step.
+        step: String,
+        /// Its exit code, if it exited.
+        exit_code: Option<i32>,
+        /// What happened.
+        message: String,
+    },
+    /// The run's timeout passed; the step was killed.
+    TimedOut {
+        /// The step running then.
+        step: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// Cancelled (Ctrl-C, API); the step was killed.
+    Cancelled {
+        /// The step running then.
+        step: String,
+    },
+}
+
+/// Which stream a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// What a person watching a run sees. All methods default to nothing.
+pub trait RunEvents: Send + Sync {
+    /// A phase of the run began (fetch, plan, environment, collect, store).
+    fn phase(&self, _name: &str) {}
+    /// Step `index` of `total` started.
+    fn step_started(&self, _step: &str, _index: usize, _total: usize) {}
+    /// A line of output.
+    fn line(&self, _step: &str, _stream: Stream, _line: &str) {}
+    /// A step ended.
+    fn step_finished(&self, _step: &str, _exit_code: Option<i32>, _elapsed: Duration) {}
+}
+
+/// No one is watching.
+pub struct Quiet;
+impl RunEvents for Quiet {}
+
+/// Runs plans.
+#[async_trait]
+pub trait Executor: Send + Sync {
+    /// Runs `plan`'s steps in order until one fails, the timeout passes or
+    /// `cancel` fires, streaming output to `ctx.log` and `events`.
+    async fn run(
+        &self,
+        plan: &Plan,
+        ctx: &RunContext,
+        events: &dyn RunEvents,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, Error>;
+}

@@ -1,0 +1,205 @@
+//! Deterministic image layers.
+//!
+//! The same files always give the same bytes: entries sorted by path,
+//! modification times zero, owner 0:0 without names, modes reduced to
+//! 0755/0644 (by the owner's execute bit), no extended attributes, and a
+//! gzip header without time or name. The tar is written straight through a
+//! gzip encoder into a temporary file while both the uncompressed stream
+//! (the layer's `diff_id`) and the compressed one (its digest) are hashed,
+//! so a large model is read once and never held in memory.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::write::GzEncoder;
+use flate2::{Compression, GzBuilder};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// A finished layer blob in a temporary file.
+#[derive(Debug)]
+pub struct LayerBlob {
+    /// The compressed blob (to be moved into a store).
+    pub file: tempfile::NamedTempFile,
+    /// `sha256:` of the compressed blob.
+    pub digest: String,
+    /// `sha256:` of the uncompressed tar (the image config's `diff_id`).
+    pub diff_id: String,
+    /// Size of the compressed blob.
+    pub size: u64,
+    /// Total size of the files packed.
+    pub content_bytes: u64,
+    /// Number of files packed.
+    pub files: u64,
+}
+
+/// Writes through to `inner` while hashing and counting.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Packs the tree at `root` as a layer whose entries sit under `prefix`
+/// (e.g. `model` so the files land in `/model`), writing the blob into a
+/// temporary file in `tmp_dir`.
+pub fn build_layer(root: &Path, prefix: &str, tmp_dir: &Path) -> Result<LayerBlob, Error> {
+    std::fs::create_dir_all(tmp_dir).map_err(|e| Error::io(tmp_dir, e))?;
+    let file = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| Error::io(tmp_dir, e))?;
+    let out = file.reopen().map_err(|e| Error::io(file.path(), e))?;
+    let compressed = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, out),
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    // `GzBuilder` writes mtime 0 and no file name unless asked: a fixed header.
+    let gz: GzEncoder<_> = GzBuilder::new().write(compressed, Compression::fast());
+    let tar_out = HashingWriter {
+        inner: gz,
+        hasher: Sha256::new(),
+        count: 0,
+    };
+    let mut builder = tar::Builder::new(tar_out);
+    builder.mode(tar::HeaderMode::Deterministic);
+    builder.follow_symlinks(false);
+
+    let mut entries = Vec::new();
+    collect(root, root, &mut entries)?;
+    entries.sort();
+    let mut content_bytes = 0u64;
+    let mut files = 0u64;
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() {
+        append_dir(&mut builder, Path::new(prefix))?;
+    }
+    for rel in &entries {
+        let full = root.join(rel);
+        let name = if prefix.is_empty() {
+            rel.clone()
+        } else {
+            Path::new(prefix).join(rel)
+        };
+        let meta = std::fs::symlink_metadata(&full).map_err(|e| Error::io(&full, e))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            append_dir(&mut builder, &name)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&full).map_err(|e| Error::io(&full, e))?;
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+            builder
+                .append_link(&mut h, &name, &target)
+                .map_err(|e| Error::io(&full, e))?;
+        } else if ft.is_file() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = if meta.permissions().mode() & 0o100 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            let mut h = header(tar::EntryType::Regular, mode, meta.len());
+            let f = File::open(&full).map_err(|e| Error::io(&full, e))?;
+            builder
+                .append_data(&mut h, &name, f)
+                .map_err(|e| Error::io(&full, e))?;
+            content_bytes += meta.len();
+            files += 1;
+        }
+        // Sockets, fifos and devices have no place in a model: skipped.
+    }
+    let tar_out = builder.into_inner().map_err(|e| Error::io(root, e))?;
+    let diff_id = format!("sha256:{}", hex::encode(tar_out.hasher.finalize()));
+    let mut compressed = tar_out.inner.finish().map_err(|e| Error::io(root, e))?;
+    compressed.flush().map_err(|e| Error::io(file.path(), e))?;
+    let digest = format!("sha256:{}", hex::encode(compressed.hasher.finalize()));
+    let size = compressed.count;
+    compressed
+        .inner
+        .into_inner()
+        .map_err(|e| Error::io(file.path(), e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io(file.path(), e))?;
+    Ok(LayerBlob {
+        file,
+        digest,
+        diff_id,
+        size,
+        content_bytes,
+        files,
+    })
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn append_dir<W: Write>(builder: &mut tar::Builder<W>, name: &Path) -> Result<(), Error> {
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
+    builder
+        .append_data(&mut h, name, io::empty())
+        .map_err(|e| Error::io(name, e))
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let rel = path
+            .strip_prefix(root)
+            .map_err(|_| Error::io(&path, io::Error::other("outside the layer root")))?;
+        out.push(rel.to_path_buf());
+        if entry.file_type().map_err(|e| Error::io(&path, e))?.is_dir() {
+            collect(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks a gzip'd layer into `dest`, refusing entries that would land
+/// outside it (absolute paths, `..`, links pointing out).
+pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<(), Error> {
+    let file = File::open(blob).map_err(|e| Error::io(blob, e))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    archive.set_preserve_permissions(true);
+    archive.set_overwrite(true);
+    std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    for entry in archive.entries().map_err(|e| Error::io(blob, e))? {
+        let mut entry = entry.map_err(|e| Error::io(blob, e))?;
+        let path = entry.path().map_err(|e| Error::io(blob, e))?.into_owned();
+        // `unpack_in` refuses `..` and absolute paths itself and returns
+        // false for them; say which entry it was.
+        if !entry
+            .unpack_in(dest)
+            .map_err(|e| Error::io(&dest.join(&path), e))?
+        {
+            return Err(Error::Io {
+                path: blob.to_path_buf(),
+                message: format!(
+                    "layer entry {} escapes the folder it is unpacked into",
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}

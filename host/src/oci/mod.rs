@@ -1,0 +1,29 @@
+//! OCI artifacts: trained models and packaged images.
+//!
+//! - [`layer`]: deterministic image layers (sorted entries, zero
+//!   timestamps and owners, normalised modes), gzip'd and hashed in one pass;
+//! - [`layout`]: an OCI image layout folder, the embedded default store;
+//! - [`model`]: a trained model as an OCI artifact — Legion's model manifest
+//!   as the config, the model's files as one standard image layer that
+//!   packaging reuses unchanged;
+//! - [`registry`]: pushing and pulling through a registry (oci-client).
+
+pub mod layer;
+pub mod layout;
+pub mod model;
+pub mod registry;
+
+/// OCI image manifest media type.
+pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Gzip'd image layer media type.
+pub const LAYER_GZIP_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// Annotation naming a manifest in an image layout's index.
+pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+/// Annotation with a layer's title.
+pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
+
+/// `sha256:<hex>` of some bytes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}

@@ -1,0 +1,245 @@
+//! The `runs` table: one row per training, written at each state change
+//! before the change is reported.
+
+use sqlx::Row;
+
+use super::Store;
+use crate::plan::{ModelId, Plan, TrainingRequest};
+use crate::Error;
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Recorded, not started.
+    Queued,
+    /// Fetching, planning or running steps.
+    Running,
+    /// Finished with a stored model.
+    Succeeded,
+    /// Stopped by an error.
+    Failed,
+    /// Stopped by the user.
+    Cancelled,
+}
+
+impl RunState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => RunState::Queued,
+            "running" => RunState::Running,
+            "succeeded" => RunState::Succeeded,
+            "failed" => RunState::Failed,
+            "cancelled" => RunState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the run is over.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
+    }
+}
+
+/// A training run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// Toolchain name.
+    pub toolchain: String,
+    /// Toolchain digest it ran with.
+    pub toolchain_digest: String,
+    /// The model trained.
+    pub model: ModelId,
+    /// Where the run is.
+    pub state: RunState,
+    /// The request as sent to the toolchain.
+    pub request: TrainingRequest,
+    /// The plan the toolchain returned, once it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// Exit code of the failing step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    /// When steps started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    /// When it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// Digest of the stored model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_digest: Option<String>,
+    /// `name:version` of the stored model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_ref: Option<String>,
+    /// Registry reference it was pushed to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushed_ref: Option<String>,
+    /// Commit of a git source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_commit: Option<String>,
+    /// The run's workspace folder.
+    pub workspace: String,
+    /// The run's log file.
+    pub log_path: String,
+    /// Process id of the host running it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl Store {
+    /// Inserts a new run.
+    pub async fn insert_run(&self, r: &RunRecord) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO runs (id, toolchain, toolchain_digest, model_name, model_version, state, request, plan,
+                exit_code, reason, created_at, started_at, finished_at, model_digest, model_ref, pushed_ref,
+                source_commit, workspace, log_path, pid)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.id)
+        .bind(&r.toolchain)
+        .bind(&r.toolchain_digest)
+        .bind(&r.model.name)
+        .bind(&r.model.version)
+        .bind(r.state.as_str())
+        .bind(json(&r.request))
+        .bind(r.plan.as_ref().map(json))
+        .bind(r.exit_code)
+        .bind(&r.reason)
+        .bind(r.created_at)
+        .bind(r.started_at)
+        .bind(r.finished_at)
+        .bind(&r.model_digest)
+        .bind(&r.model_ref)
+        .bind(&r.pushed_ref)
+        .bind(&r.source_commit)
+        .bind(&r.workspace)
+        .bind(&r.log_path)
+        .bind(r.pid.map(i64::from))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Writes every mutable field of `r` back.
+    pub async fn update_run(&self, r: &RunRecord) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE runs SET state = ?, request = ?, plan = ?, exit_code = ?, reason = ?, started_at = ?,
+                finished_at = ?, model_digest = ?, model_ref = ?, pushed_ref = ?, source_commit = ?, pid = ?
+             WHERE id = ?",
+        )
+        .bind(r.state.as_str())
+        .bind(json(&r.request))
+        .bind(r.plan.as_ref().map(json))
+        .bind(r.exit_code)
+        .bind(&r.reason)
+        .bind(r.started_at)
+        .bind(r.finished_at)
+        .bind(&r.model_digest)
+        .bind(&r.model_ref)
+        .bind(&r.pushed_ref)
+        .bind(&r.source_commit)
+        .bind(r.pid.map(i64::from))
+        .bind(&r.id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The run `id`.
+    pub async fn get_run(&self, id: &str) -> Result<Option<RunRecord>, Error> {
+        let row = sqlx::query("SELECT * FROM runs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        row.map(|r| self.decode_run(r)).transpose()
+    }
+
+    /// Runs, newest first.
+    pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunRecord>, Error> {
+        let rows = sqlx::query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.into_iter().map(|r| self.decode_run(r)).collect()
+    }
+
+    fn decode_run(&self, r: sqlx::sqlite::SqliteRow) -> Result<RunRecord, Error> {
+        let corrupt = |field: &str, e: String| Error::Database {
+            path: self.path.clone(),
+            message: format!("runs.{field}: {e}"),
+        };
+        let get_s = |name: &str| -> Result<String, Error> {
+            r.try_get::<String, _>(name).map_err(|e| self.err(e))
+        };
+        let get_os = |name: &str| -> Result<Option<String>, Error> {
+            r.try_get::<Option<String>, _>(name)
+                .map_err(|e| self.err(e))
+        };
+        let get_oi = |name: &str| -> Result<Option<i64>, Error> {
+            r.try_get::<Option<i64>, _>(name).map_err(|e| self.err(e))
+        };
+        let state = get_s("state")?;
+        let request = get_s("request")?;
+        let plan = get_os("plan")?;
+        Ok(RunRecord {
+            id: get_s("id")?,
+            toolchain: get_s("toolchain")?,
+            toolchain_digest: get_s("toolchain_digest")?,
+            model: ModelId {
+                name: get_s("model_name")?,
+                version: get_s("model_version")?,
+            },
+            state: RunState::parse(&state)
+                .ok_or_else(|| corrupt("state", format!("unknown state {state}")))?,
+            request: serde_json::from_str(&request)
+                .map_err(|e| corrupt("request", e.to_string()))?,
+            plan: plan
+                .map(|p| serde_json::from_str(&p))
+                .transpose()
+                .map_err(|e| corrupt("plan", e.to_string()))?,
+            exit_code: get_oi("exit_code")?.map(|c| c as i32),
+            reason: get_os("reason")?,
+            created_at: r.try_get("created_at").map_err(|e| self.err(e))?,
+            started_at: get_oi("started_at")?,
+            finished_at: get_oi("finished_at")?,
+            model_digest: get_os("model_digest")?,
+            model_ref: get_os("model_ref")?,
+            pushed_ref: get_os("pushed_ref")?,
+            source_commit: get_os("source_commit")?,
+            workspace: get_s("workspace")?,
+            log_path: get_s("log_path")?,
+            pid: get_oi("pid")?.map(|p| p as u32),
+        })
+    }
+}

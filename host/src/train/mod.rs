@@ -1,0 +1,475 @@
+//! A training, end to end: the one code path behind `legion train` (and,
+//! later, the API and the operator).
+//!
+//! ```text
+//! check the request -> record the run (queued) -> fetch source and data
+//!  -> plugin.plan-training -> policy.check -> python environment
+//!  -> executor.run (running) -> plugin.collect-training
+//!  -> store the model (OCI layout) [-> push] -> succeeded
+//! ```
+//!
+//! Everything that can be checked before a run exists (toolchain, names,
+//! source, push reference) is checked first, so bad input leaves no trace.
+//! From then on every state change is written before it is reported, and
+//! a failure at any point marks the run failed with the reason, keeping its
+//! log and workspace.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::pyenv::PythonEnvs;
+use crate::exec::{Executor, Outcome, RunContext, RunEvents, RunLog, Workspace};
+use crate::fetch::{fetch_data, fetch_source, SourceSpec};
+use crate::home::Home;
+use crate::oci::layout::Layout;
+use crate::oci::model::{store_model, ModelConfig, ToolchainRef};
+use crate::oci::registry::{parse_reference, Registry};
+use crate::plan::{DataBinding, ModelId, Pairs, Policy, Resources, TrainingRequest};
+use crate::plugin::{Plugin, Toolchains};
+use crate::store::{RunRecord, RunState};
+use crate::Error;
+
+/// Default time a training may run (ODAHU's default too).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
+
+/// What `legion train` asks for.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Local folder or `GIT_URL#REF`.
+    pub source: String,
+    /// Toolchain name.
+    pub toolchain: String,
+    /// Entry point.
+    pub entrypoint: Option<String>,
+    /// Extra arguments.
+    pub args: Vec<String>,
+    /// Hyper-parameters.
+    pub params: Pairs,
+    /// Model name (default: the source's name).
+    pub name: Option<String>,
+    /// Model version (default `1`).
+    pub version: Option<String>,
+    /// Data bindings.
+    pub data: Vec<DataBinding>,
+    /// Environment for the steps.
+    pub env: Pairs,
+    /// Image override.
+    pub image: Option<String>,
+    /// Working directory inside the source.
+    pub work_dir: Option<String>,
+    /// Compute asked for.
+    pub resources: Resources,
+    /// Registry reference to push the model to, instead of only the local store.
+    pub push: Option<String>,
+    /// Time allowed for the steps.
+    pub timeout: Duration,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            source: String::new(),
+            toolchain: String::new(),
+            entrypoint: None,
+            args: Vec::new(),
+            params: Pairs::new(),
+            name: None,
+            version: None,
+            data: Vec::new(),
+            env: Pairs::new(),
+            image: None,
+            work_dir: None,
+            resources: Resources::default(),
+            push: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// Runs trainings for one data directory.
+pub struct Trainer<'a> {
+    toolchains: &'a Toolchains,
+    home: &'a Home,
+    executor: &'a dyn Executor,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn validate_model_id(model: &ModelId) -> Result<(), Error> {
+    let name_ok = !model.name.is_empty()
+        && model.name.len() <= 128
+        && model
+            .name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && model
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if !name_ok {
+        return Err(Error::InvalidArgument {
+            field: "--name".into(),
+            message: format!("'{}' is not a valid model name: lowercase letters, digits, '.', '_', '-', starting with a letter or digit", model.name),
+        });
+    }
+    let version_ok = !model.version.is_empty()
+        && model.version.len() <= 128
+        && model
+            .version
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && model
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !version_ok {
+        return Err(Error::InvalidArgument {
+            field: "--version".into(),
+            message: format!(
+                "'{}' is not a valid model version: letters, digits, '.', '_', '-'",
+                model.version
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl<'a> Trainer<'a> {
+    /// A trainer over `toolchains` in `home`, running steps with `executor`.
+    pub fn new(toolchains: &'a Toolchains, home: &'a Home, executor: &'a dyn Executor) -> Self {
+        Trainer {
+            toolchains,
+            home,
+            executor,
+        }
+    }
+
+    /// Trains. Returns `Err` only for input refused before the run was
+    /// recorded; once recorded, the run comes back in whatever state it
+    /// ended (succeeded, failed, cancelled).
+    pub async fn train(
+        &self,
+        opts: TrainOptions,
+        events: &dyn RunEvents,
+        cancel: CancellationToken,
+    ) -> Result<RunRecord, Error> {
+        // --- checks that leave no trace ---
+        let spec = SourceSpec::parse(&opts.source)?;
+        let model = ModelId {
+            name: opts
+                .name
+                .clone()
+                .unwrap_or_else(|| spec.default_model_name()),
+            version: opts.version.clone().unwrap_or_else(|| "1".into()),
+        };
+        validate_model_id(&model)?;
+        let push = opts
+            .push
+            .as_deref()
+            .map(|p| parse_reference(p, &model.version))
+            .transpose()?;
+        let row = self.toolchains.get(&opts.toolchain).await?;
+        let plugin = self.toolchains.load(&opts.toolchain).await?;
+        let policy = Policy::load(&self.home.policy())?;
+
+        // --- the run exists from here on ---
+        let id = format!(
+            "{}-{:08x}",
+            model.name.chars().take(40).collect::<String>(),
+            rand::rng().random::<u32>()
+        );
+        let workspace = Workspace::new(self.home.run_dir(&id));
+        workspace.create()?;
+        let log = RunLog::open(&workspace.root.join("legion.log"))?;
+        let request = TrainingRequest {
+            model: model.clone(),
+            entrypoint: opts.entrypoint.clone(),
+            args: opts.args.clone(),
+            hyper_parameters: opts.params.clone(),
+            env: opts.env.clone(),
+            image: opts.image.clone(),
+            resources: opts.resources,
+            source: crate::plan::Source {
+                uri: opts.source.clone(),
+                reference: None,
+                commit: None,
+            },
+            data: opts.data.clone(),
+            work_dir: opts.work_dir.clone(),
+        };
+        let mut run = RunRecord {
+            id: id.clone(),
+            toolchain: row.name.clone(),
+            toolchain_digest: row.digest.clone(),
+            model: model.clone(),
+            state: RunState::Queued,
+            request,
+            plan: None,
+            exit_code: None,
+            reason: None,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+            model_digest: None,
+            model_ref: None,
+            pushed_ref: None,
+            source_commit: None,
+            workspace: workspace.root.display().to_string(),
+            log_path: log.path().display().to_string(),
+            pid: Some(std::process::id()),
+        };
+        let store = self.toolchains.store();
+        store.insert_run(&run).await?;
+        log.note(&format!(
+            "run {id}: training {}:{} with toolchain {} ({})",
+            model.name, model.version, row.name, row.digest
+        ));
+
+        let result = self
+            .drive(
+                &mut run,
+                &spec,
+                &plugin,
+                &policy,
+                &workspace,
+                &log,
+                push.as_ref(),
+                &opts,
+                events,
+                &cancel,
+            )
+            .await;
+        match result {
+            Ok(()) => {}
+            Err(Stop::Cancelled(step)) => {
+                run.state = RunState::Cancelled;
+                run.reason = Some(match step {
+                    Some(s) => format!("cancelled during step '{s}'"),
+                    None => "cancelled".to_string(),
+                });
+            }
+            Err(Stop::Failed { reason, exit_code }) => {
+                run.state = RunState::Failed;
+                run.reason = Some(reason);
+                run.exit_code = exit_code;
+            }
+        }
+        if run.state != RunState::Succeeded {
+            log.note(&format!(
+                "run {} {}: {}",
+                run.id,
+                run.state.as_str(),
+                run.reason.as_deref().unwrap_or("")
+            ));
+        }
+        run.finished_at = Some(now_ms());
+        store.update_run(&run).await?;
+        Ok(run)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn drive(
+        &self,
+        run: &mut RunRecord,
+        spec: &SourceSpec,
+        plugin: &Plugin,
+        policy: &Policy,
+        ws: &Workspace,
+        log: &RunLog,
+        push: Option<&oci_client::Reference>,
+        opts: &TrainOptions,
+        events: &dyn RunEvents,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let store = self.toolchains.store();
+        run.state = RunState::Running;
+        run.started_at = Some(now_ms());
+        store.update_run(run).await.map_err(Stop::from)?;
+
+        events.phase("fetch source");
+        let source = cancellable(cancel, fetch_source(spec, &ws.source(), log)).await?;
+        run.source_commit = source.commit.clone();
+        run.request.source = source;
+        if !run.request.data.is_empty() {
+            events.phase("fetch data");
+            cancellable(cancel, fetch_data(&run.request.data, &ws.data(), log)).await?;
+        }
+
+        events.phase("plan");
+        let plan = blocking(|| plugin.plan_training(&run.request, &ws.source())).await?;
+        log.note(&format!(
+            "plan: {}",
+            serde_json::to_string(&plan).unwrap_or_default()
+        ));
+        run.plan = Some(plan.clone());
+        store.update_run(run).await.map_err(Stop::from)?;
+        policy.check(plugin.name(), &plan)?;
+
+        let python_env = match &plan.python {
+            Some(py) => {
+                events.phase("python environment");
+                let envs = PythonEnvs::new(self.home.python_envs());
+                Some(cancellable(cancel, envs.ensure(py, log)).await?)
+            }
+            None => None,
+        };
+
+        let ctx = RunContext {
+            run_id: run.id.clone(),
+            model: run.model.clone(),
+            workspace: ws.clone(),
+            timeout: opts.timeout,
+            python_env,
+            log: log.clone(),
+        };
+        match self
+            .executor
+            .run(&plan, &ctx, events, cancel.clone())
+            .await
+            .map_err(Stop::from)?
+        {
+            Outcome::Succeeded => {}
+            Outcome::Failed {
+                step,
+                exit_code,
+                message,
+            } => {
+                let tail = log.tail(12).join("\n  ");
+                return Err(Stop::Failed {
+                    reason: format!("step '{step}' {message}; last log lines:\n  {tail}"),
+                    exit_code,
+                });
+            }
+            Outcome::TimedOut { step, after } => {
+                return Err(Stop::Failed {
+                    reason: format!("timed out after {}s in step '{step}'", after.as_secs()),
+                    exit_code: None,
+                });
+            }
+            Outcome::Cancelled { step } => return Err(Stop::Cancelled(Some(step))),
+        }
+
+        events.phase("collect");
+        let manifest =
+            blocking(|| plugin.collect_training(&run.request, &ws.source(), &ws.output())).await?;
+        let model_dir = safe_model_dir(&ws.output(), &manifest.model_path)?;
+
+        events.phase("store model");
+        let layout = Layout::open(self.home.models()).map_err(Stop::from)?;
+        let config = ModelConfig {
+            name: run.model.name.clone(),
+            version: run.model.version.clone(),
+            toolchain: ToolchainRef {
+                name: run.toolchain.clone(),
+                digest: run.toolchain_digest.clone(),
+            },
+            source: run.request.source.clone(),
+            entrypoint: run.request.entrypoint.clone(),
+            parameters: run.request.hyper_parameters.clone(),
+            manifest,
+            layer_diff_id: String::new(),
+        };
+        let stored = blocking(|| store_model(&layout, &model_dir, config)).await?;
+        log.note(&format!(
+            "stored model {} as {} ({} files, {} bytes)",
+            stored.reference, stored.digest, stored.files, stored.content_bytes
+        ));
+        run.model_digest = Some(stored.digest.clone());
+        run.model_ref = Some(stored.reference.clone());
+
+        if let Some(reference) = push {
+            events.phase("push");
+            let report = cancellable(
+                cancel,
+                Registry::for_reference(reference).push(&layout, &stored.digest, reference),
+            )
+            .await?;
+            log.note(&format!(
+                "pushed {} ({} blobs, {} bytes; {} already there)",
+                report.reference, report.blobs_pushed, report.bytes_pushed, report.blobs_skipped
+            ));
+            run.pushed_ref = Some(format!(
+                "{}@{}",
+                reference.whole().split('@').next().unwrap_or_default(),
+                stored.digest
+            ));
+        }
+        run.state = RunState::Succeeded;
+        log.note(&format!(
+            "run {} succeeded: {} {}",
+            run.id, stored.reference, stored.digest
+        ));
+        // The model is stored; the copies of source and data are not needed.
+        let _ = std::fs::remove_dir_all(ws.source());
+        let _ = std::fs::remove_dir_all(ws.data());
+        Ok(())
+    }
+}
+
+/// Why a recorded run stopped early.
+enum Stop {
+    Cancelled(Option<String>),
+    Failed {
+        reason: String,
+        exit_code: Option<i32>,
+    },
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed {
+            reason: e.to_string(),
+            exit_code: None,
+        }
+    }
+}
+
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Stop> {
+    tokio::select! {
+        r = fut => r.map_err(Stop::from),
+        _ = cancel.cancelled() => Err(Stop::Cancelled(None)),
+    }
+}
+
+/// Plugin calls and layer building are synchronous; keep them off the
+/// async workers.
+async fn blocking<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Stop> {
+    tokio::task::block_in_place(f).map_err(Stop::from)
+}
+
+fn safe_model_dir(output: &Path, model_path: &str) -> Result<std::path::PathBuf, Stop> {
+    let rel = Path::new(model_path);
+    let bad = || {
+        Stop::Failed { reason: format!("collect-training returned modelPath '{model_path}', which is not a folder inside the output"), exit_code: None }
+    };
+    if rel.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(bad());
+    }
+    let dir = output.join(rel);
+    // A symlink out of the output folder must not smuggle host files into the model.
+    let canon = std::fs::canonicalize(&dir).map_err(|_| bad())?;
+    let root = std::fs::canonicalize(output).map_err(|_| bad())?;
+    if !canon.starts_with(&root) || !canon.is_dir() {
+        return Err(bad());
+    }
+    Ok(canon)
+}
