@@ -89,6 +89,10 @@ impl SourceSpec {
                 }
             })
             .collect();
+        // A model name starts with a letter or digit (`.tmpXYZ` -> `tmpxyz`).
+        let cleaned = cleaned
+            .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+            .to_string();
         if cleaned.is_empty() {
             "model".into()
         } else {

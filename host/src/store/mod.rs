@@ -96,23 +96,37 @@ impl Store {
         Ok(store)
     }
 
+    /// Applies the missing migrations. `BEGIN IMMEDIATE` takes the write
+    /// lock before reading the schema version, so two processes opening a
+    /// new database at once apply each migration exactly once.
     async fn migrate(&self) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&mut *tx)
+        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
             .await
             .map_err(|e| self.err(e))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-            sqlx::query(sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
-            sqlx::query(&format!("PRAGMA user_version = {}", i + 1))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.err(e))?;
+        let applied = async {
+            let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+                .fetch_one(&mut *conn)
+                .await?;
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+                sqlx::query(sql).execute(&mut *conn).await?;
+                sqlx::query(&format!("PRAGMA user_version = {}", i + 1))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
         }
-        tx.commit().await.map_err(|e| self.err(e))
+        .await;
+        let end = if applied.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        let ended = sqlx::query(end).execute(&mut *conn).await;
+        applied.map_err(|e| self.err(e))?;
+        ended.map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     pub(crate) fn err(&self, e: sqlx::Error) -> Error {

@@ -25,6 +25,28 @@ pub fn plugin_dir() -> PathBuf {
     dir
 }
 
+/// Python environments shared by all tests (and CI runs on this machine):
+/// beside the cargo target folder, so each set of requirements is installed once.
+pub fn env_dir() -> PathBuf {
+    std::env::var_os("LEGION_TEST_ENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            plugin_dir()
+                .parent()
+                .and_then(Path::parent)
+                .expect("cache dir")
+                .join("envs")
+        })
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
 /// Path of a built plugin, e.g. `plugin("hostile")`.
 pub fn plugin(name: &str) -> PathBuf {
     plugin_dir().join(format!("{name}.wasm"))
