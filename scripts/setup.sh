@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # Installs what Legion needs on a fresh Debian 12 machine and builds it:
-# the wasm32-wasip2 Rust target, cargo-nextest, the plugins and the release
-# `legion` binary. Idempotent; safe to run again.
+# system packages (git, Python with venv, the OCI registry and skopeo used by
+# the tests), the wasm32-wasip2 Rust target, cargo-nextest, the plugins and
+# the release `legion` binary. Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 
+# Debian packages: a command to look for, and the package that brings it.
 need_apt=()
-command -v cc >/dev/null || need_apt+=(build-essential)
-command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+want() { command -v "$1" >/dev/null 2>&1 || need_apt+=("$2"); }
+want cc build-essential
+want pkg-config pkg-config
+want git git
+want python3 python3
+want docker-registry docker-registry
+want skopeo skopeo
+want hyperfine hyperfine
+# `python3 -m venv` needs ensurepip, which Debian ships separately.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing: ${need_apt[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2

@@ -271,6 +271,37 @@ fn mlflow_wine_trains_and_the_manifest_says_what_mlflow_logged() {
     assert!(log_of(&l, &run).contains("trained 10 trees"));
 }
 
+#[test]
+fn push_sends_the_same_artifact_to_a_real_registry() {
+    let registry = common::registry::Registry::start();
+    let l = Legion::new();
+    let target = format!("{}/models/iris", registry.addr);
+    let (code, run) = train(&l, &[&example("python-iris"), "--toolchain", "python", "--name", "iris", "--version", "7", "--push", &target]);
+    assert_eq!(code, 0, "{run:#}\n{}", log_of(&l, &run));
+    let digest = run["modelDigest"].as_str().unwrap();
+    assert_eq!(run["pushedRef"].as_str(), Some(format!("{target}:7@{digest}").as_str()));
+    // An independent client sees the very manifest stored locally.
+    let raw = registry.raw_manifest("models/iris:7");
+    assert_eq!(legion::oci::sha256_digest(&raw), digest);
+    let manifest: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(manifest["artifactType"], "application/vnd.legion.model.v1");
+    // Pushing again moves no blob: the registry has them all.
+    let (code, again) = train(&l, &[&example("python-iris"), "--toolchain", "python", "--name", "iris", "--version", "7", "--push", &format!("{target}:again")]);
+    assert_eq!(code, 0);
+    assert!(log_of(&l, &again).contains("(0 blobs, 0 bytes; 2 already there)"), "{}", log_of(&l, &again));
+}
+
+#[test]
+fn unreachable_registry_fails_the_run_and_keeps_the_local_model() {
+    let l = Legion::new();
+    let (code, run) = train(&l, &[&example("python-iris"), "--toolchain", "python", "--name", "iris", "--push", "127.0.0.1:9/models/iris"]);
+    assert_eq!(code, 1);
+    let reason = run["reason"].as_str().unwrap();
+    assert!(reason.starts_with("registry 127.0.0.1:9/models/iris:1:"), "{reason}");
+    // The model was stored before the push; nothing is lost.
+    assert_eq!(l.json(&["models", "ls"])[0]["reference"], "iris:1");
+}
+
 // ---------- failure paths: clear message, log kept ----------
 
 #[test]

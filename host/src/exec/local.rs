@@ -43,7 +43,7 @@ impl Executor for LocalExecutor {
                 "step {}/{total} '{}': {}",
                 i + 1,
                 step.name,
-                shell_words(step)
+                shell_words(step, &ctx.workspace.variables(&ctx.run_id, &ctx.model))
             ));
             let started = Instant::now();
             let outcome = run_step(step, ctx, events, &cancel, deadline).await?;
@@ -52,7 +52,7 @@ impl Executor for LocalExecutor {
                 StepEnd::Exited(0) => {
                     events.step_finished(&step.name, Some(0), elapsed);
                     ctx.log.note(&format!(
-                        "step '{}' succeeded in {:.1}s",
+                        "step '{}' succeeded in {:.3}s",
                         step.name,
                         elapsed.as_secs_f64()
                     ));
@@ -125,17 +125,12 @@ enum StepEnd {
     Cancelled,
 }
 
-fn shell_words(step: &Step) -> String {
+fn shell_words(step: &Step, vars: &[(String, String)]) -> String {
     step.command
         .iter()
         .chain(&step.args)
-        .map(|a| {
-            if a.contains(' ') {
-                format!("'{a}'")
-            } else {
-                a.clone()
-            }
-        })
+        .map(|a| substitute(a, vars))
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
         .collect::<Vec<_>>()
         .join(" ")
 }

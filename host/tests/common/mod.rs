@@ -2,6 +2,8 @@
 //! `scripts/build-plugins.sh` are, and a `legion` command on a fresh data dir.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
