@@ -276,28 +276,75 @@ fn push_sends_the_same_artifact_to_a_real_registry() {
     let registry = common::registry::Registry::start();
     let l = Legion::new();
     let target = format!("{}/models/iris", registry.addr);
-    let (code, run) = train(&l, &[&example("python-iris"), "--toolchain", "python", "--name", "iris", "--version", "7", "--push", &target]);
+    let (code, run) = train(
+        &l,
+        &[
+            &example("python-iris"),
+            "--toolchain",
+            "python",
+            "--name",
+            "iris",
+            "--version",
+            "7",
+            "--push",
+            &target,
+        ],
+    );
     assert_eq!(code, 0, "{run:#}\n{}", log_of(&l, &run));
     let digest = run["modelDigest"].as_str().unwrap();
-    assert_eq!(run["pushedRef"].as_str(), Some(format!("{target}:7@{digest}").as_str()));
+    assert_eq!(
+        run["pushedRef"].as_str(),
+        Some(format!("{target}:7@{digest}").as_str())
+    );
     // An independent client sees the very manifest stored locally.
     let raw = registry.raw_manifest("models/iris:7");
     assert_eq!(legion::oci::sha256_digest(&raw), digest);
     let manifest: Value = serde_json::from_slice(&raw).unwrap();
     assert_eq!(manifest["artifactType"], "application/vnd.legion.model.v1");
     // Pushing again moves no blob: the registry has them all.
-    let (code, again) = train(&l, &[&example("python-iris"), "--toolchain", "python", "--name", "iris", "--version", "7", "--push", &format!("{target}:again")]);
+    let (code, again) = train(
+        &l,
+        &[
+            &example("python-iris"),
+            "--toolchain",
+            "python",
+            "--name",
+            "iris",
+            "--version",
+            "7",
+            "--push",
+            &format!("{target}:again"),
+        ],
+    );
     assert_eq!(code, 0);
-    assert!(log_of(&l, &again).contains("(0 blobs, 0 bytes; 2 already there)"), "{}", log_of(&l, &again));
+    assert!(
+        log_of(&l, &again).contains("(0 blobs, 0 bytes; 2 already there)"),
+        "{}",
+        log_of(&l, &again)
+    );
 }
 
 #[test]
 fn unreachable_registry_fails_the_run_and_keeps_the_local_model() {
     let l = Legion::new();
-    let (code, run) = train(&l, &[&example("python-iris"), "--toolchain", "python", "--name", "iris", "--push", "127.0.0.1:9/models/iris"]);
+    let (code, run) = train(
+        &l,
+        &[
+            &example("python-iris"),
+            "--toolchain",
+            "python",
+            "--name",
+            "iris",
+            "--push",
+            "127.0.0.1:9/models/iris",
+        ],
+    );
     assert_eq!(code, 1);
     let reason = run["reason"].as_str().unwrap();
-    assert!(reason.starts_with("registry 127.0.0.1:9/models/iris:1:"), "{reason}");
+    assert!(
+        reason.starts_with("registry 127.0.0.1:9/models/iris:1:"),
+        "{reason}"
+    );
     // The model was stored before the push; nothing is lost.
     assert_eq!(l.json(&["models", "ls"])[0]["reference"], "iris:1");
 }
@@ -738,6 +785,66 @@ fn ctrl_c_cancels_the_run_kills_the_step_and_keeps_the_log() {
         log.contains("started") && log.contains("run cancelled during step 'train'"),
         "{log}"
     );
+}
+
+#[test]
+fn a_run_whose_host_died_is_marked_failed() {
+    let l = Legion::new();
+    let pidfile = tempfile::tempdir().unwrap();
+    let pid_path = pidfile.path().join("step.pid");
+    let script = format!("import os, time\nopen('{}', 'w').write(str(os.getpid()))\nprint('up', flush=True)\ntime.sleep(300)\n", pid_path.display());
+    let p = project(&[("train.py", &script)]);
+    let mut proc = l
+        .cmd()
+        .args([
+            "train",
+            p.path().to_str().unwrap(),
+            "--toolchain",
+            "python",
+            "--name",
+            "orphan",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let id = loop {
+        let runs = l.json(&["runs", "ls"]);
+        if runs[0]["state"] == "running"
+            && std::fs::read_to_string(&pid_path).is_ok_and(|p| !p.is_empty())
+        {
+            break runs[0]["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "the run never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    proc.kill().unwrap(); // SIGKILL: no chance to record anything
+    proc.wait().unwrap();
+    let shown = l.json(&["runs", "show", &id]);
+    assert_eq!(shown["state"], "failed");
+    assert!(
+        shown["reason"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted: the legion process running it"),
+        "{shown:#}"
+    );
+    // The step did not outlive its host.
+    let step_pid: i32 = std::fs::read_to_string(&pid_path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // SAFETY: signal 0 only checks that the process exists.
+    while unsafe { libc::kill(step_pid, 0) } == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the step {step_pid} outlived its host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -75,6 +75,7 @@ async fn get(store: &Store, id: &str) -> Result<RunRecord, Error> {
 }
 
 pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Result<(), Error> {
+    crate::train::reconcile_orphans(store).await?;
     match cmd {
         RunsCommand::Ls { limit } => {
             let runs = store.list_runs(limit).await?;

@@ -417,6 +417,41 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// Marks runs whose host process is gone (killed, machine restarted) as
+/// failed, so no run stays `running` forever. Local runs are not resumed:
+/// their steps died with the process group of the host that started them.
+pub async fn reconcile_orphans(store: &crate::store::Store) -> Result<(), Error> {
+    for mut run in store.list_runs(1000).await? {
+        if run.state.is_final() {
+            continue;
+        }
+        let Some(pid) = run.pid else { continue };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        run.state = RunState::Failed;
+        run.reason = Some(format!(
+            "interrupted: the legion process running it (pid {pid}) is gone"
+        ));
+        run.finished_at = Some(now_ms());
+        store.update_run(&run).await?;
+        if let Ok(log) = RunLog::open(Path::new(&run.log_path)) {
+            log.note(&format!(
+                "run {} failed: {}",
+                run.id,
+                run.reason.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 sends nothing; it only asks whether the pid exists.
+    let r = unsafe { libc::kill(pid as i32, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// Why a recorded run stopped early.
 enum Stop {
     Cancelled(Option<String>),

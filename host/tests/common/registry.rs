@@ -14,9 +14,16 @@ pub struct Registry {
 impl Registry {
     pub fn start() -> Self {
         let bin = PathBuf::from("/usr/bin/docker-registry");
-        assert!(bin.is_file(), "docker-registry is not installed: run scripts/setup.sh");
+        assert!(
+            bin.is_file(),
+            "docker-registry is not installed: run scripts/setup.sh"
+        );
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
@@ -27,13 +34,26 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new(bin).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Registry { child, addr, _dir: dir }
+        Registry {
+            child,
+            addr,
+            _dir: dir,
+        }
     }
 
     /// `skopeo inspect --raw` of a reference in this registry: the manifest
@@ -44,7 +64,11 @@ impl Registry {
             .arg(format!("docker://{}/{repo_tag}", self.addr))
             .output()
             .expect("skopeo is not installed: run scripts/setup.sh");
-        assert!(out.status.success(), "skopeo inspect {repo_tag}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "skopeo inspect {repo_tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         out.stdout
     }
 }
