@@ -10,6 +10,7 @@
 //! - [`exec`]: executors that run plans, Python environments, run logs;
 //! - [`oci`]: models as OCI artifacts, the layout store, registries;
 //! - [`train`]: a training end to end;
+//! - [`serve`]: the model server;
 //! - [`home`]: the data directory layout;
 //! - [`cli`]: the `legion` command line.
 
@@ -22,6 +23,7 @@ pub mod home;
 pub mod oci;
 pub mod plan;
 pub mod plugin;
+pub mod serve;
 pub mod store;
 pub mod train;
 

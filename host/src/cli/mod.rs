@@ -4,6 +4,7 @@
 
 mod output;
 mod runs;
+mod serve;
 mod toolchain;
 mod train;
 
@@ -56,14 +57,18 @@ pub enum Command {
     /// Inspect stored models.
     #[command(subcommand)]
     Models(runs::ModelsCommand),
+    /// Serve a stored model over REST (Open Inference Protocol v2, MLflow, Legion).
+    Serve(serve::ServeArgs),
 }
 
 impl Cli {
     /// Runs the command; returns the process exit code.
     pub async fn run(self) -> Result<i32, Error> {
         let home = Home::new(self.data_dir.clone().unwrap_or_else(Home::default_root));
-        if let Command::Models(cmd) = self.command {
-            return runs::models(cmd, &home, self.output).await.map(|_| 0);
+        match self.command {
+            Command::Models(cmd) => return runs::models(cmd, &home, self.output).await.map(|_| 0),
+            Command::Serve(args) => return serve::run(args, &home).await.map(|_| 0),
+            _ => {}
         }
         let toolchains = open_toolchains(&home).await?;
         let result = match self.command {
@@ -74,7 +79,7 @@ impl Cli {
             Command::Runs(cmd) => runs::runs(cmd, toolchains.store(), self.output)
                 .await
                 .map(|_| 0),
-            Command::Models(_) => Ok(0),
+            Command::Models(_) | Command::Serve(_) => Ok(0),
         };
         toolchains.store().close().await;
         result

@@ -1,0 +1,100 @@
+//! The model a server serves: found in the local store, unpacked once into
+//! `<data>/serving/<digest>/`, with a Python environment from its
+//! requirements.
+
+use std::path::PathBuf;
+
+use crate::exec::pyenv::PythonEnvs;
+use crate::exec::RunLog;
+use crate::home::Home;
+use crate::oci::layer::unpack_layer;
+use crate::oci::layout::Layout;
+use crate::oci::model::{read_model, ModelConfig, MODEL_LAYER_PREFIX};
+use crate::plan::{PythonEnvironment, Signature};
+use crate::Error;
+
+/// A model ready to load into workers.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    /// Model name.
+    pub name: String,
+    /// Model version.
+    pub version: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Its config.
+    pub config: ModelConfig,
+    /// The unpacked model files.
+    pub dir: PathBuf,
+    /// The venv the workers run in.
+    pub env: PathBuf,
+}
+
+impl ServedModel {
+    /// The model's signature, if it has one.
+    pub fn signature(&self) -> Option<&Signature> {
+        self.config.manifest.signature.as_ref()
+    }
+}
+
+/// Requirements for serving a model: its own, with the full `mlflow`
+/// package swapped for `mlflow-skinny` at the same version (the server needs
+/// only MLflow's model loading, not its tracking server), plus numpy and
+/// pandas, which the worker itself imports.
+pub fn serving_requirements(reqs: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = reqs
+        .iter()
+        .map(|r| {
+            let t = r.trim();
+            match t.strip_prefix("mlflow") {
+                Some(rest) if rest.is_empty() || rest.starts_with(['=', '<', '>', '~', '!', ' ', '[', ';']) => format!("mlflow-skinny{rest}"),
+                _ => t.to_string(),
+            }
+        })
+        .filter(|r| !r.is_empty() && !r.starts_with('-') && !r.starts_with('#'))
+        .collect();
+    for needed in ["numpy", "pandas"] {
+        let has = out.iter().any(|r| {
+            let name: String = r.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.').collect();
+            name.eq_ignore_ascii_case(needed)
+        });
+        if !has {
+            out.push(needed.to_string());
+        }
+    }
+    out
+}
+
+/// Finds `reference` (`name:version` or a digest) in the store, unpacks
+/// it and prepares its environment.
+pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error> {
+    let layout = Layout::open(home.models())?;
+    let Some((desc, manifest, config)) = read_model(&layout, reference)? else {
+        return Err(Error::InvalidArgument { field: "MODEL".into(), message: format!("no stored model '{reference}' (legion models ls lists them)") });
+    };
+    let hex = desc.digest.trim_start_matches("sha256:").to_string();
+    let root = home.root().join("serving").join(&hex);
+    let ready = root.join(".unpacked");
+    if !ready.is_file() {
+        let _ = std::fs::remove_dir_all(&root);
+        for layer in &manifest.layers {
+            unpack_layer(&layout.blob_path(&layer.digest), &root)?;
+        }
+        std::fs::write(&ready, "").map_err(|e| Error::io(&ready, e))?;
+    }
+    let log = RunLog::open(&root.with_extension("env.log"))?;
+    let env = PythonEnvironment { python_version: None, requirements: serving_requirements(&config.manifest.requirements) };
+    let env = PythonEnvs::new(home.python_envs()).ensure(&env, &log).await?;
+    Ok(ServedModel { name: config.name.clone(), version: config.version.clone(), digest: desc.digest, dir: root.join(MODEL_LAYER_PREFIX), env, config })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mlflow_becomes_skinny_and_numpy_pandas_are_added() {
+        let reqs = vec!["mlflow==3.17.2".to_string(), "scikit-learn==1.9.1".into(), "mlflow-skinny".into(), "pandas".into()];
+        assert_eq!(serving_requirements(&reqs), ["mlflow-skinny==3.17.2", "scikit-learn==1.9.1", "mlflow-skinny", "pandas", "numpy"]);
+    }
+}

@@ -1,0 +1,180 @@
+"""Legion model worker: loads one model and answers prediction batches.
+
+Started by `legion serve` (and by the packaged image) as
+`python worker.py MODEL_DIR FLAVOR`. It reads request frames on stdin and
+writes frames on the stdout it was given; anything the model prints goes to
+stderr, so it can never corrupt the frame stream. The frame layout is in
+host/src/serve/table.rs.
+"""
+import importlib.util
+import json
+import os
+import pickle
+import struct
+import sys
+import traceback
+
+import numpy as np
+import pandas as pd
+
+F64, I64, BOOL, STR = 1, 2, 3, 4
+
+
+def load(model_dir, flavor):
+    """Returns (loader name, predict(frame) -> array-like)."""
+    if flavor == "python_function":
+        meta = {}
+        try:
+            import yaml
+
+            with open(os.path.join(model_dir, "MLmodel")) as f:
+                meta = yaml.safe_load(f) or {}
+        except Exception:  # no PyYAML: take the general path below
+            meta = {}
+        sk = (meta.get("flavors") or {}).get("sklearn") or {}
+        path = os.path.join(model_dir, sk.get("pickled_model") or "")
+        if sk.get("pickled_model") and os.path.isfile(path):
+            # Fast path: a scikit-learn model loads without importing MLflow.
+            fmt = sk.get("serialization_format", "cloudpickle")
+            if fmt == "skops":
+                import skops.io
+
+                model = skops.io.load(path, trusted=sk.get("skops_trusted_types") or [])
+            elif fmt == "cloudpickle":
+                import cloudpickle
+
+                with open(path, "rb") as f:
+                    model = cloudpickle.load(f)
+            else:
+                with open(path, "rb") as f:
+                    model = pickle.load(f)
+            return "sklearn (fast path, " + fmt + ")", model.predict
+        import mlflow.pyfunc
+
+        model = mlflow.pyfunc.load_model(model_dir)
+        return "mlflow.pyfunc", model.predict
+    if flavor == "sklearn":
+        for name in ("model.pkl", "model.joblib"):
+            path = os.path.join(model_dir, name)
+            if os.path.isfile(path):
+                if name.endswith(".joblib"):
+                    import joblib
+
+                    model = joblib.load(path)
+                else:
+                    with open(path, "rb") as f:
+                        model = pickle.load(f)
+                return "sklearn (" + name + ")", model.predict
+        raise RuntimeError("no model.pkl or model.joblib in " + model_dir)
+    if flavor == "legion.python":
+        spec = importlib.util.spec_from_file_location("legion_model_predict", os.path.join(model_dir, "predict.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        state = module.load(model_dir)
+        return "predict.py", lambda frame: module.predict(state, frame)
+    raise RuntimeError("unknown model flavor " + repr(flavor))
+
+
+def read_exact(stream, n):
+    data = stream.read(n)
+    if data is None or len(data) < n:
+        raise EOFError
+    return data
+
+
+def decode_request(buf):
+    kind = buf[0]
+    if kind != 1:
+        raise ValueError("unexpected frame kind %d" % kind)
+    batch, rows, ncols = struct.unpack_from("<QIH", buf, 1)
+    pos = 15
+    cols = []
+    for _ in range(ncols):
+        (n,) = struct.unpack_from("<H", buf, pos)
+        pos += 2
+        name = buf[pos:pos + n].decode()
+        pos += n
+        cols.append((name, buf[pos]))
+        pos += 1
+    data = {}
+    for name, dtype in cols:
+        if dtype == F64:
+            data[name] = np.frombuffer(buf, dtype="<f8", count=rows, offset=pos)
+            pos += 8 * rows
+        elif dtype == I64:
+            data[name] = np.frombuffer(buf, dtype="<i8", count=rows, offset=pos)
+            pos += 8 * rows
+        elif dtype == BOOL:
+            data[name] = np.frombuffer(buf, dtype=np.bool_, count=rows, offset=pos)
+            pos += rows
+        else:
+            values = []
+            for _ in range(rows):
+                (n,) = struct.unpack_from("<I", buf, pos)
+                pos += 4
+                values.append(buf[pos:pos + n].decode())
+                pos += n
+            data[name] = values
+    return batch, pd.DataFrame(data, columns=[c for c, _ in cols])
+
+
+def encode_result(batch, prediction):
+    if isinstance(prediction, (pd.DataFrame, pd.Series)):
+        prediction = prediction.to_numpy()
+    arr = np.asarray(prediction)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim > 2:
+        arr = arr.reshape(arr.shape[0], -1)
+    head = struct.pack("<BQ", 2, batch)
+    if arr.dtype.kind == "f":
+        body = struct.pack("<BB", F64, arr.ndim) + struct.pack("<%dI" % arr.ndim, *arr.shape)
+        body += np.ascontiguousarray(arr, dtype="<f8").tobytes()
+    elif arr.dtype.kind in "iu":
+        body = struct.pack("<BB", I64, arr.ndim) + struct.pack("<%dI" % arr.ndim, *arr.shape)
+        body += np.ascontiguousarray(arr, dtype="<i8").tobytes()
+    elif arr.dtype.kind == "b":
+        body = struct.pack("<BB", BOOL, arr.ndim) + struct.pack("<%dI" % arr.ndim, *arr.shape)
+        body += np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    else:
+        parts = [struct.pack("<BB", STR, arr.ndim), struct.pack("<%dI" % arr.ndim, *arr.shape)]
+        for v in arr.reshape(-1):
+            b = str(v).encode()
+            parts.append(struct.pack("<I", len(b)))
+            parts.append(b)
+        body = b"".join(parts)
+    return head + body
+
+
+def main():
+    model_dir, flavor = sys.argv[1], sys.argv[2]
+    # Keep the frame stream for ourselves; the model's prints go to stderr.
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    inp = os.fdopen(0, "rb", buffering=0)
+
+    def send(payload):
+        out.write(struct.pack("<I", len(payload)) + payload)
+
+    loader, predict = load(model_dir, flavor)
+    ready = json.dumps({"flavor": flavor, "loader": loader, "pid": os.getpid()}).encode()
+    send(struct.pack("<BI", 0, len(ready)) + ready)
+    while True:
+        try:
+            (n,) = struct.unpack("<I", read_exact(inp, 4))
+            buf = read_exact(inp, n)
+        except EOFError:
+            return
+        batch = 0
+        try:
+            batch, frame = decode_request(buf)
+            send(encode_result(batch, predict(frame)))
+        except Exception as e:  # the model's error goes back to the caller
+            traceback.print_exc(file=sys.stderr)
+            msg = ("%s: %s" % (type(e).__name__, e)).encode()[:4000]
+            send(struct.pack("<BQI", 3, batch, len(msg)) + msg)
+
+
+if __name__ == "__main__":
+    main()
