@@ -62,8 +62,14 @@ pub fn router(state: Shared) -> Router {
         .route("/v2/models/{name}/ready", get(oip_model_ready))
         .route("/v2/models/{name}/infer", post(oip_infer))
         .route("/v2/models/{name}/versions/{version}", get(oip_model_v))
-        .route("/v2/models/{name}/versions/{version}/ready", get(oip_model_ready_v))
-        .route("/v2/models/{name}/versions/{version}/infer", post(oip_infer_v))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(oip_model_ready_v),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(oip_infer_v),
+        )
         .route("/invocations", post(mlflow_invocations))
         .route("/ping", get(ping))
         .route("/health", get(ping))
@@ -135,7 +141,11 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, dialect: Dialect, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), dialect }
+        ApiError {
+            status,
+            message: message.into(),
+            dialect,
+        }
     }
 }
 
@@ -151,40 +161,100 @@ impl IntoResponse for ApiError {
         };
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
 }
 
-async fn read_body(body: Body, state: &AppState, dialect: Dialect) -> Result<axum::body::Bytes, ApiError> {
-    to_bytes(body, state.limits.max_body_bytes).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, dialect, format!("the body is larger than the {} bytes allowed", state.limits.max_body_bytes))
-    })
+async fn read_body(
+    body: Body,
+    state: &AppState,
+    dialect: Dialect,
+) -> Result<axum::body::Bytes, ApiError> {
+    to_bytes(body, state.limits.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                dialect,
+                format!(
+                    "the body is larger than the {} bytes allowed",
+                    state.limits.max_body_bytes
+                ),
+            )
+        })
 }
 
 fn parse_json(bytes: &[u8], dialect: Dialect) -> Result<Value, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, dialect, format!("invalid JSON: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            dialect,
+            format!("invalid JSON: {e}"),
+        )
+    })
 }
 
 /// Conforms, predicts, times, counts and logs one request.
-async fn predict(state: &AppState, dialect: Dialect, request_id: &str, table: Table, input: &Value) -> Result<Prediction, ApiError> {
+async fn predict(
+    state: &AppState,
+    dialect: Dialect,
+    request_id: &str,
+    table: Table,
+    input: &Value,
+) -> Result<Prediction, ApiError> {
     let started = Instant::now();
     let result = async {
-        let table = conform(table, state.model.signature()).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, dialect, m))?;
+        let table = conform(table, state.model.signature())
+            .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, dialect, m))?;
         if table.rows() == 0 {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, dialect, "the request has no rows"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                dialect,
+                "the request has no rows",
+            ));
         }
         if state.pool.ready_workers() == 0 {
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, dialect, "the model is not loaded yet"));
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                dialect,
+                "the model is not loaded yet",
+            ));
         }
         match tokio::time::timeout(state.limits.request_timeout, state.pool.predict(table)).await {
-            Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, dialect, format!("no prediction within {} ms", state.limits.request_timeout.as_millis()))),
+            Err(_) => Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                dialect,
+                format!(
+                    "no prediction within {} ms",
+                    state.limits.request_timeout.as_millis()
+                ),
+            )),
             Ok(Ok(p)) => Ok(p),
-            Ok(Err(PredictError::Overloaded)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, dialect, "overloaded: the request queue is full, retry later")),
-            Ok(Err(PredictError::WorkerCrashed(why))) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, dialect, format!("the worker crashed while predicting ({why}); it is being restarted, retry"))),
-            Ok(Err(PredictError::Closed)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, dialect, "the server is shutting down")),
-            Ok(Err(PredictError::Model(m))) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, dialect, format!("the model failed: {m}"))),
+            Ok(Err(PredictError::Overloaded)) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                dialect,
+                "overloaded: the request queue is full, retry later",
+            )),
+            Ok(Err(PredictError::WorkerCrashed(why))) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                dialect,
+                format!(
+                    "the worker crashed while predicting ({why}); it is being restarted, retry"
+                ),
+            )),
+            Ok(Err(PredictError::Closed)) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                dialect,
+                "the server is shutting down",
+            )),
+            Ok(Err(PredictError::Model(m))) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                dialect,
+                format!("the model failed: {m}"),
+            )),
         }
     }
     .await;
@@ -193,8 +263,19 @@ async fn predict(state: &AppState, dialect: Dialect, request_id: &str, table: Ta
         Err(e) => e.status.as_u16(),
     };
     let protocol = dialect.label().to_string();
-    state.metrics.requests.get_or_create(&RequestLabels { protocol: protocol.clone(), code: status }).inc();
-    state.metrics.latency.get_or_create(&ProtocolLabels { protocol }).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            protocol: protocol.clone(),
+            code: status,
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&ProtocolLabels { protocol })
+        .observe(started.elapsed().as_secs_f64());
     if let Some(log) = &state.request_log {
         log.write(&RequestRecord {
             time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -228,7 +309,11 @@ async fn ready(State(s): State<Shared>) -> Response {
     if s.pool.ready_workers() > 0 {
         Json(json!({ "ready": true })).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false })),
+        )
+            .into_response()
     }
 }
 
@@ -242,7 +327,14 @@ fn check_model(s: &AppState, name: &str, version: Option<&str>) -> Result<(), Ap
             Some(v) => format!("{name} version {v}"),
             None => name.to_string(),
         };
-        return Err(ApiError::new(StatusCode::NOT_FOUND, Dialect::Oip, format!("unknown model {asked}; this server serves {} version {}", s.model.name, s.model.version)));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            Dialect::Oip,
+            format!(
+                "unknown model {asked}; this server serves {} version {}",
+                s.model.name, s.model.version
+            ),
+        ));
     }
     Ok(())
 }
@@ -266,42 +358,77 @@ fn metadata(s: &AppState) -> Value {
     })
 }
 
-async fn oip_model(State(s): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn oip_model(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     check_model(&s, &name, None)?;
     Ok(Json(metadata(&s)))
 }
 
-async fn oip_model_v(State(s): State<Shared>, Path((name, version)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+async fn oip_model_v(
+    State(s): State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
     check_model(&s, &name, Some(&version))?;
     Ok(Json(metadata(&s)))
 }
 
-async fn oip_model_ready(State(s): State<Shared>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn oip_model_ready(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     check_model(&s, &name, None)?;
     Ok(ready(State(s)).await)
 }
 
-async fn oip_model_ready_v(State(s): State<Shared>, Path((name, version)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn oip_model_ready_v(
+    State(s): State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     check_model(&s, &name, Some(&version))?;
     Ok(ready(State(s)).await)
 }
 
-async fn oip_infer(State(s): State<Shared>, Path(name): Path<String>, Extension(id): Extension<RequestId>, body: Body) -> Result<Json<Value>, ApiError> {
+async fn oip_infer(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    Extension(id): Extension<RequestId>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     infer(s, name, None, id, body).await
 }
 
-async fn oip_infer_v(State(s): State<Shared>, Path((name, version)): Path<(String, String)>, Extension(id): Extension<RequestId>, body: Body) -> Result<Json<Value>, ApiError> {
+async fn oip_infer_v(
+    State(s): State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+    Extension(id): Extension<RequestId>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     infer(s, name, Some(version), id, body).await
 }
 
-async fn infer(s: Shared, name: String, version: Option<String>, RequestId(request_id): RequestId, body: Body) -> Result<Json<Value>, ApiError> {
+async fn infer(
+    s: Shared,
+    name: String,
+    version: Option<String>,
+    RequestId(request_id): RequestId,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     check_model(&s, &name, version.as_deref())?;
     let bytes = read_body(body, &s, Dialect::Oip).await?;
     let value = parse_json(&bytes, Dialect::Oip)?;
-    let (table, id) = protocols::oip_request(&value, s.model.signature()).map_err(|m| bad(Dialect::Oip, m))?;
+    let (table, id) =
+        protocols::oip_request(&value, s.model.signature()).map_err(|m| bad(Dialect::Oip, m))?;
     let p = predict(&s, Dialect::Oip, &request_id, table, &value).await?;
     let id = id.unwrap_or(request_id);
-    Ok(Json(protocols::oip_response(&s.model.name, &s.model.version, &id, &p, s.model.signature())))
+    Ok(Json(protocols::oip_response(
+        &s.model.name,
+        &s.model.version,
+        &id,
+        &p,
+        s.model.signature(),
+    )))
 }
 
 // ---------------- MLflow ----------------
@@ -311,20 +438,47 @@ async fn ping() -> &'static str {
 }
 
 async fn version(State(s): State<Shared>) -> String {
-    s.model.config.manifest.metadata.get("mlflow_version").cloned().unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+    s.model
+        .config
+        .manifest
+        .metadata
+        .get("mlflow_version")
+        .cloned()
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
 }
 
-async fn mlflow_invocations(State(s): State<Shared>, Extension(RequestId(request_id)): Extension<RequestId>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+async fn mlflow_invocations(
+    State(s): State<Shared>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let d = Dialect::Mlflow;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_ascii_lowercase();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
     let bytes = read_body(body, &s, d).await?;
     let (table, input) = if content_type.starts_with("text/csv") {
-        (protocols::mlflow_csv(&bytes).map_err(|m| bad(d, m))?, Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        (
+            protocols::mlflow_csv(&bytes).map_err(|m| bad(d, m))?,
+            Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+        )
     } else if content_type.starts_with("application/json") {
         let v = parse_json(&bytes, d)?;
-        (protocols::mlflow_json(&v, s.model.signature()).map_err(|m| bad(d, m))?, v)
+        (
+            protocols::mlflow_json(&v, s.model.signature()).map_err(|m| bad(d, m))?,
+            v,
+        )
     } else {
-        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, d, format!("content type '{content_type}' is not supported: use application/json or text/csv")));
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            d,
+            format!(
+                "content type '{content_type}' is not supported: use application/json or text/csv"
+            ),
+        ));
     };
     let p = predict(&s, d, &request_id, table, &input).await?;
     Ok(Json(protocols::mlflow_response(&p)))
@@ -334,22 +488,37 @@ async fn mlflow_invocations(State(s): State<Shared>, Extension(RequestId(request
 
 async fn healthcheck(State(s): State<Shared>) -> Response {
     let ok = s.pool.ready_workers() > 0;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(json!({ "status": ok }))).into_response()
 }
 
 async fn legion_info(State(s): State<Shared>) -> Json<Value> {
-    Json(protocols::openapi(&s.model.name, &s.model.version, s.model.signature()))
+    Json(protocols::openapi(
+        &s.model.name,
+        &s.model.version,
+        s.model.signature(),
+    ))
 }
 
-async fn legion_invoke(State(s): State<Shared>, Extension(RequestId(request_id)): Extension<RequestId>, body: Body) -> Result<Response, ApiError> {
+async fn legion_invoke(
+    State(s): State<Shared>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let d = Dialect::Legion;
     let bytes = read_body(body, &s, d).await?;
     let v = parse_json(&bytes, d)?;
     let table = protocols::legion_request(&v).map_err(|m| bad(d, m))?;
     let p = predict(&s, d, &request_id, table, &v).await?;
     let mut resp = Json(protocols::legion_response(&p, s.model.signature())).into_response();
-    for (k, v) in [("model-name", &s.model.name), ("model-version", &s.model.version)] {
+    for (k, v) in [
+        ("model-name", &s.model.name),
+        ("model-version", &s.model.version),
+    ] {
         if let Ok(v) = HeaderValue::from_str(v) {
             resp.headers_mut().insert(HeaderName::from_static(k), v);
         }
@@ -357,12 +526,25 @@ async fn legion_invoke(State(s): State<Shared>, Extension(RequestId(request_id))
     Ok(resp)
 }
 
-async fn feedback(State(s): State<Shared>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+async fn feedback(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let d = Dialect::Legion;
-    let header_of = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header_of = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     // Only an id the client sent counts: feedback names the prediction it is about.
     let request_id = header_of("request-id").or_else(|| header_of("x-request-id"));
-    let (Some(request_id), Some(model_name), Some(model_version)) = (request_id, header_of("model-name"), header_of("model-version")) else {
+    let (Some(request_id), Some(model_name), Some(model_version)) = (
+        request_id,
+        header_of("model-name"),
+        header_of("model-version"),
+    ) else {
         return Err(bad(d, "feedback needs the Request-ID, Model-Name and Model-Version headers of the prediction it is about".into()));
     };
     let bytes = read_body(body, &s, d).await?;
@@ -378,9 +560,20 @@ async fn feedback(State(s): State<Shared>, headers: HeaderMap, body: Body) -> Re
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, Dialect::Oip, format!("no route for {} {}", req.method(), req.uri().path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        Dialect::Oip,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    )
 }

@@ -65,7 +65,13 @@ impl JsonLines {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             }
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?)
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?,
+            )
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let name = path.display().to_string();

@@ -51,18 +51,48 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("legion");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<ProtocolLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        let latency = Family::<ProtocolLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
         let batch_rows = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         let queue_depth = Gauge::default();
         let workers_ready = Gauge::default();
         let worker_restarts = Counter::default();
-        registry.register("requests", "Prediction requests by protocol and status code", requests.clone());
-        registry.register("request_duration_seconds", "Prediction latency in seconds", latency.clone());
+        registry.register(
+            "requests",
+            "Prediction requests by protocol and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Prediction latency in seconds",
+            latency.clone(),
+        );
         registry.register("batch_rows", "Rows per predict call", batch_rows.clone());
-        registry.register("queue_depth", "Requests waiting for a worker", queue_depth.clone());
-        registry.register("workers_ready", "Workers with the model loaded", workers_ready.clone());
-        registry.register("worker_restarts", "Workers restarted after a crash", worker_restarts.clone());
-        Metrics { registry, requests, latency, batch_rows, queue_depth, workers_ready, worker_restarts }
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a worker",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "workers_ready",
+            "Workers with the model loaded",
+            workers_ready.clone(),
+        );
+        registry.register(
+            "worker_restarts",
+            "Workers restarted after a crash",
+            worker_restarts.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            batch_rows,
+            queue_depth,
+            workers_ready,
+            worker_restarts,
+        }
     }
 
     /// The text exposition.

@@ -57,7 +57,11 @@ pub struct ServeOptions {
 
 /// Serves until `shutdown` resolves, then stops taking connections,
 /// answers what is in flight, and stops the workers.
-pub async fn serve(home: &Home, opts: ServeOptions, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn serve(
+    home: &Home,
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let started = Instant::now();
     let model = model::prepare(home, &opts.model).await?;
     let script = home.root().join("serving").join("legion_worker.py");
@@ -76,17 +80,35 @@ pub async fn serve(home: &Home, opts: ServeOptions, shutdown: impl std::future::
         },
         metrics.clone(),
     );
-    let request_log = opts.request_log.as_deref().map(log::JsonLines::open).transpose()?;
-    let feedback_path = opts.feedback_log.clone().unwrap_or_else(|| home.root().join("serving").join("feedback.jsonl"));
+    let request_log = opts
+        .request_log
+        .as_deref()
+        .map(log::JsonLines::open)
+        .transpose()?;
+    let feedback_path = opts
+        .feedback_log
+        .clone()
+        .unwrap_or_else(|| home.root().join("serving").join("feedback.jsonl"));
     let feedback_log = log::JsonLines::open(&feedback_path)?;
-    let listener = tokio::net::TcpListener::bind(opts.addr).await.map_err(|e| Error::Io { path: PathBuf::from(opts.addr.to_string()), message: format!("cannot listen: {e}") })?;
-    let addr = listener.local_addr().map_err(|e| Error::Io { path: PathBuf::from(opts.addr.to_string()), message: e.to_string() })?;
+    let listener = tokio::net::TcpListener::bind(opts.addr)
+        .await
+        .map_err(|e| Error::Io {
+            path: PathBuf::from(opts.addr.to_string()),
+            message: format!("cannot listen: {e}"),
+        })?;
+    let addr = listener.local_addr().map_err(|e| Error::Io {
+        path: PathBuf::from(opts.addr.to_string()),
+        message: e.to_string(),
+    })?;
     tracing::info!(model = %format!("{}:{}", model.name, model.version), digest = %model.digest, %addr, workers = opts.workers, "serving");
     let state = Arc::new(http::AppState {
         model,
         pool,
         metrics,
-        limits: http::Limits { max_body_bytes: opts.max_body_bytes, request_timeout: opts.request_timeout },
+        limits: http::Limits {
+            max_body_bytes: opts.max_body_bytes,
+            request_timeout: opts.request_timeout,
+        },
         request_log,
         feedback_log,
         started,
@@ -97,12 +119,18 @@ pub async fn serve(home: &Home, opts: ServeOptions, shutdown: impl std::future::
         while ready_state.pool.ready_workers() == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tracing::info!(ready_in_ms = ready_state.started.elapsed().as_millis() as u64, "ready");
+        tracing::info!(
+            ready_in_ms = ready_state.started.elapsed().as_millis() as u64,
+            "ready"
+        );
     });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| Error::Io { path: PathBuf::from(addr.to_string()), message: e.to_string() })?;
+        .map_err(|e| Error::Io {
+            path: PathBuf::from(addr.to_string()),
+            message: e.to_string(),
+        })?;
     tracing::info!("drained; stopping workers");
     drop(state);
     Ok(())

@@ -47,7 +47,12 @@ pub fn serving_requirements(reqs: &[String]) -> Vec<String> {
         .map(|r| {
             let t = r.trim();
             match t.strip_prefix("mlflow") {
-                Some(rest) if rest.is_empty() || rest.starts_with(['=', '<', '>', '~', '!', ' ', '[', ';']) => format!("mlflow-skinny{rest}"),
+                Some(rest)
+                    if rest.is_empty()
+                        || rest.starts_with(['=', '<', '>', '~', '!', ' ', '[', ';']) =>
+                {
+                    format!("mlflow-skinny{rest}")
+                }
                 _ => t.to_string(),
             }
         })
@@ -55,7 +60,10 @@ pub fn serving_requirements(reqs: &[String]) -> Vec<String> {
         .collect();
     for needed in ["numpy", "pandas"] {
         let has = out.iter().any(|r| {
-            let name: String = r.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.').collect();
+            let name: String = r
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || *c == '.')
+                .collect();
             name.eq_ignore_ascii_case(needed)
         });
         if !has {
@@ -70,7 +78,10 @@ pub fn serving_requirements(reqs: &[String]) -> Vec<String> {
 pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error> {
     let layout = Layout::open(home.models())?;
     let Some((desc, manifest, config)) = read_model(&layout, reference)? else {
-        return Err(Error::InvalidArgument { field: "MODEL".into(), message: format!("no stored model '{reference}' (legion models ls lists them)") });
+        return Err(Error::InvalidArgument {
+            field: "MODEL".into(),
+            message: format!("no stored model '{reference}' (legion models ls lists them)"),
+        });
     };
     let hex = desc.digest.trim_start_matches("sha256:").to_string();
     let root = home.root().join("serving").join(&hex);
@@ -83,9 +94,21 @@ pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error>
         std::fs::write(&ready, "").map_err(|e| Error::io(&ready, e))?;
     }
     let log = RunLog::open(&root.with_extension("env.log"))?;
-    let env = PythonEnvironment { python_version: None, requirements: serving_requirements(&config.manifest.requirements) };
-    let env = PythonEnvs::new(home.python_envs()).ensure(&env, &log).await?;
-    Ok(ServedModel { name: config.name.clone(), version: config.version.clone(), digest: desc.digest, dir: root.join(MODEL_LAYER_PREFIX), env, config })
+    let env = PythonEnvironment {
+        python_version: None,
+        requirements: serving_requirements(&config.manifest.requirements),
+    };
+    let env = PythonEnvs::new(home.python_envs())
+        .ensure(&env, &log)
+        .await?;
+    Ok(ServedModel {
+        name: config.name.clone(),
+        version: config.version.clone(),
+        digest: desc.digest,
+        dir: root.join(MODEL_LAYER_PREFIX),
+        env,
+        config,
+    })
 }
 
 #[cfg(test)]
@@ -94,7 +117,21 @@ mod tests {
 
     #[test]
     fn mlflow_becomes_skinny_and_numpy_pandas_are_added() {
-        let reqs = vec!["mlflow==3.17.2".to_string(), "scikit-learn==1.9.1".into(), "mlflow-skinny".into(), "pandas".into()];
-        assert_eq!(serving_requirements(&reqs), ["mlflow-skinny==3.17.2", "scikit-learn==1.9.1", "mlflow-skinny", "pandas", "numpy"]);
+        let reqs = vec![
+            "mlflow==3.17.2".to_string(),
+            "scikit-learn==1.9.1".into(),
+            "mlflow-skinny".into(),
+            "pandas".into(),
+        ];
+        assert_eq!(
+            serving_requirements(&reqs),
+            [
+                "mlflow-skinny==3.17.2",
+                "scikit-learn==1.9.1",
+                "mlflow-skinny",
+                "pandas",
+                "numpy"
+            ]
+        );
     }
 }

@@ -91,9 +91,22 @@ impl Pool {
         let ready = Arc::new(AtomicUsize::new(0));
         let config = Arc::new(config);
         let tasks = (0..config.workers.max(1))
-            .map(|i| tokio::spawn(worker_loop(i, config.clone(), rx.clone(), ready.clone(), metrics.clone())))
+            .map(|i| {
+                tokio::spawn(worker_loop(
+                    i,
+                    config.clone(),
+                    rx.clone(),
+                    ready.clone(),
+                    metrics.clone(),
+                ))
+            })
             .collect();
-        Pool { queue: tx, ready, tasks, metrics }
+        Pool {
+            queue: tx,
+            ready,
+            tasks,
+            metrics,
+        }
     }
 
     /// Workers with the model loaded.
@@ -109,7 +122,9 @@ impl Pool {
             Err(mpsc::error::TrySendError::Full(_)) => return Err(PredictError::Overloaded),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(PredictError::Closed),
         }
-        self.metrics.queue_depth.set((self.queue.max_capacity() - self.queue.capacity()) as i64);
+        self.metrics
+            .queue_depth
+            .set((self.queue.max_capacity() - self.queue.capacity()) as i64);
         rx.await.unwrap_or(Err(PredictError::Closed))
     }
 }
@@ -120,7 +135,10 @@ struct Worker {
     stdout: ChildStdout,
 }
 
-async fn spawn_worker(index: usize, config: &PoolConfig) -> Result<(Worker, serde_json::Value), String> {
+async fn spawn_worker(
+    index: usize,
+    config: &PoolConfig,
+) -> Result<(Worker, serde_json::Value), String> {
     let mut child = Command::new(&config.python)
         .arg(&config.script)
         .arg(&config.model_dir)
@@ -143,24 +161,45 @@ async fn spawn_worker(index: usize, config: &PoolConfig) -> Result<(Worker, serd
         });
     }
     match read_frame(&mut stdout).await? {
-        WorkerFrame::Ready(info) => Ok((Worker { child, stdin, stdout }, info)),
+        WorkerFrame::Ready(info) => Ok((
+            Worker {
+                child,
+                stdin,
+                stdout,
+            },
+            info,
+        )),
         other => Err(format!("expected a ready frame, got {other:?}")),
     }
 }
 
 async fn read_frame(stdout: &mut ChildStdout) -> Result<WorkerFrame, String> {
     let mut len = [0u8; 4];
-    stdout.read_exact(&mut len).await.map_err(|e| format!("worker exited ({e})"))?;
+    stdout
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| format!("worker exited ({e})"))?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
-        return Err(format!("worker sent a {len}-byte frame, more than the {MAX_FRAME} allowed"));
+        return Err(format!(
+            "worker sent a {len}-byte frame, more than the {MAX_FRAME} allowed"
+        ));
     }
     let mut buf = vec![0u8; len];
-    stdout.read_exact(&mut buf).await.map_err(|e| format!("worker exited mid-frame ({e})"))?;
+    stdout
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("worker exited mid-frame ({e})"))?;
     decode_worker_frame(&buf)
 }
 
-async fn worker_loop(index: usize, config: Arc<PoolConfig>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, ready: Arc<AtomicUsize>, metrics: Arc<Metrics>) {
+async fn worker_loop(
+    index: usize,
+    config: Arc<PoolConfig>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    ready: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch_id: u64 = 0;
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -174,7 +213,11 @@ async fn worker_loop(index: usize, config: Arc<PoolConfig>, rx: Arc<Mutex<mpsc::
                 continue;
             }
         };
-        tracing::info!(worker = index, loaded_in_ms = started.elapsed().as_millis() as u64, "worker ready: {info}");
+        tracing::info!(
+            worker = index,
+            loaded_in_ms = started.elapsed().as_millis() as u64,
+            "worker ready: {info}"
+        );
         ready.fetch_add(1, Ordering::Relaxed);
         metrics.workers_ready.inc();
         backoff = Duration::from_millis(200);
@@ -231,7 +274,12 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, config: &PoolConfig) -> Opt
 /// Runs jobs through the worker, merging those with the same columns
 /// into one call. Returns an error if the worker died (the jobs it held
 /// are answered first).
-async fn run_batch(worker: &mut Worker, jobs: Vec<Job>, batch_id: &mut u64, metrics: &Metrics) -> Result<(), String> {
+async fn run_batch(
+    worker: &mut Worker,
+    jobs: Vec<Job>,
+    batch_id: &mut u64,
+    metrics: &Metrics,
+) -> Result<(), String> {
     // Group consecutive jobs whose tables concatenate.
     let mut groups: Vec<(Table, Vec<(usize, Job)>)> = Vec::new();
     for job in jobs {
@@ -250,7 +298,10 @@ async fn run_batch(worker: &mut Worker, jobs: Vec<Job>, batch_id: &mut u64, metr
         metrics.batch_rows.observe(table.rows() as f64);
         let frame = encode_request(*batch_id, &table);
         let sent = async {
-            worker.stdin.write_all(&(frame.len() as u32).to_le_bytes()).await?;
+            worker
+                .stdin
+                .write_all(&(frame.len() as u32).to_le_bytes())
+                .await?;
             worker.stdin.write_all(&frame).await?;
             worker.stdin.flush().await
         }
@@ -263,7 +314,10 @@ async fn run_batch(worker: &mut Worker, jobs: Vec<Job>, batch_id: &mut u64, metr
             Ok(WorkerFrame::Result(id, prediction)) if id == *batch_id => {
                 let total: usize = members.iter().map(|(r, _)| r).sum();
                 if prediction.shape.first().copied() != Some(total) {
-                    let msg = format!("the model returned {:?} values for {total} rows", prediction.shape);
+                    let msg = format!(
+                        "the model returned {:?} values for {total} rows",
+                        prediction.shape
+                    );
                     for (_, j) in members {
                         let _ = j.reply.send(Err(PredictError::Model(msg.clone())));
                     }
@@ -294,8 +348,14 @@ async fn run_batch(worker: &mut Worker, jobs: Vec<Job>, batch_id: &mut u64, metr
     Ok(())
 }
 
-fn fail_all(members: Vec<(usize, Job)>, rest: impl Iterator<Item = (Table, Vec<(usize, Job)>)>, why: &str) {
+fn fail_all(
+    members: Vec<(usize, Job)>,
+    rest: impl Iterator<Item = (Table, Vec<(usize, Job)>)>,
+    why: &str,
+) {
     for (_, j) in members.into_iter().chain(rest.flat_map(|(_, m)| m)) {
-        let _ = j.reply.send(Err(PredictError::WorkerCrashed(why.to_string())));
+        let _ = j
+            .reply
+            .send(Err(PredictError::WorkerCrashed(why.to_string())));
     }
 }

@@ -24,30 +24,53 @@ fn dtype_of(datatype: &str) -> Option<DType> {
 /// nothing (integers to floats), columns the model does not take are
 /// dropped. Without a column signature the table passes as it is.
 pub fn conform(table: Table, signature: Option<&Signature>) -> Result<Table, BadRequest> {
-    let Some(sig) = signature else { return Ok(table) };
-    let named: Vec<_> = sig.inputs.iter().filter_map(|i| i.name.as_ref().map(|n| (n, i))).collect();
+    let Some(sig) = signature else {
+        return Ok(table);
+    };
+    let named: Vec<_> = sig
+        .inputs
+        .iter()
+        .filter_map(|i| i.name.as_ref().map(|n| (n, i)))
+        .collect();
     if named.is_empty() || named.len() != sig.inputs.len() {
         return Ok(table);
     }
     let rows = table.rows();
-    let mut by_name: std::collections::HashMap<String, Values> = table.columns.into_iter().map(|c| (c.name, c.values)).collect();
+    let mut by_name: std::collections::HashMap<String, Values> = table
+        .columns
+        .into_iter()
+        .map(|c| (c.name, c.values))
+        .collect();
     let mut out = Vec::with_capacity(named.len());
     let mut missing = Vec::new();
     for (name, spec) in named {
         match by_name.remove(name.as_str()) {
             Some(values) => {
                 let values = match dtype_of(&spec.datatype) {
-                    Some(want) => values.coerce(want).ok_or_else(|| format!("column '{name}' must be {} values", spec.datatype))?,
+                    Some(want) => values.coerce(want).ok_or_else(|| {
+                        format!("column '{name}' must be {} values", spec.datatype)
+                    })?,
                     None => values,
                 };
-                out.push(Column { name: name.clone(), values });
+                out.push(Column {
+                    name: name.clone(),
+                    values,
+                });
             }
             None if spec.optional => {}
             None => missing.push(name.clone()),
         }
     }
     if !missing.is_empty() {
-        return Err(format!("missing column{} {}", if missing.len() > 1 { "s" } else { "" }, missing.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", ")));
+        return Err(format!(
+            "missing column{} {}",
+            if missing.len() > 1 { "s" } else { "" },
+            missing
+                .iter()
+                .map(|m| format!("'{m}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     if out.iter().any(|c| c.values.len() != rows) {
         return Err("columns have different numbers of rows".into());
@@ -56,12 +79,16 @@ pub fn conform(table: Table, signature: Option<&Signature>) -> Result<Table, Bad
 }
 
 fn input_names(signature: Option<&Signature>) -> Vec<String> {
-    signature.map(|s| s.inputs.iter().filter_map(|i| i.name.clone()).collect()).unwrap_or_default()
+    signature
+        .map(|s| s.inputs.iter().filter_map(|i| i.name.clone()).collect())
+        .unwrap_or_default()
 }
 
 /// Names of the output columns: the signature's, or `prediction`.
 pub fn output_names(signature: Option<&Signature>, width: usize) -> Vec<String> {
-    let named: Vec<String> = signature.map(|s| s.outputs.iter().filter_map(|o| o.name.clone()).collect()).unwrap_or_default();
+    let named: Vec<String> = signature
+        .map(|s| s.outputs.iter().filter_map(|o| o.name.clone()).collect())
+        .unwrap_or_default();
     if named.len() == width {
         return named;
     }
@@ -132,30 +159,53 @@ fn oip_values(name: &str, datatype: &str, cells: &[&Value]) -> Result<Values, Ba
 /// Parses an OIP v2 infer request into a table: one 1-D tensor per column
 /// (MLServer's pandas codec), or one 2-D `[rows, columns]` tensor whose
 /// columns take the signature's input names.
-pub fn oip_request(body: &Value, signature: Option<&Signature>) -> Result<(Table, Option<String>), BadRequest> {
-    let obj = body.as_object().ok_or("the body must be a JSON object with \"inputs\"")?;
+pub fn oip_request(
+    body: &Value,
+    signature: Option<&Signature>,
+) -> Result<(Table, Option<String>), BadRequest> {
+    let obj = body
+        .as_object()
+        .ok_or("the body must be a JSON object with \"inputs\"")?;
     let id = obj.get("id").and_then(|v| v.as_str()).map(str::to_string);
-    let inputs = obj.get("inputs").and_then(|v| v.as_array()).ok_or("\"inputs\" must be a list of tensors")?;
+    let inputs = obj
+        .get("inputs")
+        .and_then(|v| v.as_array())
+        .ok_or("\"inputs\" must be a list of tensors")?;
     if inputs.is_empty() {
         return Err("\"inputs\" is empty".into());
     }
     let mut tensors = Vec::new();
     for (i, t) in inputs.iter().enumerate() {
-        let name = t.get("name").and_then(|v| v.as_str()).ok_or_else(|| format!("inputs[{i}]: \"name\" is required"))?;
-        let datatype = t.get("datatype").and_then(|v| v.as_str()).ok_or_else(|| format!("input '{name}': \"datatype\" is required"))?;
+        let name = t
+            .get("name")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("inputs[{i}]: \"name\" is required"))?;
+        let datatype = t
+            .get("datatype")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| format!("input '{name}': \"datatype\" is required"))?;
         let shape: Vec<i64> = t
             .get("shape")
             .and_then(|v| v.as_array())
             .ok_or_else(|| format!("input '{name}': \"shape\" is required"))?
             .iter()
-            .map(|d| d.as_i64().filter(|&d| d >= 0).ok_or_else(|| format!("input '{name}': shape must be non-negative integers")))
+            .map(|d| {
+                d.as_i64()
+                    .filter(|&d| d >= 0)
+                    .ok_or_else(|| format!("input '{name}': shape must be non-negative integers"))
+            })
             .collect::<Result<_, _>>()?;
-        let data = t.get("data").ok_or_else(|| format!("input '{name}': \"data\" is required"))?;
+        let data = t
+            .get("data")
+            .ok_or_else(|| format!("input '{name}': \"data\" is required"))?;
         let mut cells = Vec::new();
         flatten(data, &mut cells);
         let expected: i64 = shape.iter().product();
         if expected != cells.len() as i64 {
-            return Err(format!("input '{name}': shape {shape:?} needs {expected} values, got {}", cells.len()));
+            return Err(format!(
+                "input '{name}': shape {shape:?} needs {expected} values, got {}",
+                cells.len()
+            ));
         }
         tensors.push((name.to_string(), shape, oip_values(name, datatype, &cells)?));
     }
@@ -163,18 +213,45 @@ pub fn oip_request(body: &Value, signature: Option<&Signature>) -> Result<(Table
         let (_, shape, values) = tensors.remove(0);
         let (rows, cols) = (shape[0] as usize, shape[1] as usize);
         let names = input_names(signature);
-        let names: Vec<String> = if names.len() == cols { names } else { (0..cols).map(|i| i.to_string()).collect() };
+        let names: Vec<String> = if names.len() == cols {
+            names
+        } else {
+            (0..cols).map(|i| i.to_string()).collect()
+        };
         let flat = values.to_json();
         let columns = (0..cols)
             .map(|c| {
                 let cells: Vec<&Value> = (0..rows).map(|r| &flat[r * cols + c]).collect();
                 let values = match &values {
-                    Values::F64(_) => Values::F64(cells.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect()),
-                    Values::I64(_) => Values::I64(cells.iter().map(|v| v.as_i64().unwrap_or_default()).collect()),
-                    Values::Bool(_) => Values::Bool(cells.iter().map(|v| v.as_bool().unwrap_or_default()).collect()),
-                    Values::Str(_) => Values::Str(cells.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect()),
+                    Values::F64(_) => Values::F64(
+                        cells
+                            .iter()
+                            .map(|v| v.as_f64().unwrap_or(f64::NAN))
+                            .collect(),
+                    ),
+                    Values::I64(_) => Values::I64(
+                        cells
+                            .iter()
+                            .map(|v| v.as_i64().unwrap_or_default())
+                            .collect(),
+                    ),
+                    Values::Bool(_) => Values::Bool(
+                        cells
+                            .iter()
+                            .map(|v| v.as_bool().unwrap_or_default())
+                            .collect(),
+                    ),
+                    Values::Str(_) => Values::Str(
+                        cells
+                            .iter()
+                            .map(|v| v.as_str().unwrap_or_default().to_string())
+                            .collect(),
+                    ),
                 };
-                Column { name: names[c].clone(), values }
+                Column {
+                    name: names[c].clone(),
+                    values,
+                }
             })
             .collect();
         Table { columns }
@@ -189,7 +266,12 @@ pub fn oip_request(body: &Value, signature: Option<&Signature>) -> Result<(Table
         }
         let rows = columns[0].values.len();
         if let Some(c) = columns.iter().find(|c| c.values.len() != rows) {
-            return Err(format!("input '{}' has {} rows, input '{}' has {rows}", c.name, c.values.len(), columns[0].name));
+            return Err(format!(
+                "input '{}' has {} rows, input '{}' has {rows}",
+                c.name,
+                c.values.len(),
+                columns[0].name
+            ));
         }
         Table { columns }
     };
@@ -197,8 +279,17 @@ pub fn oip_request(body: &Value, signature: Option<&Signature>) -> Result<(Table
 }
 
 /// The OIP v2 infer response.
-pub fn oip_response(model: &str, version: &str, id: &str, p: &Prediction, signature: Option<&Signature>) -> Value {
-    let name = output_names(signature, 1).into_iter().next().unwrap_or_else(|| "predict".into());
+pub fn oip_response(
+    model: &str,
+    version: &str,
+    id: &str,
+    p: &Prediction,
+    signature: Option<&Signature>,
+) -> Value {
+    let name = output_names(signature, 1)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "predict".into());
     json!({
         "model_name": model,
         "model_version": version,
@@ -217,7 +308,9 @@ pub fn oip_response(model: &str, version: &str, id: &str, p: &Prediction, signat
 fn records_table(records: &[Value], what: &str) -> Result<Table, BadRequest> {
     let mut names: Vec<String> = Vec::new();
     for (i, r) in records.iter().enumerate() {
-        let obj = r.as_object().ok_or_else(|| format!("{what}[{i}] must be an object of column: value"))?;
+        let obj = r
+            .as_object()
+            .ok_or_else(|| format!("{what}[{i}] must be an object of column: value"))?;
         for k in obj.keys() {
             if !names.contains(k) {
                 names.push(k.clone());
@@ -227,7 +320,16 @@ fn records_table(records: &[Value], what: &str) -> Result<Table, BadRequest> {
     let rows: Vec<Vec<Value>> = records
         .iter()
         .enumerate()
-        .map(|(i, r)| names.iter().map(|n| r.get(n).cloned().ok_or_else(|| format!("{what}[{i}] lacks column '{n}'"))).collect::<Result<Vec<_>, _>>())
+        .map(|(i, r)| {
+            names
+                .iter()
+                .map(|n| {
+                    r.get(n)
+                        .cloned()
+                        .ok_or_else(|| format!("{what}[{i}] lacks column '{n}'"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
         .collect::<Result<_, _>>()?;
     Table::from_rows(&names, &rows, what)
 }
@@ -239,7 +341,11 @@ fn columns_dict_table(obj: &Map<String, Value>, what: &str) -> Result<Table, Bad
             Value::Array(items) => items.iter().collect(),
             other => vec![other],
         };
-        columns.push(Column { name: name.clone(), values: column_from_json(&cells).map_err(|e| format!("{what}: column '{name}': {e}"))? });
+        columns.push(Column {
+            name: name.clone(),
+            values: column_from_json(&cells)
+                .map_err(|e| format!("{what}: column '{name}': {e}"))?,
+        });
     }
     let t = Table { columns };
     if t.columns.iter().any(|c| c.values.len() != t.rows()) {
@@ -248,67 +354,137 @@ fn columns_dict_table(obj: &Map<String, Value>, what: &str) -> Result<Table, Bad
     Ok(t)
 }
 
-fn rows_table(rows: &[Value], signature: Option<&Signature>, what: &str) -> Result<Table, BadRequest> {
+fn rows_table(
+    rows: &[Value],
+    signature: Option<&Signature>,
+    what: &str,
+) -> Result<Table, BadRequest> {
     if rows.first().is_some_and(|r| r.is_object()) {
         return records_table(rows, what);
     }
-    let rows: Vec<Vec<Value>> = rows.iter().map(|r| match r {
-        Value::Array(cells) => cells.clone(),
-        scalar => vec![scalar.clone()],
-    }).collect();
+    let rows: Vec<Vec<Value>> = rows
+        .iter()
+        .map(|r| match r {
+            Value::Array(cells) => cells.clone(),
+            scalar => vec![scalar.clone()],
+        })
+        .collect();
     let width = rows.first().map(Vec::len).unwrap_or(0);
     let names = input_names(signature);
-    let names: Vec<String> = if names.len() == width { names } else { (0..width).map(|i| i.to_string()).collect() };
+    let names: Vec<String> = if names.len() == width {
+        names
+    } else {
+        (0..width).map(|i| i.to_string()).collect()
+    };
     Table::from_rows(&names, &rows, what)
 }
 
 /// Parses an MLflow `/invocations` JSON body.
 pub fn mlflow_json(body: &Value, signature: Option<&Signature>) -> Result<Table, BadRequest> {
     let obj = body.as_object().ok_or("the body must be a JSON object with one of dataframe_split, dataframe_records, instances, inputs")?;
-    let keys: Vec<&str> = ["dataframe_split", "dataframe_records", "instances", "inputs"].into_iter().filter(|k| obj.contains_key(*k)).collect();
+    let keys: Vec<&str> = [
+        "dataframe_split",
+        "dataframe_records",
+        "instances",
+        "inputs",
+    ]
+    .into_iter()
+    .filter(|k| obj.contains_key(*k))
+    .collect();
     match keys.as_slice() {
         ["dataframe_split"] => {
-            let split = obj["dataframe_split"].as_object().ok_or("dataframe_split must be an object with columns and data")?;
-            let data = split.get("data").and_then(|v| v.as_array()).ok_or("dataframe_split.data must be a list of rows")?;
-            let rows: Vec<Vec<Value>> = data.iter().enumerate().map(|(i, r)| r.as_array().cloned().ok_or_else(|| format!("dataframe_split.data[{i}] must be a list"))).collect::<Result<_, _>>()?;
+            let split = obj["dataframe_split"]
+                .as_object()
+                .ok_or("dataframe_split must be an object with columns and data")?;
+            let data = split
+                .get("data")
+                .and_then(|v| v.as_array())
+                .ok_or("dataframe_split.data must be a list of rows")?;
+            let rows: Vec<Vec<Value>> = data
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    r.as_array()
+                        .cloned()
+                        .ok_or_else(|| format!("dataframe_split.data[{i}] must be a list"))
+                })
+                .collect::<Result<_, _>>()?;
             let names: Vec<String> = match split.get("columns") {
-                Some(Value::Array(cols)) => cols.iter().map(|c| c.as_str().map(str::to_string).unwrap_or_else(|| c.to_string())).collect(),
+                Some(Value::Array(cols)) => cols
+                    .iter()
+                    .map(|c| {
+                        c.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| c.to_string())
+                    })
+                    .collect(),
                 None => {
                     let width = rows.first().map(Vec::len).unwrap_or(0);
                     let n = input_names(signature);
-                    if n.len() == width { n } else { (0..width).map(|i| i.to_string()).collect() }
+                    if n.len() == width {
+                        n
+                    } else {
+                        (0..width).map(|i| i.to_string()).collect()
+                    }
                 }
                 Some(_) => return Err("dataframe_split.columns must be a list of names".into()),
             };
             Table::from_rows(&names, &rows, "dataframe_split")
         }
-        ["dataframe_records"] => records_table(obj["dataframe_records"].as_array().ok_or("dataframe_records must be a list of objects")?, "dataframe_records"),
+        ["dataframe_records"] => records_table(
+            obj["dataframe_records"]
+                .as_array()
+                .ok_or("dataframe_records must be a list of objects")?,
+            "dataframe_records",
+        ),
         [key @ ("instances" | "inputs")] => match &obj[*key] {
             Value::Array(rows) => rows_table(rows, signature, key),
             Value::Object(cols) => columns_dict_table(cols, key),
-            _ => Err(format!("{key} must be a list of rows or an object of columns")),
+            _ => Err(format!(
+                "{key} must be a list of rows or an object of columns"
+            )),
         },
-        [] => Err("the body needs one of dataframe_split, dataframe_records, instances, inputs".into()),
-        many => Err(format!("the body has {} — send exactly one", many.join(", "))),
+        [] => Err(
+            "the body needs one of dataframe_split, dataframe_records, instances, inputs".into(),
+        ),
+        many => Err(format!(
+            "the body has {} — send exactly one",
+            many.join(", ")
+        )),
     }
 }
 
 /// Parses an MLflow `/invocations` CSV body (a header row, then rows).
 pub fn mlflow_csv(body: &[u8]) -> Result<Table, BadRequest> {
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(body);
-    let names: Vec<String> = reader.headers().map_err(|e| format!("CSV: {e}"))?.iter().map(str::to_string).collect();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(body);
+    let names: Vec<String> = reader
+        .headers()
+        .map_err(|e| format!("CSV: {e}"))?
+        .iter()
+        .map(str::to_string)
+        .collect();
     let mut rows = Vec::new();
     for (i, rec) in reader.records().enumerate() {
         let rec = rec.map_err(|e| format!("CSV row {}: {e}", i + 1))?;
-        rows.push(rec.iter().map(|cell| {
-            if let Ok(n) = cell.parse::<i64>() {
-                Value::from(n)
-            } else if let Some(n) = cell.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
-                Value::Number(n)
-            } else {
-                Value::String(cell.to_string())
-            }
-        }).collect());
+        rows.push(
+            rec.iter()
+                .map(|cell| {
+                    if let Ok(n) = cell.parse::<i64>() {
+                        Value::from(n)
+                    } else if let Some(n) = cell
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(serde_json::Number::from_f64)
+                    {
+                        Value::Number(n)
+                    } else {
+                        Value::String(cell.to_string())
+                    }
+                })
+                .collect(),
+        );
     }
     Table::from_rows(&names, &rows, "CSV")
 }
@@ -322,17 +498,42 @@ pub fn mlflow_response(p: &Prediction) -> Value {
 
 /// Parses `{"columns": [...], "data": [[...]]}`.
 pub fn legion_request(body: &Value) -> Result<Table, BadRequest> {
-    let columns = body.get("columns").and_then(|v| v.as_array()).ok_or("\"columns\" must be a list of column names")?;
-    let names: Vec<String> = columns.iter().map(|c| c.as_str().map(str::to_string).ok_or("column names must be strings")).collect::<Result<_, _>>()?;
-    let data = body.get("data").and_then(|v| v.as_array()).ok_or("\"data\" must be a list of rows")?;
-    let rows: Vec<Vec<Value>> = data.iter().enumerate().map(|(i, r)| r.as_array().cloned().ok_or_else(|| format!("data[{i}] must be a list"))).collect::<Result<_, _>>()?;
+    let columns = body
+        .get("columns")
+        .and_then(|v| v.as_array())
+        .ok_or("\"columns\" must be a list of column names")?;
+    let names: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            c.as_str()
+                .map(str::to_string)
+                .ok_or("column names must be strings")
+        })
+        .collect::<Result<_, _>>()?;
+    let data = body
+        .get("data")
+        .and_then(|v| v.as_array())
+        .ok_or("\"data\" must be a list of rows")?;
+    let rows: Vec<Vec<Value>> = data
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.as_array()
+                .cloned()
+                .ok_or_else(|| format!("data[{i}] must be a list"))
+        })
+        .collect::<Result<_, _>>()?;
     Table::from_rows(&names, &rows, "data")
 }
 
 /// `{"prediction": [[...]], "columns": [...]}`: one list per row.
 pub fn legion_response(p: &Prediction, signature: Option<&Signature>) -> Value {
     let width = p.row_width();
-    let rows: Vec<Value> = p.rows_json().into_iter().map(|r| if width > 1 { r } else { Value::Array(vec![r]) }).collect();
+    let rows: Vec<Value> = p
+        .rows_json()
+        .into_iter()
+        .map(|r| if width > 1 { r } else { Value::Array(vec![r]) })
+        .collect();
     json!({ "prediction": rows, "columns": output_names(signature, width) })
 }
 
@@ -345,7 +546,9 @@ pub fn openapi(model: &str, version: &str, signature: Option<&Signature>) -> Val
         "boolean" => json!({"type": "boolean"}),
         _ => json!({"type": "string"}),
     };
-    let row_items: Vec<Value> = signature.map(|s| s.inputs.iter().map(|i| kind(&i.datatype)).collect()).unwrap_or_default();
+    let row_items: Vec<Value> = signature
+        .map(|s| s.inputs.iter().map(|i| kind(&i.datatype)).collect())
+        .unwrap_or_default();
     json!({
         "openapi": "3.0.3",
         "info": { "title": format!("{model} model API"), "version": version },
@@ -378,26 +581,55 @@ mod tests {
     use crate::plan::TensorSpec;
 
     fn sig() -> Signature {
-        let col = |n: &str, t: &str| TensorSpec { name: Some(n.into()), datatype: t.into(), shape: vec![], optional: false };
-        Signature { inputs: vec![col("a", "double"), col("b", "long")], outputs: vec![] }
+        let col = |n: &str, t: &str| TensorSpec {
+            name: Some(n.into()),
+            datatype: t.into(),
+            shape: vec![],
+            optional: false,
+        };
+        Signature {
+            inputs: vec![col("a", "double"), col("b", "long")],
+            outputs: vec![],
+        }
     }
 
     #[test]
     fn every_dialect_gives_the_same_table() {
         let s = sig();
-        let expected = Table { columns: vec![
-            Column { name: "a".into(), values: Values::F64(vec![1.0, 3.0]) },
-            Column { name: "b".into(), values: Values::I64(vec![2, 4]) },
-        ]};
-        let split = mlflow_json(&json!({"dataframe_split": {"columns": ["b", "a"], "data": [[2, 1], [4, 3]]}}), Some(&s)).unwrap();
-        let records = mlflow_json(&json!({"dataframe_records": [{"a": 1, "b": 2}, {"a": 3.0, "b": 4}]}), Some(&s)).unwrap();
+        let expected = Table {
+            columns: vec![
+                Column {
+                    name: "a".into(),
+                    values: Values::F64(vec![1.0, 3.0]),
+                },
+                Column {
+                    name: "b".into(),
+                    values: Values::I64(vec![2, 4]),
+                },
+            ],
+        };
+        let split = mlflow_json(
+            &json!({"dataframe_split": {"columns": ["b", "a"], "data": [[2, 1], [4, 3]]}}),
+            Some(&s),
+        )
+        .unwrap();
+        let records = mlflow_json(
+            &json!({"dataframe_records": [{"a": 1, "b": 2}, {"a": 3.0, "b": 4}]}),
+            Some(&s),
+        )
+        .unwrap();
         let instances = mlflow_json(&json!({"instances": [[1, 2], [3, 4]]}), Some(&s)).unwrap();
         let inputs = mlflow_json(&json!({"inputs": {"a": [1, 3], "b": [2, 4]}}), Some(&s)).unwrap();
         let csv = mlflow_csv(b"a,b\n1,2\n3,4\n").unwrap();
-        let legion = legion_request(&json!({"columns": ["a", "b"], "data": [[1, 2], [3, 4]]})).unwrap();
-        let (oip_cols, _) = oip_request(&json!({"inputs": [
+        let legion =
+            legion_request(&json!({"columns": ["a", "b"], "data": [[1, 2], [3, 4]]})).unwrap();
+        let (oip_cols, _) = oip_request(
+            &json!({"inputs": [
             {"name": "a", "shape": [2], "datatype": "FP64", "data": [1, 3]},
-            {"name": "b", "shape": [2], "datatype": "INT64", "data": [2, 4]}]}), Some(&s)).unwrap();
+            {"name": "b", "shape": [2], "datatype": "INT64", "data": [2, 4]}]}),
+            Some(&s),
+        )
+        .unwrap();
         let (oip_2d, _) = oip_request(&json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [[1, 2], [3, 4]]}]}), Some(&s)).unwrap();
         for t in [split, records, instances, inputs, csv, legion, oip_cols] {
             assert_eq!(conform(t, Some(&s)).unwrap(), expected);
@@ -409,17 +641,43 @@ mod tests {
     #[test]
     fn bad_requests_say_what_is_wrong() {
         let s = sig();
-        let missing = conform(legion_request(&json!({"columns": ["a"], "data": [[1]]})).unwrap(), Some(&s)).unwrap_err();
+        let missing = conform(
+            legion_request(&json!({"columns": ["a"], "data": [[1]]})).unwrap(),
+            Some(&s),
+        )
+        .unwrap_err();
         assert_eq!(missing, "missing column 'b'");
-        let shape = oip_request(&json!({"inputs": [{"name": "a", "shape": [3], "datatype": "FP64", "data": [1, 2]}]}), None).unwrap_err();
+        let shape = oip_request(
+            &json!({"inputs": [{"name": "a", "shape": [3], "datatype": "FP64", "data": [1, 2]}]}),
+            None,
+        )
+        .unwrap_err();
         assert!(shape.contains("shape [3] needs 3 values, got 2"), "{shape}");
-        let dtype = oip_request(&json!({"inputs": [{"name": "a", "shape": [1], "datatype": "INT8", "data": [300]}]}), None).unwrap_err();
+        let dtype = oip_request(
+            &json!({"inputs": [{"name": "a", "shape": [1], "datatype": "INT8", "data": [300]}]}),
+            None,
+        )
+        .unwrap_err();
         assert!(dtype.contains("300 is out of range for INT8"), "{dtype}");
-        let kind = oip_request(&json!({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": ["x"]}]}), None).unwrap_err();
-        assert!(kind.contains("datatype FP64 needs numeric values"), "{kind}");
+        let kind = oip_request(
+            &json!({"inputs": [{"name": "a", "shape": [1], "datatype": "FP64", "data": ["x"]}]}),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            kind.contains("datatype FP64 needs numeric values"),
+            "{kind}"
+        );
         let two = mlflow_json(&json!({"instances": [], "inputs": []}), None).unwrap_err();
         assert!(two.contains("send exactly one"), "{two}");
-        let typed = conform(legion_request(&json!({"columns": ["a", "b"], "data": [["x", 1]]})).unwrap(), Some(&s)).unwrap_err();
-        assert!(typed.contains("column 'a' must be double values"), "{typed}");
+        let typed = conform(
+            legion_request(&json!({"columns": ["a", "b"], "data": [["x", 1]]})).unwrap(),
+            Some(&s),
+        )
+        .unwrap_err();
+        assert!(
+            typed.contains("column 'a' must be double values"),
+            "{typed}"
+        );
     }
 }

@@ -107,7 +107,14 @@ impl Values {
     /// Values as JSON numbers, booleans or strings.
     pub fn to_json(&self) -> Vec<Value> {
         match self {
-            Values::F64(v) => v.iter().map(|&x| serde_json::Number::from_f64(x).map(Value::Number).unwrap_or(Value::Null)).collect(),
+            Values::F64(v) => v
+                .iter()
+                .map(|&x| {
+                    serde_json::Number::from_f64(x)
+                        .map(Value::Number)
+                        .unwrap_or(Value::Null)
+                })
+                .collect(),
             Values::I64(v) => v.iter().map(|&x| Value::from(x)).collect(),
             Values::Bool(v) => v.iter().map(|&x| Value::Bool(x)).collect(),
             Values::Str(v) => v.iter().map(|x| Value::String(x.clone())).collect(),
@@ -121,8 +128,12 @@ impl Values {
             return Some(self);
         }
         match (self, want) {
-            (Values::I64(v), DType::F64) => Some(Values::F64(v.into_iter().map(|x| x as f64).collect())),
-            (Values::F64(v), DType::I64) if v.iter().all(|x| x.fract() == 0.0) => Some(Values::I64(v.into_iter().map(|x| x as i64).collect())),
+            (Values::I64(v), DType::F64) => {
+                Some(Values::F64(v.into_iter().map(|x| x as f64).collect()))
+            }
+            (Values::F64(v), DType::I64) if v.iter().all(|x| x.fract() == 0.0) => {
+                Some(Values::I64(v.into_iter().map(|x| x as i64).collect()))
+            }
             _ => None,
         }
     }
@@ -175,11 +186,19 @@ impl Table {
             let mut cells = Vec::with_capacity(rows.len());
             for (r, row) in rows.iter().enumerate() {
                 if row.len() != names.len() {
-                    return Err(format!("{what}: row {r} has {} values, expected {} (one per column)", row.len(), names.len()));
+                    return Err(format!(
+                        "{what}: row {r} has {} values, expected {} (one per column)",
+                        row.len(),
+                        names.len()
+                    ));
                 }
                 cells.push(&row[i]);
             }
-            columns.push(Column { name: name.clone(), values: column_from_json(&cells).map_err(|e| format!("{what}: column '{name}': {e}"))? });
+            columns.push(Column {
+                name: name.clone(),
+                values: column_from_json(&cells)
+                    .map_err(|e| format!("{what}: column '{name}': {e}"))?,
+            });
         }
         Ok(Table { columns })
     }
@@ -189,18 +208,38 @@ impl Table {
 /// unless one is fractional), all booleans, or all strings.
 pub fn column_from_json(cells: &[&Value]) -> Result<Values, String> {
     if cells.iter().all(|c| c.is_i64() || c.is_u64()) {
-        return Ok(Values::I64(cells.iter().map(|c| c.as_i64().unwrap_or(i64::MAX)).collect()));
+        return Ok(Values::I64(
+            cells
+                .iter()
+                .map(|c| c.as_i64().unwrap_or(i64::MAX))
+                .collect(),
+        ));
     }
     if cells.iter().all(|c| c.is_number()) {
-        return Ok(Values::F64(cells.iter().map(|c| c.as_f64().unwrap_or(f64::NAN)).collect()));
+        return Ok(Values::F64(
+            cells
+                .iter()
+                .map(|c| c.as_f64().unwrap_or(f64::NAN))
+                .collect(),
+        ));
     }
     if cells.iter().all(|c| c.is_boolean()) {
-        return Ok(Values::Bool(cells.iter().map(|c| c.as_bool().unwrap_or(false)).collect()));
+        return Ok(Values::Bool(
+            cells.iter().map(|c| c.as_bool().unwrap_or(false)).collect(),
+        ));
     }
     if cells.iter().all(|c| c.is_string()) {
-        return Ok(Values::Str(cells.iter().map(|c| c.as_str().unwrap_or_default().to_string()).collect()));
+        return Ok(Values::Str(
+            cells
+                .iter()
+                .map(|c| c.as_str().unwrap_or_default().to_string())
+                .collect(),
+        ));
     }
-    if let Some(bad) = cells.iter().find(|c| !(c.is_number() || c.is_string() || c.is_boolean())) {
+    if let Some(bad) = cells
+        .iter()
+        .find(|c| !(c.is_number() || c.is_string() || c.is_boolean()))
+    {
         return Err(format!("unsupported value {bad}"));
     }
     Err("mixes numbers, strings and booleans".into())
@@ -245,7 +284,9 @@ impl Prediction {
         if self.shape.len() <= 1 {
             return flat;
         }
-        flat.chunks(self.row_width()).map(|c| Value::Array(c.to_vec())).collect()
+        flat.chunks(self.row_width())
+            .map(|c| Value::Array(c.to_vec()))
+            .collect()
     }
 }
 
@@ -272,8 +313,12 @@ pub fn encode_request(batch: u64, table: &Table) -> Vec<u8> {
 
 fn encode_values(v: &Values, out: &mut Vec<u8>) {
     match v {
-        Values::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Values::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Values::F64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Values::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Values::Bool(v) => v.iter().for_each(|&x| out.push(x as u8)),
         Values::Str(v) => v.iter().for_each(|s| {
             out.extend_from_slice(&(s.len() as u32).to_le_bytes());
@@ -300,7 +345,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or("truncated frame")?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or("truncated frame")?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -309,10 +358,14 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "truncated frame")?))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().map_err(|_| "truncated frame")?,
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().map_err(|_| "truncated frame")?))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().map_err(|_| "truncated frame")?,
+        ))
     }
 }
 
@@ -324,7 +377,9 @@ pub fn decode_worker_frame(buf: &[u8]) -> Result<WorkerFrame, String> {
         0 => {
             let n = r.u32()? as usize;
             let text = r.take(n)?;
-            Ok(WorkerFrame::Ready(serde_json::from_slice(text).map_err(|e| format!("ready frame: {e}"))?))
+            Ok(WorkerFrame::Ready(
+                serde_json::from_slice(text).map_err(|e| format!("ready frame: {e}"))?,
+            ))
         }
         2 => {
             let batch = r.u64()?;
@@ -334,16 +389,25 @@ pub fn decode_worker_frame(buf: &[u8]) -> Result<WorkerFrame, String> {
             for _ in 0..ndim {
                 shape.push(r.u32()? as usize);
             }
-            let count: usize = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("result shape overflows")?;
+            let count: usize = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or("result shape overflows")?;
             let mut values = Values::empty(dtype);
             match &mut values {
                 Values::F64(v) => {
                     let raw = r.take(count.checked_mul(8).ok_or("result too large")?)?;
-                    v.extend(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))));
+                    v.extend(
+                        raw.chunks_exact(8)
+                            .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+                    );
                 }
                 Values::I64(v) => {
                     let raw = r.take(count.checked_mul(8).ok_or("result too large")?)?;
-                    v.extend(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))));
+                    v.extend(
+                        raw.chunks_exact(8)
+                            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+                    );
                 }
                 Values::Bool(v) => v.extend(r.take(count)?.iter().map(|&b| b != 0)),
                 Values::Str(v) => {
@@ -358,7 +422,10 @@ pub fn decode_worker_frame(buf: &[u8]) -> Result<WorkerFrame, String> {
         3 => {
             let batch = r.u64()?;
             let n = r.u32()? as usize;
-            Ok(WorkerFrame::Error(batch, String::from_utf8_lossy(r.take(n)?).into_owned()))
+            Ok(WorkerFrame::Error(
+                batch,
+                String::from_utf8_lossy(r.take(n)?).into_owned(),
+            ))
         }
         k => Err(format!("unknown frame kind {k}")),
     }
@@ -371,11 +438,17 @@ mod tests {
     #[test]
     fn rows_to_columns_infers_types() {
         let names = vec!["a".to_string(), "b".to_string(), "c".to_string()];
-        let rows = vec![vec![Value::from(1), Value::from(1.5), Value::from("x")], vec![Value::from(2), Value::from(2), Value::from("y")]];
+        let rows = vec![
+            vec![Value::from(1), Value::from(1.5), Value::from("x")],
+            vec![Value::from(2), Value::from(2), Value::from("y")],
+        ];
         let t = Table::from_rows(&names, &rows, "input").unwrap();
         assert_eq!(t.columns[0].values, Values::I64(vec![1, 2]));
         assert_eq!(t.columns[1].values, Values::F64(vec![1.5, 2.0]));
-        assert_eq!(t.columns[2].values, Values::Str(vec!["x".into(), "y".into()]));
+        assert_eq!(
+            t.columns[2].values,
+            Values::Str(vec!["x".into(), "y".into()])
+        );
         let err = Table::from_rows(&names, &[vec![Value::from(1)]], "input").unwrap_err();
         assert!(err.contains("row 0 has 1 values, expected 3"), "{err}");
     }
@@ -390,12 +463,18 @@ mod tests {
         for x in [1.0f64, 2.0, 3.0, 4.0] {
             frame.extend_from_slice(&x.to_le_bytes());
         }
-        let WorkerFrame::Result(7, p) = decode_worker_frame(&frame).unwrap() else { panic!("not a result") };
+        let WorkerFrame::Result(7, p) = decode_worker_frame(&frame).unwrap() else {
+            panic!("not a result")
+        };
         assert_eq!(p.shape, vec![2, 2]);
         assert_eq!(p.slice(1, 1).values, Values::F64(vec![3.0, 4.0]));
         assert_eq!(p.rows_json()[0], serde_json::json!([1.0, 2.0]));
-        assert!(decode_worker_frame(&frame[..frame.len() - 3]).unwrap_err().contains("truncated"));
-        assert!(decode_worker_frame(&[9]).unwrap_err().contains("unknown frame kind 9"));
+        assert!(decode_worker_frame(&frame[..frame.len() - 3])
+            .unwrap_err()
+            .contains("truncated"));
+        assert!(decode_worker_frame(&[9])
+            .unwrap_err()
+            .contains("unknown frame kind 9"));
         let mut huge = vec![2u8];
         huge.extend_from_slice(&1u64.to_le_bytes());
         huge.extend_from_slice(&[1, 2]);

@@ -1,0 +1,790 @@
+//! `legion serve` with real models trained by the examples, real Python
+//! workers and real HTTP: every protocol's numbers against the model's own
+//! `predict`, bad requests, overload, a killed worker, timeouts, SIGTERM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{repo_root, Legion};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+fn example(name: &str) -> String {
+    repo_root()
+        .join("examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `legion serve`, stopped (SIGTERM, then SIGKILL) on drop.
+struct Server {
+    child: Option<Child>,
+    base: String,
+    http: Client,
+}
+
+impl Server {
+    fn start(l: &Legion, model: &str, extra: &[&str]) -> Server {
+        let port = free_port();
+        let mut args = vec!["serve", model, "--port"];
+        let port_s = port.to_string();
+        args.push(&port_s);
+        args.extend_from_slice(extra);
+        let child = l
+            .cmd()
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        // The first start of a model may build its Python environment.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Ok(r) = s.http.get(s.url("/v2/health/ready")).send() {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the server never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value, reqwest::header::HeaderMap) {
+        let r = self.http.post(self.url(path)).json(body).send().unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            headers,
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// The server's worker processes.
+    fn workers(&self) -> Vec<i32> {
+        let out = std::process::Command::new("pgrep")
+            .args(["-P", &self.pid().to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling the server this test started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn train(l: &Legion, args: &[&str]) -> Value {
+    let mut all = vec!["-o", "json", "train"];
+    all.extend_from_slice(args);
+    let run: Value = serde_json::from_str(&l.ok(&all)).unwrap();
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    run
+}
+
+/// The unpacked model folder and the serving venv's python, for running
+/// the model's own `predict` as the reference.
+fn served_files(l: &Legion, digest: &str) -> (PathBuf, PathBuf) {
+    let root = l
+        .home
+        .path()
+        .join("serving")
+        .join(digest.trim_start_matches("sha256:"));
+    let log = std::fs::read_to_string(root.with_extension("env.log")).unwrap();
+    let env = log
+        .lines()
+        .filter_map(|l| l.split("python environment ").nth(1))
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    (root.join("model"), PathBuf::from(env).join("bin/python"))
+}
+
+fn python(py: &Path, code: &str) -> Value {
+    let out = std::process::Command::new(py)
+        .args(["-c", code])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const IRIS_COLS: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
+const IRIS_ROWS: [[f64; 4]; 3] = [
+    [5.1, 3.5, 1.4, 0.2],
+    [6.7, 3.0, 5.2, 2.3],
+    [5.9, 3.0, 4.2, 1.5],
+];
+
+#[test]
+fn iris_every_protocol_gives_the_models_own_predictions() {
+    let l = Legion::new();
+    let run = train(
+        &l,
+        &[
+            &example("python-iris"),
+            "--toolchain",
+            "python",
+            "--name",
+            "iris",
+        ],
+    );
+    let s = Server::start(&l, "iris:1", &[]);
+    let (model_dir, py) = served_files(&l, run["modelDigest"].as_str().unwrap());
+    let expected = python(&py, &format!(
+        "import pickle, json, pandas as pd\nm = pickle.load(open('{}/model.pkl', 'rb'))\nprint(json.dumps(m.predict(pd.DataFrame({:?}, columns={:?})).tolist()))",
+        model_dir.display(), IRIS_ROWS, IRIS_COLS
+    ));
+    let expected: Vec<i64> = expected
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(expected.len(), 3);
+
+    let cols: Vec<Value> = IRIS_COLS.iter().enumerate().map(|(i, c)| json!({"name": c, "shape": [3], "datatype": "FP64", "data": IRIS_ROWS.iter().map(|r| r[i]).collect::<Vec<_>>()})).collect();
+    let (st, oip, headers) = s.post(
+        "/v2/models/iris/infer",
+        &json!({"id": "req-1", "inputs": cols}),
+    );
+    assert_eq!(st, 200, "{oip}");
+    assert_eq!(oip["model_name"], "iris");
+    assert_eq!(oip["model_version"], "1");
+    assert_eq!(oip["id"], "req-1");
+    assert_eq!(oip["outputs"][0]["datatype"], "INT64");
+    assert_eq!(oip["outputs"][0]["shape"], json!([3]));
+    assert_eq!(oip["outputs"][0]["data"], json!(expected));
+    assert!(headers.contains_key("request-id"));
+
+    let (st, oip2d, _) = s.post(
+        "/v2/models/iris/versions/1/infer",
+        &json!({"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": IRIS_ROWS}]}),
+    );
+    assert_eq!(st, 200, "{oip2d}");
+    assert_eq!(oip2d["outputs"][0]["data"], json!(expected));
+
+    let records: Vec<Value> = IRIS_ROWS
+        .iter()
+        .map(|r| {
+            IRIS_COLS
+                .iter()
+                .zip(r)
+                .map(|(c, v)| (c.to_string(), json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect();
+    for body in [
+        json!({"dataframe_split": {"columns": IRIS_COLS, "data": IRIS_ROWS}}),
+        json!({"dataframe_records": records}),
+        json!({"instances": IRIS_ROWS}),
+        json!({"inputs": {"sepal_length": [5.1, 6.7, 5.9], "sepal_width": [3.5, 3.0, 3.0], "petal_length": [1.4, 5.2, 4.2], "petal_width": [0.2, 2.3, 1.5]}}),
+    ] {
+        let (st, r, _) = s.post("/invocations", &body);
+        assert_eq!(st, 200, "{body}: {r}");
+        assert_eq!(r["predictions"], json!(expected), "{body}");
+    }
+    let csv = format!(
+        "{}\n{}\n",
+        IRIS_COLS.join(","),
+        IRIS_ROWS
+            .iter()
+            .map(|r| r
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(","))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let r: Value = s
+        .http
+        .post(s.url("/invocations"))
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["predictions"], json!(expected));
+
+    let (st, legion, headers) = s.post(
+        "/api/model/invoke",
+        &json!({"columns": IRIS_COLS, "data": IRIS_ROWS}),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(
+        legion["prediction"],
+        json!(expected.iter().map(|v| vec![*v]).collect::<Vec<_>>())
+    );
+    assert_eq!(legion["columns"], json!(["species"]));
+    assert_eq!(headers["model-name"], "iris");
+    assert_eq!(headers["model-version"], "1");
+
+    // Metadata and health in every dialect.
+    let meta: Value = s
+        .http
+        .get(s.url("/v2/models/iris"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(meta["inputs"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "sepal_length", "datatype": "FP64", "shape": [-1]})
+    );
+    for path in [
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2",
+        "/v2/models/iris/ready",
+        "/v2/models/iris/versions/1",
+        "/ping",
+        "/health",
+        "/version",
+        "/healthcheck",
+    ] {
+        assert_eq!(
+            s.http.get(s.url(path)).send().unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+    let hc: Value = s
+        .http
+        .get(s.url("/healthcheck"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(hc, json!({"status": true}));
+    let info: Value = s
+        .http
+        .get(s.url("/api/model/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        info["paths"]["/api/model/invoke"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["properties"]["columns"]["example"],
+        json!(IRIS_COLS)
+    );
+}
+
+#[test]
+fn mlflow_wine_model_matches_pyfunc_predict() {
+    let l = Legion::new();
+    let run = train(
+        &l,
+        &[
+            &example("mlflow-wine"),
+            "--toolchain",
+            "mlflow",
+            "--name",
+            "wine",
+            "-P",
+            "n_estimators=10",
+            "-P",
+            "rows=400",
+        ],
+    );
+    let s = Server::start(&l, "wine:1", &[]);
+    let (model_dir, py) = served_files(&l, run["modelDigest"].as_str().unwrap());
+    let example: Value = serde_json::from_str(
+        &std::fs::read_to_string(model_dir.join("input_example.json")).unwrap(),
+    )
+    .unwrap();
+    let expected = python(&py, &format!(
+        "import json, pandas as pd, mlflow.pyfunc\nm = mlflow.pyfunc.load_model('{}')\nex = json.load(open('{}/input_example.json'))\nprint(json.dumps([float(x) for x in m.predict(pd.DataFrame(ex['data'], columns=ex['columns']))]))",
+        model_dir.display(), model_dir.display()
+    ));
+    let (st, r, _) = s.post("/invocations", &json!({"dataframe_split": example}));
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r["predictions"], expected,
+        "the fast path must give MLflow's numbers"
+    );
+    let cols = example["columns"].as_array().unwrap();
+    let data = example["data"].as_array().unwrap();
+    let tensors: Vec<Value> = cols.iter().enumerate().map(|(i, c)| json!({"name": c, "shape": [data.len()], "datatype": "FP64", "data": data.iter().map(|row| row[i].clone()).collect::<Vec<_>>()})).collect();
+    let (st, oip, _) = s.post("/v2/models/wine/infer", &json!({"inputs": tensors}));
+    assert_eq!(st, 200, "{oip}");
+    assert_eq!(oip["outputs"][0]["data"], expected);
+    assert_eq!(oip["outputs"][0]["datatype"], "FP64");
+}
+
+/// A `legion.python` model whose predict returns `x * 2` after `delay`
+/// seconds: slow on purpose, and each row's answer says which row it was.
+fn slow_model(l: &Legion, delay: f64) {
+    let script = format!(
+        "import json, os\nd = os.environ['LEGION_OUTPUT_DIR'] + '/model'\nos.makedirs(d)\nopen(d + '/delay', 'w').write('{delay}')\nopen(d + '/predict.py', 'w').write('''import time\ndef load(d):\n    return float(open(d + \"/delay\").read())\ndef predict(delay, frame):\n    time.sleep(delay)\n    return (frame[\"x\"] * 2).to_numpy()\n''')\njson.dump({{'inputs': [{{'name': 'x', 'datatype': 'double'}}], 'outputs': [{{'name': 'y', 'datatype': 'double'}}]}}, open(d + '/signature.json', 'w'))\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.py"), script).unwrap();
+    train(
+        l,
+        &[
+            dir.path().to_str().unwrap(),
+            "--toolchain",
+            "python",
+            "--name",
+            "slow",
+        ],
+    );
+}
+
+fn invoke_x(s: &Server, x: f64) -> (u16, Value, reqwest::header::HeaderMap) {
+    s.post(
+        "/api/model/invoke",
+        &json!({"columns": ["x"], "data": [[x]]}),
+    )
+}
+
+#[test]
+fn malformed_requests_get_clear_4xx_errors() {
+    let l = Legion::new();
+    slow_model(&l, 0.0);
+    let s = Server::start(&l, "slow:1", &["--max-body-bytes", "2000"]);
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "/v2/models/slow/infer",
+            json!({"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [1, 2]}]}),
+            400,
+            "shape [3] needs 3 values, got 2",
+        ),
+        (
+            "/v2/models/slow/infer",
+            json!({"inputs": [{"name": "x", "shape": [1], "datatype": "BOOL", "data": [1.5]}]}),
+            400,
+            "datatype BOOL needs true/false values",
+        ),
+        (
+            "/v2/models/slow/infer",
+            json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP128", "data": [1]}]}),
+            400,
+            "unknown datatype 'FP128'",
+        ),
+        (
+            "/v2/models/nope/infer",
+            json!({"inputs": []}),
+            404,
+            "unknown model nope",
+        ),
+        (
+            "/v2/models/slow/versions/9/infer",
+            json!({"inputs": []}),
+            404,
+            "unknown model slow version 9",
+        ),
+        (
+            "/v2/models/slow/infer",
+            json!({"inputs": [{"name": "z", "shape": [1], "datatype": "FP64", "data": [1]}]}),
+            400,
+            "missing column 'x'",
+        ),
+        (
+            "/api/model/invoke",
+            json!({"columns": ["y"], "data": [[1]]}),
+            400,
+            "missing column 'x'",
+        ),
+        (
+            "/api/model/invoke",
+            json!({"columns": ["x"], "data": [["text"]]}),
+            400,
+            "column 'x' must be double values",
+        ),
+        (
+            "/invocations",
+            json!({"dataframe_split": {"columns": ["x"], "data": [[1, 2]]}}),
+            400,
+            "row 0 has 2 values, expected 1",
+        ),
+        (
+            "/invocations",
+            json!({"rows": []}),
+            400,
+            "needs one of dataframe_split",
+        ),
+    ];
+    for (path, body, status, expected) in cases {
+        let (st, r, _) = s.post(path, &body);
+        assert_eq!(st, status, "{path} {body}: {r}");
+        assert!(
+            r.to_string().contains(expected),
+            "{path} {body}: expected {expected:?} in {r}"
+        );
+    }
+    let r = s
+        .http
+        .post(s.url("/invocations"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error_code"], "BAD_REQUEST");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid JSON"),
+        "{body}"
+    );
+    let r = s
+        .http
+        .post(s.url("/api/model/invoke"))
+        .body(format!(
+            "{{\"columns\": [\"x\"], \"data\": [{}]}}",
+            vec!["[1]"; 1000].join(",")
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = s
+        .http
+        .post(s.url("/invocations"))
+        .header("content-type", "application/xml")
+        .body("<x/>")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // After all that, it still answers.
+    let (st, r, _) = invoke_x(&s, 21.0);
+    assert_eq!((st, r["prediction"].clone()), (200, json!([[42.0]])));
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
+    let l = Legion::new();
+    slow_model(&l, 0.3);
+    let s = Server::start(&l, "slow:1", &["--workers", "1", "--max-batch-size", "64"]);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    let (st, r, _) = invoke_x(s, i as f64);
+                    (st, r)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (st, r)) in answers.iter().enumerate() {
+        assert_eq!(*st, 200, "{r}");
+        assert_eq!(
+            r["prediction"],
+            json!([[2.0 * i as f64]]),
+            "request {i} got another's answer"
+        );
+    }
+    let calls = s.metric("legion_batch_rows_count");
+    let rows = s.metric("legion_batch_rows_sum");
+    assert_eq!(rows, 12.0);
+    assert!(calls <= 4.0, "12 concurrent requests on one 0.3 s worker should merge into a few predict calls, got {calls}");
+}
+
+#[test]
+fn overload_is_refused_with_503_and_retry_after() {
+    let l = Legion::new();
+    slow_model(&l, 1.0);
+    let s = Server::start(
+        &l,
+        "slow:1",
+        &[
+            "--workers",
+            "1",
+            "--max-queue",
+            "1",
+            "--max-batch-size",
+            "1",
+        ],
+    );
+    let answers: Vec<(u16, reqwest::header::HeaderMap)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    let (st, _, h) = invoke_x(s, i as f64);
+                    (st, h)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ok = answers.iter().filter(|(st, _)| *st == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(st, _)| *st == 503).collect();
+    assert!(
+        ok >= 1,
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert!(
+        !refused.is_empty(),
+        "a full queue must refuse: {:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    assert!(refused
+        .iter()
+        .all(|(_, h)| h.get("retry-after").is_some_and(|v| v == "1")));
+}
+
+#[test]
+fn slow_prediction_times_out_with_504() {
+    let l = Legion::new();
+    slow_model(&l, 2.0);
+    let s = Server::start(&l, "slow:1", &["--timeout-ms", "300"]);
+    let (st, r, _) = invoke_x(&s, 1.0);
+    assert_eq!(st, 504, "{r}");
+    assert!(r["message"]
+        .as_str()
+        .unwrap()
+        .contains("no prediction within 300 ms"));
+}
+
+#[test]
+fn killed_worker_fails_its_requests_with_503_and_is_replaced() {
+    let l = Legion::new();
+    slow_model(&l, 1.5);
+    let s = Server::start(&l, "slow:1", &["--workers", "1"]);
+    let workers = s.workers();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let (st, r) = std::thread::scope(|scope| {
+        let h = scope.spawn(|| {
+            let (st, r, _) = invoke_x(&s, 1.0);
+            (st, r)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: killing the worker of the server this test started.
+        unsafe { libc::kill(workers[0], libc::SIGKILL) };
+        h.join().unwrap()
+    });
+    assert_eq!(st, 503, "{r}");
+    assert!(
+        r["message"].as_str().unwrap().contains("worker crashed"),
+        "{r}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, r, _) = invoke_x(&s, 4.0);
+        if st == 200 {
+            assert_eq!(r["prediction"], json!([[8.0]]));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker was not replaced: {st} {r}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(s.metric("legion_worker_restarts_total"), 1.0);
+    assert_ne!(s.workers(), workers);
+}
+
+/// Whether `pid` runs (a zombie waiting to be reaped does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn sigterm_drains_requests_in_flight_then_exits() {
+    let l = Legion::new();
+    slow_model(&l, 1.0);
+    let mut s = Server::start(&l, "slow:1", &[]);
+    let workers = s.workers();
+    let (st, r) = std::thread::scope(|scope| {
+        let h = scope.spawn(|| {
+            let (st, r, _) = invoke_x(&s, 3.0);
+            (st, r)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: signalling the server this test started.
+        unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) };
+        h.join().unwrap()
+    });
+    assert_eq!(
+        (st, r["prediction"].clone()),
+        (200, json!([[6.0]])),
+        "the request in flight is answered"
+    );
+    let mut child = s.child.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    for w in workers {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(w) {
+            assert!(Instant::now() < deadline, "worker {w} outlived the server");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn request_ids_metrics_request_log_and_feedback() {
+    let l = Legion::new();
+    slow_model(&l, 0.0);
+    let log = l.home.path().join("requests.jsonl");
+    let feedback = l.home.path().join("feedback.jsonl");
+    let s = Server::start(
+        &l,
+        "slow:1",
+        &[
+            "--request-log",
+            log.to_str().unwrap(),
+            "--feedback-log",
+            feedback.to_str().unwrap(),
+        ],
+    );
+    let r = s
+        .http
+        .post(s.url("/api/model/invoke"))
+        .header("Request-ID", "abc-123")
+        .json(&json!({"columns": ["x"], "data": [[5]]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["request-id"], "abc-123");
+    let (_, _, h) = invoke_x(&s, 1.0);
+    let generated = h["request-id"].to_str().unwrap().to_string();
+    assert_eq!(generated.len(), 32);
+    assert_eq!(
+        s.metric("legion_requests_total{protocol=\"legion\",code=\"200\"}"),
+        2.0
+    );
+
+    let fb = s
+        .http
+        .post(s.url("/feedback"))
+        .header("Request-ID", "abc-123")
+        .header("Model-Name", "slow")
+        .header("Model-Version", "1")
+        .json(&json!({"truth": 10}))
+        .send()
+        .unwrap();
+    assert_eq!(fb.status(), 200);
+    assert_eq!(
+        fb.json::<Value>().unwrap(),
+        json!({"error": false, "registered": true})
+    );
+    let fb = s
+        .http
+        .post(s.url("/feedback"))
+        .json(&json!({"truth": 10}))
+        .send()
+        .unwrap();
+    assert_eq!(fb.status(), 400);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (lines, fb_lines) = loop {
+        let lines: Vec<Value> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let fb: Vec<Value> = std::fs::read_to_string(&feedback)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 2 && !fb.is_empty() {
+            break (lines, fb);
+        }
+        assert!(Instant::now() < deadline, "logs not written");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let first = lines.iter().find(|l| l["requestId"] == "abc-123").unwrap();
+    assert_eq!(first["model"], "slow");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["input"], json!({"columns": ["x"], "data": [[5]]}));
+    assert_eq!(first["output"]["data"], json!([10.0]));
+    assert_eq!(fb_lines[0]["requestId"], "abc-123");
+    assert_eq!(fb_lines[0]["payload"], json!({"truth": 10}));
+}
+
+#[test]
+fn unknown_model_reference_is_a_clear_error() {
+    let l = Legion::new();
+    let err = l.fails(&["serve", "nope:1", "--port", &free_port().to_string()]);
+    assert!(err.contains("no stored model 'nope:1'"), "{err}");
+}
