@@ -15,7 +15,9 @@ command -v wrk >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractiv
 legion="$CARGO_TARGET_DIR/release/legion"
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+tree() { echo "$1"; for c in $(pgrep -P "$1"); do tree "$c"; done; }
+stop() { local t; t=$(tree "$1"); kill $t 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+cleanup() { for p in "${pids[@]}"; do stop "$p"; done; rm -rf "$work"; }
 trap cleanup EXIT
 export LEGION_HOME="$work/home" LEGION_ENV_DIR="${LEGION_ENV_DIR:-/var/cache/legion/envs}"
 DURATION="${DURATION:-10s}"
@@ -70,9 +72,7 @@ wait_ready() { # url, pid -> seconds from $2's launch time in $3
 }
 
 rss_mb() { # total RSS of a process tree in MiB
-  local pids; pids="$1 $(pgrep -P "$1" | tr '\n' ' ')"
-  for c in $(pgrep -P "$1"); do pids="$pids $(pgrep -P "$c" | tr '\n' ' ')"; done
-  ps -o rss= -p $(echo $pids | tr ' ' ',') | awk '{s+=$1} END {printf "%.0f", s/1024}'
+  ps -o rss= -p "$(tree "$1" | paste -sd,)" | awk '{s+=$1} END {printf "%.0f", s/1024}'
 }
 
 load() { # name url
@@ -93,16 +93,17 @@ load() { # name url
 echo "== legion serve (1 worker)"
 # A first start builds the serving environment; the measured start reuses it.
 "$legion" serve wine:1 --port 18500 > "$work/legion-warm.log" 2>&1 & p=$!; pids+=($p)
-wait_ready http://127.0.0.1:18500/v2/health/ready "$(date +%s.%N)" > /dev/null; kill $p; wait $p 2>/dev/null || true
+wait_ready http://127.0.0.1:18500/v2/health/ready "$(date +%s.%N)" > /dev/null; stop $p
 start=$(date +%s.%N)
 taskset -c 0 "$legion" serve wine:1 --port 18501 --workers 1 > "$work/legion.log" 2>&1 & p=$!; pids+=($p)
 echo "legion ready_s=$(wait_ready http://127.0.0.1:18501/v2/health/ready "$start")"
 load legion http://127.0.0.1:18501/invocations $p
-kill $p; wait $p 2>/dev/null || true
+stop $p
 
 echo "== mlflow models serve -w 1"
+curl -sf -o /dev/null http://127.0.0.1:18502/ping && { echo "port 18502 is taken by another server" >&2; exit 1; }
 start=$(date +%s.%N)
-(cd "$work" && MLFLOW_ALLOW_FILE_STORE=true taskset -c 0 "$mlvenv/bin/mlflow" models serve -m "$model_dir" --env-manager local -w 1 -h 127.0.0.1 -p 18502 > "$work/mlflow.log" 2>&1) & p=$!; pids+=($p)
+(cd "$work" && PATH="$mlvenv/bin:$PATH" MLFLOW_ALLOW_FILE_STORE=true taskset -c 0 "$mlvenv/bin/mlflow" models serve -m "$model_dir" --env-manager local -w 1 -h 127.0.0.1 -p 18502 > "$work/mlflow.log" 2>&1) & p=$!; pids+=($p)
 echo "mlflow ready_s=$(wait_ready http://127.0.0.1:18502/ping "$start")"
-mpid=$(pgrep -f "18502" | head -1)
-load mlflow http://127.0.0.1:18502/invocations "${mpid:-$p}"
+load mlflow http://127.0.0.1:18502/invocations "$p"
+stop $p

@@ -27,8 +27,10 @@ pub struct ServeArgs {
     /// Most rows merged into one predict call.
     #[arg(long, default_value_t = 256)]
     pub max_batch_size: usize,
-    /// Longest a free worker waits for more requests to batch (0: take what is queued).
-    #[arg(long, default_value_t = 0)]
+    /// Under concurrent load, longest a worker holds a batch that is not
+    /// full to merge more requests into it (0: only what is already queued).
+    /// A lone request at low load is never held back.
+    #[arg(long, default_value_t = 2)]
     pub max_batch_delay_ms: u64,
     /// Requests that may wait for a worker; beyond it, 503 with Retry-After.
     #[arg(long, default_value_t = 512)]

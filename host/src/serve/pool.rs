@@ -1,11 +1,12 @@
 //! The Python worker pool and adaptive batching.
 //!
 //! Requests wait in one bounded queue. Each worker, when free, takes every
-//! request waiting (up to the batch size) and, if the batch is not full and
-//! a batch delay is configured, waits at most that long for more. At low
-//! load a request therefore goes straight to an idle worker, alone, with no
-//! added latency; under load the queue fills while workers are busy and the
-//! next free worker takes a whole batch in one `predict` call.
+//! request waiting (up to the batch size). At low load a request therefore
+//! goes straight to an idle worker, alone, with no added latency. Under
+//! concurrent load (the worker's last batch merged several requests) a
+//! batch that is not full waits up to the batch delay for as many requests
+//! as the last one had, so a model with a large fixed cost per `predict`
+//! call answers many rows per call.
 //!
 //! A worker that dies fails its in-flight requests with "worker crashed"
 //! (503), is restarted, and the restart is counted.
@@ -201,6 +202,7 @@ async fn worker_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut batch_id: u64 = 0;
+    let mut last_jobs = 0usize;
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = Instant::now();
@@ -222,7 +224,7 @@ async fn worker_loop(
         metrics.workers_ready.inc();
         backoff = Duration::from_millis(200);
         let crash = loop {
-            let Some(jobs) = next_batch(&rx, &config).await else {
+            let Some(jobs) = next_batch(&rx, &config, &mut last_jobs).await else {
                 ready.fetch_sub(1, Ordering::Relaxed);
                 metrics.workers_ready.dec();
                 return;
@@ -240,9 +242,11 @@ async fn worker_loop(
     }
 }
 
-/// Takes the next batch: everything waiting, up to the batch size, plus
-/// what arrives within the batch delay if it is not full.
-async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, config: &PoolConfig) -> Option<Vec<Job>> {
+/// Takes the next batch: everything waiting, up to the batch size. If the
+/// batch is not full and the server is under concurrent load — this
+/// worker's previous batch merged more than one request — it waits up to
+/// the batch delay for more. A lone request at low load is never held back.
+async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, config: &PoolConfig, last_jobs: &mut usize) -> Option<Vec<Job>> {
     let mut rx = rx.lock().await;
     let first = rx.recv().await?;
     let mut rows = first.table.rows();
@@ -256,9 +260,12 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, config: &PoolConfig) -> Opt
             Err(_) => break,
         }
     }
-    if rows < config.max_batch_rows && !config.max_batch_delay.is_zero() {
+    let under_load = *last_jobs > 1 || jobs.len() > 1;
+    if rows < config.max_batch_rows && under_load && !config.max_batch_delay.is_zero() {
         let until = tokio::time::Instant::now() + config.max_batch_delay;
-        while rows < config.max_batch_rows {
+        // Wait for as many requests as the last batch had: more than that
+        // is not coming from the clients this worker is serving now.
+        while rows < config.max_batch_rows && jobs.len() < (*last_jobs).max(2) {
             match tokio::time::timeout_at(until, rx.recv()).await {
                 Ok(Some(j)) => {
                     rows += j.table.rows();
@@ -268,6 +275,7 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, config: &PoolConfig) -> Opt
             }
         }
     }
+    *last_jobs = jobs.len();
     Some(jobs)
 }
 
