@@ -246,7 +246,11 @@ async fn worker_loop(
 /// batch is not full and the server is under concurrent load — this
 /// worker's previous batch merged more than one request — it waits up to
 /// the batch delay for more. A lone request at low load is never held back.
-async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>, config: &PoolConfig, last_jobs: &mut usize) -> Option<Vec<Job>> {
+async fn next_batch(
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    config: &PoolConfig,
+    last_jobs: &mut usize,
+) -> Option<Vec<Job>> {
     let mut rx = rx.lock().await;
     let first = rx.recv().await?;
     let mut rows = first.table.rows();
