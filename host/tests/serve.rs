@@ -343,6 +343,74 @@ fn iris_every_protocol_gives_the_models_own_predictions() {
     );
 }
 
+/// A venv with NVIDIA's Triton HTTP client, a standard Open Inference
+/// Protocol v2 client, made once beside the other test environments.
+fn triton_client_python() -> PathBuf {
+    let dir = common::env_dir().join("test-tritonclient");
+    let py = dir.join("bin/python");
+    if !dir.join(".ready").is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(common::env_dir()).unwrap();
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+            && std::process::Command::new(dir.join("bin/pip"))
+                .args(["install", "-q", "tritonclient[http]", "numpy"])
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "cannot install tritonclient");
+        std::fs::write(dir.join(".ready"), "").unwrap();
+    }
+    py
+}
+
+#[test]
+fn a_standard_v2_client_talks_to_the_server() {
+    let l = Legion::new();
+    let run = train(
+        &l,
+        &[
+            &example("python-iris"),
+            "--toolchain",
+            "python",
+            "--name",
+            "iris",
+        ],
+    );
+    let s = Server::start(&l, "iris:1", &[]);
+    let (model_dir, py) = served_files(&l, run["modelDigest"].as_str().unwrap());
+    let expected = python(&py, &format!(
+        "import pickle, json, pandas as pd\nm = pickle.load(open('{}/model.pkl', 'rb'))\nprint(json.dumps(m.predict(pd.DataFrame({:?}, columns={:?})).tolist()))",
+        model_dir.display(), IRIS_ROWS, IRIS_COLS
+    ));
+    let client = triton_client_python();
+    let script = format!(
+        r#"
+import json, numpy as np
+import tritonclient.http as http
+c = http.InferenceServerClient(url="{url}")
+assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("iris")
+meta = c.get_model_metadata("iris")
+rows = np.array({rows:?}, dtype=np.float64)
+inputs = []
+for i, col in enumerate(meta["inputs"]):
+    t = http.InferInput(col["name"], [rows.shape[0]], "FP64")
+    t.set_data_from_numpy(np.ascontiguousarray(rows[:, i]))
+    inputs.append(t)
+result = c.infer("iris", inputs, outputs=[http.InferRequestedOutput("species")])
+print(json.dumps(result.as_numpy("species").tolist()))
+"#,
+        url = s.base.trim_start_matches("http://"),
+        rows = IRIS_ROWS,
+    );
+    let got = python(&client, &script);
+    assert_eq!(got, expected, "tritonclient's answer");
+}
+
 #[test]
 fn mlflow_wine_model_matches_pyfunc_predict() {
     let l = Legion::new();
@@ -783,8 +851,51 @@ fn request_ids_metrics_request_log_and_feedback() {
 }
 
 #[test]
+fn serves_a_model_pulled_from_a_registry() {
+    let registry = common::registry::Registry::start();
+    let trainer = Legion::new();
+    let target = format!("{}/models/iris", registry.addr);
+    train(
+        &trainer,
+        &[
+            &example("python-iris"),
+            "--toolchain",
+            "python",
+            "--name",
+            "iris",
+            "--push",
+            &target,
+        ],
+    );
+    // A fresh data dir that has never seen the model.
+    let l = Legion::new();
+    let s = Server::start(&l, &format!("{target}:1"), &[]);
+    let (st, r, _) = s.post(
+        "/api/model/invoke",
+        &json!({"columns": IRIS_COLS, "data": [IRIS_ROWS[0]]}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["prediction"], json!([[0]]));
+    let meta: Value = s
+        .http
+        .get(s.url("/v2/models/iris"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(meta["name"], "iris");
+}
+
+#[test]
 fn unknown_model_reference_is_a_clear_error() {
     let l = Legion::new();
     let err = l.fails(&["serve", "nope:1", "--port", &free_port().to_string()]);
     assert!(err.contains("no stored model 'nope:1'"), "{err}");
+    let err = l.fails(&[
+        "serve",
+        "127.0.0.1:9/models/nope:1",
+        "--port",
+        &free_port().to_string(),
+    ]);
+    assert!(err.contains("registry 127.0.0.1:9/models/nope:1"), "{err}");
 }

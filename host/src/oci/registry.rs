@@ -106,6 +106,58 @@ impl Registry {
         }
     }
 
+    /// Pulls `reference` (manifest, config, layers) into `layout`, naming it
+    /// `reference` there too; blobs already present are not fetched again.
+    /// Every blob is checked against its digest before it is stored.
+    pub async fn pull(&self, layout: &Layout, reference: &Reference) -> Result<String, Error> {
+        self.client
+            .auth(reference, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| Self::err(reference, e))?;
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth, &[MANIFEST_MEDIA_TYPE])
+            .await
+            .map_err(|e| Self::err(reference, e))?;
+        let manifest: OciImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
+                reference: reference.whole(),
+                message: format!("not an OCI image manifest: {e}"),
+            })?;
+        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            if layout.has_blob(&blob.digest) {
+                continue;
+            }
+            let tmp_dir = layout.root().join("tmp");
+            std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+            let tmp =
+                tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+            let file =
+                tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?);
+            self.client
+                .pull_blob(reference, blob, file)
+                .await
+                .map_err(|e| Self::err(reference, e))?;
+            let got = {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                let mut f =
+                    std::fs::File::open(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
+                std::io::copy(&mut f, &mut h).map_err(|e| Error::io(tmp.path(), e))?;
+                format!("sha256:{}", hex::encode(h.finalize()))
+            };
+            if got != blob.digest {
+                return Err(Error::Registry {
+                    reference: reference.whole(),
+                    message: format!("blob {} arrived with digest {got}", blob.digest),
+                });
+            }
+            layout.put_blob_file(tmp, &blob.digest)?;
+        }
+        let desc = layout.put_manifest(&bytes, &reference.whole(), Default::default())?;
+        Ok(desc.digest)
+    }
+
     /// Pushes the manifest `digest` from `layout`, with its config and
     /// layers, to `reference`.
     pub async fn push(

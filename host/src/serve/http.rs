@@ -394,41 +394,97 @@ async fn oip_infer(
     State(s): State<Shared>,
     Path(name): Path<String>,
     Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
-    infer(s, name, None, id, body).await
+) -> Result<Response, ApiError> {
+    infer(s, name, None, id, headers, body).await
 }
 
 async fn oip_infer_v(
     State(s): State<Shared>,
     Path((name, version)): Path<(String, String)>,
     Extension(id): Extension<RequestId>,
+    headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
-    infer(s, name, Some(version), id, body).await
+) -> Result<Response, ApiError> {
+    infer(s, name, Some(version), id, headers, body).await
 }
+
+/// Header giving the JSON part's length in Triton's binary extension.
+const INFERENCE_HEADER: &str = "inference-header-content-length";
 
 async fn infer(
     s: Shared,
     name: String,
     version: Option<String>,
     RequestId(request_id): RequestId,
+    headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    let d = Dialect::Oip;
     check_model(&s, &name, version.as_deref())?;
-    let bytes = read_body(body, &s, Dialect::Oip).await?;
-    let value = parse_json(&bytes, Dialect::Oip)?;
-    let (table, id) =
-        protocols::oip_request(&value, s.model.signature()).map_err(|m| bad(Dialect::Oip, m))?;
-    let p = predict(&s, Dialect::Oip, &request_id, table, &value).await?;
+    let bytes = read_body(body, &s, d).await?;
+    let json_len = match headers.get(INFERENCE_HEADER) {
+        Some(v) => {
+            let n = v
+                .to_str()
+                .ok()
+                .and_then(|t| t.parse::<usize>().ok())
+                .ok_or_else(|| bad(d, format!("{INFERENCE_HEADER} must be a byte count")))?;
+            if n > bytes.len() {
+                return Err(bad(
+                    d,
+                    format!(
+                        "{INFERENCE_HEADER} is {n} but the body has {} bytes",
+                        bytes.len()
+                    ),
+                ));
+            }
+            n
+        }
+        None => bytes.len(),
+    };
+    let mut value = parse_json(&bytes[..json_len], d)?;
+    protocols::oip_inline_binary(&mut value, &bytes[json_len..]).map_err(|m| bad(d, m))?;
+    let (table, id) = protocols::oip_request(&value, s.model.signature()).map_err(|m| bad(d, m))?;
+    let p = predict(&s, d, &request_id, table, &value).await?;
     let id = id.unwrap_or(request_id);
-    Ok(Json(protocols::oip_response(
+    let mut answer = protocols::oip_response(
         &s.model.name,
         &s.model.version,
         &id,
         &p,
         s.model.signature(),
-    )))
+    );
+    if !protocols::oip_wants_binary(&value) {
+        return Ok(Json(answer).into_response());
+    }
+    let raw = protocols::oip_binary(&p);
+    if let Some(out) = answer
+        .get_mut("outputs")
+        .and_then(|o| o.get_mut(0))
+        .and_then(|o| o.as_object_mut())
+    {
+        out.remove("data");
+        out.insert(
+            "parameters".into(),
+            json!({ "binary_data_size": raw.len() }),
+        );
+    }
+    let mut body = serde_json::to_vec(&answer)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, d, e.to_string()))?;
+    let header_len = body.len();
+    body.extend_from_slice(&raw);
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&header_len.to_string()) {
+        h.insert(HeaderName::from_static(INFERENCE_HEADER), v);
+    }
+    Ok(resp)
 }
 
 // ---------------- MLflow ----------------

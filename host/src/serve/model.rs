@@ -73,10 +73,30 @@ pub fn serving_requirements(reqs: &[String]) -> Vec<String> {
     out
 }
 
-/// Finds `reference` (`name:version` or a digest) in the store, unpacks
-/// it and prepares its environment.
+/// Finds `reference` (`name:version`, a digest, or a registry reference,
+/// which is pulled first) in the store, unpacks it and prepares its
+/// environment.
 pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error> {
     let layout = Layout::open(home.models())?;
+    // A registry reference (`host[:port]/repo[:tag|@digest]`) is pulled into
+    // the local store first; a local name never contains '/'.
+    let reference = if reference.contains('/') && layout.resolve(reference)?.is_none() {
+        let r =
+            crate::oci::registry::parse_reference(reference, "latest").map_err(|e| match e {
+                Error::InvalidArgument { message, .. } => Error::InvalidArgument {
+                    field: "MODEL".into(),
+                    message,
+                },
+                other => other,
+            })?;
+        crate::oci::registry::Registry::for_reference(&r)
+            .pull(&layout, &r)
+            .await?;
+        r.whole()
+    } else {
+        reference.to_string()
+    };
+    let reference = reference.as_str();
     let Some((desc, manifest, config)) = read_model(&layout, reference)? else {
         return Err(Error::InvalidArgument {
             field: "MODEL".into(),

@@ -278,6 +278,147 @@ pub fn oip_request(
     Ok((table, id))
 }
 
+/// Triton's binary tensor extension, which standard v2 clients
+/// (tritonclient) use by default: with an `Inference-Header-Content-Length`
+/// header, the body is that many bytes of JSON followed by raw tensors;
+/// each input with `parameters.binary_data_size` takes its bytes, in order.
+/// The tensors are turned back into `data` lists so one parser serves both.
+pub fn oip_inline_binary(body: &mut Value, mut raw: &[u8]) -> Result<(), BadRequest> {
+    let Some(inputs) = body.get_mut("inputs").and_then(|v| v.as_array_mut()) else {
+        return Ok(());
+    };
+    for t in inputs {
+        let Some(size) = t
+            .get("parameters")
+            .and_then(|p| p.get("binary_data_size"))
+            .and_then(|v| v.as_u64())
+        else {
+            continue;
+        };
+        let name = t
+            .get("name")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let size = size as usize;
+        if size > raw.len() {
+            return Err(format!("input '{name}': binary_data_size {size} is more than the {} bytes left in the body", raw.len()));
+        }
+        let (bytes, rest) = raw.split_at(size);
+        raw = rest;
+        let datatype = t
+            .get("datatype")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let width = match datatype {
+            "BOOL" | "INT8" | "UINT8" => 1,
+            "INT16" | "UINT16" | "FP16" => 2,
+            "INT32" | "UINT32" | "FP32" => 4,
+            "INT64" | "UINT64" | "FP64" => 8,
+            "BYTES" => 0,
+            other => return Err(format!("input '{name}': unknown datatype '{other}'")),
+        };
+        let mut values = Vec::new();
+        if width == 0 {
+            let mut b = bytes;
+            while !b.is_empty() {
+                if b.len() < 4 {
+                    return Err(format!("input '{name}': truncated BYTES element"));
+                }
+                let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                let s = b
+                    .get(4..4 + n)
+                    .ok_or_else(|| format!("input '{name}': truncated BYTES element"))?;
+                values.push(Value::String(String::from_utf8_lossy(s).into_owned()));
+                b = &b[4 + n..];
+            }
+        } else {
+            if bytes.len() % width != 0 {
+                return Err(format!(
+                    "input '{name}': {} bytes is not a whole number of {datatype} values",
+                    bytes.len()
+                ));
+            }
+            for c in bytes.chunks_exact(width) {
+                let v =
+                    match datatype {
+                        "BOOL" => Value::Bool(c[0] != 0),
+                        "INT8" => Value::from(c[0] as i8),
+                        "UINT8" => Value::from(c[0]),
+                        "INT16" => Value::from(i16::from_le_bytes([c[0], c[1]])),
+                        "UINT16" => Value::from(u16::from_le_bytes([c[0], c[1]])),
+                        "FP16" => {
+                            return Err(format!(
+                                "input '{name}': binary FP16 is not supported; send FP32"
+                            ))
+                        }
+                        "INT32" => Value::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                        "UINT32" => Value::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                        "FP32" => serde_json::Number::from_f64(f32::from_le_bytes([
+                            c[0], c[1], c[2], c[3],
+                        ]) as f64)
+                        .map(Value::Number)
+                        .unwrap_or(Value::Null),
+                        "INT64" => Value::from(i64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+                        "UINT64" => Value::from(u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+                        _ => serde_json::Number::from_f64(f64::from_le_bytes(
+                            c.try_into().unwrap_or([0; 8]),
+                        ))
+                        .map(Value::Number)
+                        .unwrap_or(Value::Null),
+                    };
+                values.push(v);
+            }
+        }
+        if let Some(obj) = t.as_object_mut() {
+            obj.insert("data".into(), Value::Array(values));
+        }
+    }
+    if !raw.is_empty() {
+        return Err(format!(
+            "{} bytes of binary data were not claimed by any input",
+            raw.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the client asked for binary outputs (Triton's extension).
+pub fn oip_wants_binary(body: &Value) -> bool {
+    let flag = |v: Option<&Value>| {
+        v.and_then(|p| p.get("binary_data"))
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false)
+    };
+    body.get("parameters")
+        .and_then(|p| p.get("binary_data_output"))
+        .and_then(|b| b.as_bool())
+        .unwrap_or(false)
+        || body
+            .get("outputs")
+            .and_then(|o| o.as_array())
+            .is_some_and(|outs| outs.iter().any(|o| flag(o.get("parameters"))))
+}
+
+/// The raw little-endian bytes of a prediction, for a binary output.
+pub fn oip_binary(p: &Prediction) -> Vec<u8> {
+    let mut out = Vec::new();
+    match &p.values {
+        Values::F64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Values::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Values::Bool(v) => v.iter().for_each(|&x| out.push(x as u8)),
+        Values::Str(v) => v.iter().for_each(|s| {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }),
+    }
+    out
+}
+
 /// The OIP v2 infer response.
 pub fn oip_response(
     model: &str,
