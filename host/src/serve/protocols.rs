@@ -403,19 +403,7 @@ pub fn oip_wants_binary(body: &Value) -> bool {
 /// The raw little-endian bytes of a prediction, for a binary output.
 pub fn oip_binary(p: &Prediction) -> Vec<u8> {
     let mut out = Vec::new();
-    match &p.values {
-        Values::F64(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Values::I64(v) => v
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Values::Bool(v) => v.iter().for_each(|&x| out.push(x as u8)),
-        Values::Str(v) => v.iter().for_each(|s| {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }),
-    }
+    super::table::encode_values(&p.values, &mut out);
     out
 }
 
@@ -445,6 +433,18 @@ pub fn oip_response(
 }
 
 // ---------------- MLflow scoring ----------------
+
+/// Rows given as JSON lists; `what` names the field in errors.
+fn row_lists(data: &[Value], what: &str) -> Result<Vec<Vec<Value>>, BadRequest> {
+    data.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.as_array()
+                .cloned()
+                .ok_or_else(|| format!("{what}[{i}] must be a list"))
+        })
+        .collect()
+}
 
 fn records_table(records: &[Value], what: &str) -> Result<Table, BadRequest> {
     let mut names: Vec<String> = Vec::new();
@@ -541,15 +541,7 @@ pub fn mlflow_json(body: &Value, signature: Option<&Signature>) -> Result<Table,
                 .get("data")
                 .and_then(|v| v.as_array())
                 .ok_or("dataframe_split.data must be a list of rows")?;
-            let rows: Vec<Vec<Value>> = data
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    r.as_array()
-                        .cloned()
-                        .ok_or_else(|| format!("dataframe_split.data[{i}] must be a list"))
-                })
-                .collect::<Result<_, _>>()?;
+            let rows = row_lists(data, "dataframe_split.data")?;
             let names: Vec<String> = match split.get("columns") {
                 Some(Value::Array(cols)) => cols
                     .iter()
@@ -655,15 +647,7 @@ pub fn legion_request(body: &Value) -> Result<Table, BadRequest> {
         .get("data")
         .and_then(|v| v.as_array())
         .ok_or("\"data\" must be a list of rows")?;
-    let rows: Vec<Vec<Value>> = data
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.as_array()
-                .cloned()
-                .ok_or_else(|| format!("data[{i}] must be a list"))
-        })
-        .collect::<Result<_, _>>()?;
+    let rows = row_lists(data, "data")?;
     Table::from_rows(&names, &rows, "data")
 }
 

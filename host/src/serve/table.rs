@@ -311,7 +311,9 @@ pub fn encode_request(batch: u64, table: &Table) -> Vec<u8> {
     out
 }
 
-fn encode_values(v: &Values, out: &mut Vec<u8>) {
+/// Appends values in the wire (and Triton binary) layout: little-endian
+/// numbers, one byte per boolean, length-prefixed strings.
+pub fn encode_values(v: &Values, out: &mut Vec<u8>) {
     match v {
         Values::F64(v) => v
             .iter()
