@@ -177,15 +177,6 @@ async fn run_step(
     for e in &step.env {
         cmd.env(&e.name, substitute(&e.value, &vars));
     }
-    // If the host dies without stopping the step (SIGKILL, OOM), the kernel
-    // kills the step too instead of leaving it running unowned.
-    // SAFETY: prctl is async-signal-safe and touches only the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

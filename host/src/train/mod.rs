@@ -418,8 +418,7 @@ impl<'a> Trainer<'a> {
 }
 
 /// Marks runs whose host process is gone (killed, machine restarted) as
-/// failed, so no run stays `running` forever. Local runs are not resumed:
-/// their steps died with the process group of the host that started them.
+/// failed, so no run stays `running` forever. Local runs are not resumed.
 pub async fn reconcile_orphans(store: &crate::store::Store) -> Result<(), Error> {
     for mut run in store.list_runs(1000).await? {
         if run.state.is_final() {
