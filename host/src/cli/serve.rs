@@ -13,7 +13,8 @@ use crate::Error;
 /// `legion serve` arguments.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The model: `name:version` or its digest (`legion models ls`).
+    /// The model: `name:version` or its digest (`legion models ls`), or a
+    /// registry reference (`127.0.0.1:5000/models/wine:1`), pulled first.
     pub model: String,
     /// Port to listen on.
     #[arg(long, default_value_t = 8080)]
