@@ -627,6 +627,28 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_answer() {
 }
 
 #[test]
+fn several_workers_answer_lone_requests_at_once() {
+    // With an idle worker waiting for the queue, the worker that took a
+    // request must not wait for the next one before answering.
+    let l = Legion::new();
+    slow_model(&l, 0.0);
+    let s = Server::start(&l, "slow:1", &["--workers", "2", "--timeout-ms", "5000"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.metric("legion_workers_ready") < 2.0 {
+        assert!(Instant::now() < deadline, "the second worker never loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..4 {
+        let (st, r, _) = invoke_x(&s, i as f64);
+        assert_eq!(
+            (st, r["prediction"].clone()),
+            (200, json!([[2.0 * i as f64]])),
+            "request {i}"
+        );
+    }
+}
+
+#[test]
 fn overload_is_refused_with_503_and_retry_after() {
     let l = Legion::new();
     slow_model(&l, 1.0);

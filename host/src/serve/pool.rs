@@ -224,12 +224,11 @@ async fn worker_loop(
         metrics.workers_ready.inc();
         backoff = Duration::from_millis(200);
         let crash = loop {
-            let Some(jobs) = next_batch(&rx, &config, &mut last_jobs).await else {
+            let Some(jobs) = next_batch(&rx, &config, &mut last_jobs, &metrics).await else {
                 ready.fetch_sub(1, Ordering::Relaxed);
                 metrics.workers_ready.dec();
                 return;
             };
-            metrics.queue_depth.set(rx.lock().await.len() as i64);
             if let Err(e) = run_batch(&mut worker, jobs, &mut batch_id, &metrics).await {
                 break e;
             }
@@ -250,6 +249,7 @@ async fn next_batch(
     rx: &Mutex<mpsc::Receiver<Job>>,
     config: &PoolConfig,
     last_jobs: &mut usize,
+    metrics: &Metrics,
 ) -> Option<Vec<Job>> {
     let mut rx = rx.lock().await;
     let first = rx.recv().await?;
@@ -280,6 +280,9 @@ async fn next_batch(
         }
     }
     *last_jobs = jobs.len();
+    // Read while the lock is held: taking it again later would wait for
+    // another worker parked in `recv`, i.e. for the next request.
+    metrics.queue_depth.set(rx.len() as i64);
     Some(jobs)
 }
 
