@@ -249,17 +249,7 @@ pub fn read_request<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
     } else {
         std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?
     };
-    let de = &mut serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        let message = if field == "." {
-            inner.to_string()
-        } else {
-            format!("field `{field}`: {inner}")
-        };
-        Error::InvalidRequest { file, message }
-    })
+    crate::plan::parse_json(&text, &file)
 }
 
 fn short(digest: &str) -> String {

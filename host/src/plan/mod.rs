@@ -377,6 +377,28 @@ pub struct ToolchainInfo {
     pub parameters: Vec<ParameterInfo>,
 }
 
+/// Parses JSON `text` read from `file`, naming the file and the path of the
+/// offending field in the error (`field `model.version`: invalid type …`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, crate::Error> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if field == "." {
+            inner.to_string()
+        } else {
+            format!("field `{field}`: {inner}")
+        };
+        crate::Error::InvalidRequest {
+            file: file.to_string(),
+            message,
+        }
+    })
+}
+
 /// Size in bytes of the strings and byte lists in a value, used to cap what
 /// a plugin may return. Counting the serialised JSON keeps this exact for
 /// every result type without a hand-written walk per type.

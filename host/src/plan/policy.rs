@@ -46,13 +46,7 @@ impl Policy {
     /// Reads the policy file, or the default policy if there is none.
     pub fn load(path: &Path) -> Result<Self, Error> {
         match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let de = &mut serde_json::Deserializer::from_str(&text);
-                serde_path_to_error::deserialize(de).map_err(|e| Error::InvalidRequest {
-                    file: path.display().to_string(),
-                    message: format!("field `{}`: {}", e.path(), e.inner()),
-                })
-            }
+            Ok(text) => super::parse_json(&text, &path.display().to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
             Err(e) => Err(Error::io(path, e)),
         }
