@@ -8,17 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{repo_root, Legion};
+use common::{example, Legion};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
-
-fn example(name: &str) -> String {
-    repo_root()
-        .join("examples")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

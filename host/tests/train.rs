@@ -8,16 +8,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{repo_root, Legion};
+use common::{example, repo_root, Legion};
 use serde_json::Value;
-
-fn example(name: &str) -> String {
-    repo_root()
-        .join("examples")
-        .join(name)
-        .display()
-        .to_string()
-}
 
 /// Runs `legion -o json train ARGS`, returning (exit code, run record).
 fn train(l: &Legion, args: &[&str]) -> (i32, Value) {

@@ -49,6 +49,15 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// An example project under `examples/`, as a path string.
+pub fn example(name: &str) -> String {
+    repo_root()
+        .join("examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
 /// Path of a built plugin, e.g. `plugin("hostile")`.
 pub fn plugin(name: &str) -> PathBuf {
     plugin_dir().join(format!("{name}.wasm"))
