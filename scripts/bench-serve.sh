@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Legion's model server against `mlflow models serve --env-manager local -w 1`
-# serving the very same MLflow model (examples/mlflow-wine: a 50-tree random
-# forest on 11 columns), on the same machine, same endpoint and bodies
-# (POST /invocations, dataframe_split). Servers run on core 0, the load
-# generator (wrk) on core 1.
+# and Seldon MLServer (mlserver + mlserver-mlflow 1.7.1, adaptive batching,
+# its fastest single-process setting), all serving the very same MLflow model
+# (examples/mlflow-wine: a 50-tree random forest on 11 columns), on the same
+# machine, in one run. Servers run on core 0, the load generator (wrk) on
+# core 1. Bodies: MLflow's dataframe_split on /invocations for Legion and
+# MLflow; Open Inference Protocol v2 (one FP64 tensor per column, MLServer's
+# pandas codec) on /v2/models/wine/infer for Legion and MLServer.
 #
-#   bash scripts/bench-serve.sh        # after scripts/setup.sh; installs wrk and full MLflow in a venv
+#   bash scripts/bench-serve.sh        # after scripts/setup.sh; installs wrk,
+#                                      # full MLflow and MLServer in venvs
 #
 # DURATION (default 10s) sets each wrk run's length.
 set -euo pipefail
@@ -32,35 +36,61 @@ if [ ! -x "$mlvenv/bin/mlflow" ]; then
   python3 -m venv "$mlvenv"
   "$mlvenv/bin/pip" install -q -r "$model_dir/requirements.txt"
 fi
+# MLServer with its MLflow runtime, beside the model's own requirements;
+# uvloop 0.21.0 because later ones break it (SeldonIO/MLServer#2286).
+msvenv=/var/cache/legion/bench-mlserver
+if [ ! -x "$msvenv/bin/mlserver" ]; then
+  python3 -m venv "$msvenv"
+  "$msvenv/bin/pip" install -q -r "$model_dir/requirements.txt" mlserver==1.7.1 mlserver-mlflow==1.7.1 uvloop==0.21.0
+fi
 
-# Bodies: one row, and 100 rows, from the model's own input example.
+# Bodies: one row, and 100 rows, from the model's own input example, in
+# both dialects.
 python3 - "$model_dir" "$work" <<'PY'
 import json, sys
 ex = json.load(open(sys.argv[1] + "/input_example.json"))
-row = ex["data"][0]
-json.dump({"dataframe_split": {"columns": ex["columns"], "data": [row]}}, open(sys.argv[2] + "/one.json", "w"))
-json.dump({"dataframe_split": {"columns": ex["columns"], "data": [ex["data"][i % len(ex["data"])] for i in range(100)]}}, open(sys.argv[2] + "/hundred.json", "w"))
+cols = ex["columns"]
+def rows(n):
+    return [ex["data"][i % len(ex["data"])] for i in range(n)]
+def split(n):
+    return {"dataframe_split": {"columns": cols, "data": rows(n)}}
+def v2(n):
+    r = rows(n)
+    return {"parameters": {"content_type": "pd"},
+            "inputs": [{"name": c, "shape": [n], "datatype": "FP64", "data": [row[i] for row in r]}
+                       for i, c in enumerate(cols)]}
+for name, n in (("one", 1), ("hundred", 100)):
+    json.dump(split(n), open(f"{sys.argv[2]}/{name}.json", "w"))
+    json.dump(v2(n), open(f"{sys.argv[2]}/{name}-v2.json", "w"))
 PY
-for b in one hundred; do
+for b in one hundred one-v2 hundred-v2; do
   printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = io.open("%s/%s.json"):read("*a")\n' "$work" "$b" > "$work/$b.lua"
 done
 
-echo "== the model's own predict, in process"
-"$mlvenv/bin/python" - "$model_dir" <<'PY'
-import json, sys, timeit
-import pandas as pd, mlflow.pyfunc
+echo "== the model's own predict, in process on core 0 (the ceiling)"
+# The loading path Legion's worker takes for this model (the sklearn fast
+# path: skops, predict on a float array), at the batch sizes servers form.
+taskset -c 0 "$mlvenv/bin/python" - "$model_dir" <<'PY'
+import json, sys, timeit, warnings, yaml
+import numpy as np, pandas as pd, mlflow.pyfunc
 d = sys.argv[1]
-m = mlflow.pyfunc.load_model(d)
+meta = yaml.safe_load(open(d + "/MLmodel"))
+sk = meta["flavors"]["sklearn"]
+import skops.io
+model = skops.io.load(d + "/" + sk["pickled_model"], trusted=sk.get("skops_trusted_types") or [])
+pyfunc = mlflow.pyfunc.load_model(d)
 ex = json.load(open(d + "/input_example.json"))
-one = pd.DataFrame([ex["data"][0]], columns=ex["columns"])
-hundred = pd.DataFrame([ex["data"][i % len(ex["data"])] for i in range(100)], columns=ex["columns"])
-for name, df in (("1 row", one), ("100 rows", hundred)):
-    n = 200
-    t = timeit.timeit(lambda: m.predict(df), number=n) / n
-    print(f"predict {name}: {t * 1000:.2f} ms")
+warnings.simplefilter("ignore")
+for n in (1, 4, 8, 16, 100, 200, 400):
+    X = np.array([ex["data"][i % len(ex["data"])] for i in range(n)], dtype=np.float64)
+    df = pd.DataFrame(X, columns=ex["columns"])
+    k = 200 if n < 100 else 50
+    t = timeit.timeit(lambda: model.predict(X), number=k) / k
+    tp = timeit.timeit(lambda: pyfunc.predict(df), number=k) / k
+    print(f"predict rows={n} array_ms={t * 1000:.3f} pyfunc_ms={tp * 1000:.3f} ceiling_rows_s={n / t:.0f}")
 PY
 
-wait_ready() { # url, pid -> seconds from $2's launch time in $3
+wait_ready() { # url, launch time -> seconds from launch to the first 200
   local url=$1 start=$2
   for _ in $(seq 1 6000); do
     if curl -sf -o /dev/null "$url"; then
@@ -75,11 +105,11 @@ rss_mb() { # total RSS of a process tree in MiB
   ps -o rss= -p "$(tree "$1" | paste -sd,)" | awk '{s+=$1} END {printf "%.0f", s/1024}'
 }
 
-load() { # name url
-  local name=$1 url=$2 pid=$3
+load() { # name url pid suffix: c=1 and c=16 one-row, c=4 100-row
+  local name=$1 url=$2 pid=$3 sfx=${4:-}
   for spec in "1 one c1" "16 one c16" "4 hundred batch"; do
     set -- $spec
-    taskset -c 1 wrk -t1 -c"$1" -d"$DURATION" --latency -s "$work/$2.lua" "$url" > "$work/$name-$3.txt" &
+    taskset -c 1 wrk -t1 -c"$1" -d"$DURATION" --latency -s "$work/$2$sfx.lua" "$url" > "$work/$name-$3.txt" &
     local w=$!
     sleep 3; rss=$(rss_mb "$pid"); wait $w
     rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name-$3.txt")
@@ -90,6 +120,10 @@ load() { # name url
   done
 }
 
+batch_rows() { # mean rows per predict call so far, from Legion's metrics
+  curl -s "$1/metrics" | awk '/^legion_batch_rows_sum/ {s=$2} /^legion_batch_rows_count/ {c=$2} END {if (c) printf "%.1f", s/c}'
+}
+
 echo "== legion serve (1 worker)"
 # A first start builds the serving environment; the measured start reuses it.
 "$legion" serve wine:1 --port 18500 > "$work/legion-warm.log" 2>&1 & p=$!; pids+=($p)
@@ -98,6 +132,17 @@ start=$(date +%s.%N)
 taskset -c 0 "$legion" serve wine:1 --port 18501 --workers 1 > "$work/legion.log" 2>&1 & p=$!; pids+=($p)
 echo "legion ready_s=$(wait_ready http://127.0.0.1:18501/v2/health/ready "$start")"
 load legion http://127.0.0.1:18501/invocations $p
+echo "legion mean_batch_rows=$(batch_rows http://127.0.0.1:18501)"
+load legion-v2 http://127.0.0.1:18501/v2/models/wine/infer $p -v2
+stop $p
+
+echo "== legion-serve, the static binary, on the same model folder"
+root="$LEGION_HOME/serving/$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['modelDigest'].split(':')[1])" "$work/run.json")"
+python="$(awk '/python environment/ {for (i=1;i<=NF;i++) if ($i=="environment") {print $(i+1); exit}}' "$root.env.log")/bin/python"
+start=$(date +%s.%N)
+taskset -c 0 "$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/static/legion-serve" "$root" --python "$python" --port 18504 > "$work/legion-serve.log" 2>&1 & p=$!; pids+=($p)
+echo "legion-serve ready_s=$(wait_ready http://127.0.0.1:18504/v2/health/ready "$start")"
+load legion-serve-v2 http://127.0.0.1:18504/v2/models/wine/infer $p -v2
 stop $p
 
 echo "== mlflow models serve -w 1"
@@ -106,4 +151,21 @@ start=$(date +%s.%N)
 (cd "$work" && PATH="$mlvenv/bin:$PATH" MLFLOW_ALLOW_FILE_STORE=true taskset -c 0 "$mlvenv/bin/mlflow" models serve -m "$model_dir" --env-manager local -w 1 -h 127.0.0.1 -p 18502 > "$work/mlflow.log" 2>&1) & p=$!; pids+=($p)
 echo "mlflow ready_s=$(wait_ready http://127.0.0.1:18502/ping "$start")"
 load mlflow http://127.0.0.1:18502/invocations "$p"
+stop $p
+
+echo "== mlserver start (mlserver-mlflow, adaptive batching, parallel_workers 0)"
+msdir="$work/mlserver"; mkdir -p "$msdir/wine"
+cat > "$msdir/settings.json" <<JSON
+{"http_port": 18503, "grpc_port": 18513, "metrics_port": 18523, "parallel_workers": 0, "debug": false, "host": "127.0.0.1"}
+JSON
+cat > "$msdir/wine/model-settings.json" <<JSON
+{"name": "wine", "implementation": "mlserver_mlflow.MLflowRuntime",
+ "max_batch_size": 256, "max_batch_time": 0.002,
+ "parameters": {"uri": "$model_dir"}}
+JSON
+start=$(date +%s.%N)
+(cd "$msdir" && PATH="$msvenv/bin:$PATH" taskset -c 0 "$msvenv/bin/mlserver" start . > "$work/mlserver.log" 2>&1) & p=$!; pids+=($p)
+echo "mlserver ready_s=$(wait_ready http://127.0.0.1:18503/v2/models/wine/ready "$start")"
+load mlserver-v2 http://127.0.0.1:18503/v2/models/wine/infer "$p" -v2
+load mlserver-invocations http://127.0.0.1:18503/invocations "$p"
 stop $p

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Legion needs on a fresh Debian 12 machine and builds it:
 # system packages (git, Python with venv, the OCI registry and skopeo used by
-# the tests), the wasm32-wasip2 Rust target, cargo-nextest, the plugins and
-# the release `legion` binary. Idempotent; safe to run again.
+# the tests), the wasm32-wasip2 and x86_64-unknown-linux-musl Rust targets,
+# the plugins, the release `legion` binary and the static `legion-serve`.
+# Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
@@ -18,6 +19,7 @@ want python3 python3
 want docker-registry docker-registry
 want skopeo skopeo
 want hyperfine hyperfine
+want file file
 # `python3 -m venv` needs ensurepip, which Debian ships separately.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -26,8 +28,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+for t in wasm32-wasip2 x86_64-unknown-linux-musl; do
+  rustup target list --installed | grep -qx "$t" || rustup target add "$t"
+done
 
 bash scripts/build-plugins.sh
 cargo build --release -p legion
+# The model server on its own, statically linked: the entrypoint of images.
+cargo build --profile static --target x86_64-unknown-linux-musl -p legion-serve
 echo "legion: $CARGO_TARGET_DIR/release/legion"
+echo "legion-serve: $CARGO_TARGET_DIR/x86_64-unknown-linux-musl/static/legion-serve"

@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use crate::plan::ToolchainError;
 
-/// Errors from the Legion library.
+/// A boxed cause: how wasmtime's errors (and other `anyhow` chains) are kept.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Errors from the Legion library. A variant that wraps a cause keeps it as
+/// its `source()`; its message also shows that cause, so the one line a
+/// person sees is whole.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file is not WebAssembly.
@@ -39,26 +44,36 @@ pub enum Error {
         /// Versions supported.
         supported: String,
     },
-    /// wasmtime refused to compile the component.
-    #[error("toolchain '{toolchain}' does not compile: {message}")]
+    /// wasmtime refused to compile (or serialise) the component.
+    #[error("toolchain '{toolchain}' does not compile: {source:#}")]
     Compile {
         /// Toolchain name.
         toolchain: String,
-        /// wasmtime's message.
-        message: String,
+        /// wasmtime's error.
+        #[source]
+        source: BoxError,
     },
     /// The component imports something the host does not provide, or its
     /// exports have the wrong types.
-    #[error("toolchain '{toolchain}' cannot be linked: {message}")]
+    #[error("toolchain '{toolchain}' cannot be linked: {what}{source:#}")]
     Link {
         /// Toolchain name.
         toolchain: String,
-        /// wasmtime's message.
-        message: String,
+        /// What was being linked (`export `x` does not match the contract: `), or empty.
+        what: String,
+        /// wasmtime's error.
+        #[source]
+        source: BoxError,
     },
-    /// The engine could not be set up.
-    #[error("the plugin engine could not start: {0}")]
-    Engine(String),
+    /// The engine could not be set up, or a task running it failed.
+    #[error("the plugin engine failed ({context}): {source:#}")]
+    Engine {
+        /// What it was doing.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
     /// No toolchain of that name.
     #[error("unknown toolchain '{name}'; registered: {known}")]
     UnknownToolchain {
@@ -75,12 +90,9 @@ pub enum Error {
         /// Its current digest.
         digest: String,
     },
-    /// A toolchain name that is not allowed.
-    #[error("invalid toolchain name '{name}': use 1-63 characters of a-z, 0-9, '-', '_' or '.', starting with a letter or digit")]
-    InvalidName {
-        /// The name.
-        name: String,
-    },
+    /// A name that is not allowed.
+    #[error(transparent)]
+    InvalidName(#[from] legion_serve::InvalidName),
     /// The stored wasm no longer matches its pinned digest.
     #[error("toolchain '{toolchain}': {file} has {actual}, but the toolchain is pinned to {expected}; re-register it")]
     DigestMismatch {
@@ -214,13 +226,63 @@ pub enum Error {
         message: String,
     },
     /// A file system operation failed.
-    #[error("{}: {message}", path.display())]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// What happened.
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
+    /// Waiting for a step's process failed.
+    #[error("waiting for step '{step}': {source}")]
+    Step {
+        /// The step.
+        step: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stored or pulled document is not what it should be.
+    #[error("{}: not {what}: {source}", path.display())]
+    NotOci {
+        /// The file.
+        path: PathBuf,
+        /// What it should be (`an OCI index`, …).
+        what: &'static str,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A layer entry that would land outside the folder it unpacks into.
+    #[error("{}: layer entry {} escapes the folder it is unpacked into", blob.display(), entry.display())]
+    LayerEscape {
+        /// The layer blob.
+        blob: PathBuf,
+        /// The entry.
+        entry: PathBuf,
+    },
+    /// A folder could not be preopened for a plugin.
+    #[error("cannot preopen {} for the plugin: {source:#}", path.display())]
+    Preopen {
+        /// The folder.
+        path: PathBuf,
+        /// wasmtime's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A JSON document could not be written or read back.
+    #[error("{}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its position.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The model server failed.
+    #[error(transparent)]
+    Serve(#[from] legion_serve::Error),
     /// The state database failed.
     #[error("state database {}: {message}", path.display())]
     Database {
@@ -233,10 +295,18 @@ pub enum Error {
 
 impl Error {
     /// An I/O error on `path`.
-    pub fn io(path: &Path, e: std::io::Error) -> Self {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
+        }
+    }
+
+    /// A JSON error on `path`.
+    pub fn json(path: &Path, source: serde_json::Error) -> Self {
+        Error::Json {
+            path: path.to_path_buf(),
+            source,
         }
     }
 }

@@ -10,8 +10,10 @@
 //! - [`exec`]: executors that run plans, Python environments, run logs;
 //! - [`oci`]: models as OCI artifacts, the layout store, registries;
 //! - [`train`]: a training end to end;
-//! - [`serve`]: the model server;
+//! - [`serve`]: preparing a stored model for the model server (the
+//!   `legion-serve` crate);
 //! - [`home`]: the data directory layout;
+//! - [`names`]: checked model, version and toolchain names;
 //! - [`cli`]: the `legion` command line.
 
 pub mod cli;
@@ -20,6 +22,7 @@ pub mod exec;
 pub mod fetch;
 pub mod fsutil;
 pub mod home;
+pub mod names;
 pub mod oci;
 pub mod plan;
 pub mod plugin;

@@ -363,7 +363,10 @@ fn invalid_name_is_refused() {
             "Bad Name",
         ],
     );
-    assert!(err.contains("invalid toolchain name 'Bad Name'"), "{err}");
+    assert!(
+        err.contains("'Bad Name' is not a valid toolchain name"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::output;
 use super::Format;
+use crate::names::ToolchainName;
 use crate::plan::{PackagingRequest, ServingRequest, TrainingRequest};
 use crate::plugin::registry::AddToolchain;
 use crate::plugin::{Interface, ToolchainRecord, Toolchains};
@@ -23,7 +24,7 @@ pub enum ToolchainCommand {
         path: PathBuf,
         /// Name to register under (default: the name the toolchain gives itself).
         #[arg(long)]
-        name: Option<String>,
+        name: Option<ToolchainName>,
         /// Configuration the toolchain reads with `host.config` (repeatable).
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         config: Vec<(String, String)>,
@@ -160,8 +161,8 @@ pub(super) async fn run(
                 Call::Packaging
             });
             // Plugin calls are synchronous and may take up to the deadline;
-            // keep them off the async runtime's worker.
-            tokio::task::block_in_place(|| -> Result<(), Error> {
+            // they run on the blocking pool, off the async workers.
+            tokio::task::spawn_blocking(move || -> Result<(), Error> {
                 match call {
                     Call::Training => {
                         let req: TrainingRequest = read_request(&request)?;
@@ -207,7 +208,12 @@ pub(super) async fn run(
                         Ok(())
                     }
                 }
-            })?;
+            })
+            .await
+            .map_err(|e| Error::Engine {
+                context: "a toolchain call",
+                source: e.into(),
+            })??;
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ use super::Format;
 use crate::exec::local::LocalExecutor;
 use crate::exec::{RunEvents, Stream};
 use crate::home::Home;
+use crate::names::{ModelName, ModelVersion, ToolchainName};
 use crate::plan::{DataBinding, Resources};
 use crate::plugin::Toolchains;
 use crate::store::{RunRecord, RunState};
@@ -28,7 +29,7 @@ pub struct TrainArgs {
     pub source: String,
     /// Toolchain to train with (`legion toolchain ls`).
     #[arg(long, short = 't')]
-    pub toolchain: String,
+    pub toolchain: ToolchainName,
     /// Entry point: a script, or an MLproject entry point.
     #[arg(long, short = 'e')]
     pub entrypoint: Option<String>,
@@ -37,10 +38,10 @@ pub struct TrainArgs {
     pub params: Vec<(String, String)>,
     /// Model name (default: the project folder's or repository's name).
     #[arg(long)]
-    pub name: Option<String>,
+    pub name: Option<ModelName>,
     /// Model version.
     #[arg(long, default_value = "1")]
-    pub version: String,
+    pub version: ModelVersion,
     /// Data to fetch into the run's data folder (repeatable); URI is
     /// file://, http(s)://, s3://, gs:// or az://.
     #[arg(long = "data", value_name = "URI=LOCAL_PATH", value_parser = parse_data)]
@@ -91,7 +92,7 @@ pub async fn run(
 ) -> Result<i32, Error> {
     let opts = TrainOptions {
         source: args.source,
-        toolchain: args.toolchain,
+        toolchain: args.toolchain.to_string(),
         entrypoint: args.entrypoint,
         args: args.args,
         params: args.params.into_iter().collect(),

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
@@ -197,7 +197,7 @@ async fn run_step(
     let remaining = deadline.saturating_duration_since(Instant::now());
     tokio::select! {
         status = &mut wait => {
-            let status = status.map_err(|e| Error::Io { path: cwd.clone(), message: format!("waiting for step '{}': {e}", step.name) })?;
+            let status = status.map_err(|source| Error::Step { step: step.name.clone(), source })?;
             use std::os::unix::process::ExitStatusExt;
             Ok(match (status.code(), status.signal()) {
                 (Some(code), _) => StepEnd::Exited(code),
@@ -245,24 +245,10 @@ async fn pump<R: AsyncRead + Unpin>(
     events: &dyn RunEvents,
 ) {
     let Some(pipe) = pipe else { return };
-    let mut reader = BufReader::new(pipe);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) => break,
-            Ok(_) => {
-                // Bytes that are not UTF-8 are shown replaced, never dropped.
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end_matches(['\n', '\r']);
-                ctx.log.line(line);
-                events.line(&step.name, stream, line);
-            }
-            Err(e) => {
-                ctx.log
-                    .note(&format!("cannot read output of step '{}': {e}", step.name));
-                break;
-            }
-        }
-    }
+    // Bytes that are not UTF-8 are shown replaced, never dropped.
+    legion_serve::lines::for_each_line(pipe, |line| {
+        ctx.log.line(line);
+        events.line(&step.name, stream, line);
+    })
+    .await;
 }

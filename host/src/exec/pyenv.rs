@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use super::RunLog;
@@ -52,10 +51,7 @@ impl PythonEnvs {
         // Another run may be building the same environment: wait for it.
         let lock = tokio::task::spawn_blocking(move || lock.lock().map(|_| lock))
             .await
-            .map_err(|e| Error::Io {
-                path: lock_path.clone(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| Error::io(&lock_path, std::io::Error::other(e)))?
             .map_err(|e| Error::io(&lock_path, e))?;
         let result = self.build(env, &dir, log).await;
         let _ = lock.unlock();
@@ -148,7 +144,7 @@ fn interpreter(version: Option<&str>) -> Result<String, Error> {
         };
         let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
         match version {
-            Some(v) if !found.starts_with(v) && !v.starts_with(&found) => continue,
+            Some(v) if !same_version(v, &found) => continue,
             _ => return Ok(c.clone()),
         }
     }
@@ -160,6 +156,15 @@ fn interpreter(version: Option<&str>) -> Result<String, Error> {
             candidates.join(", ")
         ),
     })
+}
+
+/// Whether two versions agree on every component both name: `3`, `3.11`
+/// and `3.11.7` agree; `3.1` and `3.11` do not.
+fn same_version(a: &str, b: &str) -> bool {
+    a.trim()
+        .split('.')
+        .zip(b.trim().split('.'))
+        .all(|(x, y)| x == y)
 }
 
 async fn run(cmd: &mut Command, what: &str, log: &RunLog) -> Result<(), Error> {
@@ -174,10 +179,7 @@ async fn run(cmd: &mut Command, what: &str, log: &RunLog) -> Result<(), Error> {
         let log = log.clone();
         async move {
             if let Some(pipe) = pipe {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log.line(&line);
-                }
+                legion_serve::lines::for_each_line(pipe, |line| log.line(line)).await;
             }
         }
     };
@@ -194,4 +196,19 @@ async fn run(cmd: &mut Command, what: &str, log: &RunLog) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_by_component() {
+        assert!(same_version("3.11", "3.11"));
+        assert!(same_version("3", "3.11"));
+        assert!(same_version("3.11.7", "3.11"));
+        assert!(!same_version("3.1", "3.11"));
+        assert!(!same_version("3.11", "3.1"));
+        assert!(!same_version("3.12", "3.11"));
+    }
 }

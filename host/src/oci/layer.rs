@@ -192,12 +192,9 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<(), Error> {
             .unpack_in(dest)
             .map_err(|e| Error::io(&dest.join(&path), e))?
         {
-            return Err(Error::Io {
-                path: blob.to_path_buf(),
-                message: format!(
-                    "layer entry {} escapes the folder it is unpacked into",
-                    path.display()
-                ),
+            return Err(Error::LayerEscape {
+                blob: blob.to_path_buf(),
+                entry: path,
             });
         }
     }

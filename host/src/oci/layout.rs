@@ -160,9 +160,10 @@ impl Layout {
     fn read_index(&self) -> Result<Index, Error> {
         let path = self.root.join("index.json");
         let text = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_slice(&text).map_err(|e| Error::Io {
+        serde_json::from_slice(&text).map_err(|source| Error::NotOci {
             path,
-            message: format!("not an OCI index: {e}"),
+            what: "an OCI index",
+            source,
         })
     }
 
@@ -175,10 +176,7 @@ impl Layout {
         let mut index = self.read_index()?;
         change(&mut index);
         index.schema_version = 2;
-        let bytes = serde_json::to_vec_pretty(&index).map_err(|e| Error::Io {
-            path: lock_path.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = serde_json::to_vec_pretty(&index).map_err(|e| Error::json(&lock_path, e))?;
         let written = write_atomic(&self.root.join("index.json"), &bytes);
         let _ = lock.unlock();
         written

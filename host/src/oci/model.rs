@@ -92,10 +92,7 @@ pub fn store_model(
     let tmp = layout.root().join("tmp");
     let layer = build_layer(model_dir, MODEL_LAYER_PREFIX, &tmp)?;
     config.layer_diff_id = layer.diff_id.clone();
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| Error::Io {
-        path: model_dir.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let config_bytes = serde_json::to_vec(&config).map_err(|e| Error::json(model_dir, e))?;
     let config_digest = layout.put_blob(&config_bytes)?;
     let (layer_digest, layer_size, content_bytes, files) = (
         layer.digest.clone(),
@@ -138,10 +135,7 @@ pub fn store_model(
             ),
         ])),
     };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Io {
-        path: model_dir.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::json(model_dir, e))?;
     let desc = layout.put_manifest(&manifest_bytes, &reference, BTreeMap::new())?;
     Ok(StoredModel {
         reference,
@@ -161,13 +155,14 @@ pub fn read_model(
     let Some(desc) = layout.resolve(reference)? else {
         return Ok(None);
     };
-    let bad = |what: &str, e: serde_json::Error| Error::Io {
+    let bad = |what: &'static str, source: serde_json::Error| Error::NotOci {
         path: layout.blob_path(&desc.digest),
-        message: format!("not a Legion model {what}: {e}"),
+        what,
+        source,
     };
-    let manifest: OciImageManifest =
-        serde_json::from_slice(&layout.read_blob(&desc.digest)?).map_err(|e| bad("manifest", e))?;
+    let manifest: OciImageManifest = serde_json::from_slice(&layout.read_blob(&desc.digest)?)
+        .map_err(|e| bad("a Legion model manifest", e))?;
     let config: ModelConfig = serde_json::from_slice(&layout.read_blob(&manifest.config.digest)?)
-        .map_err(|e| bad("config", e))?;
+        .map_err(|e| bad("a Legion model config", e))?;
     Ok(Some((desc, manifest, config)))
 }

@@ -172,9 +172,10 @@ impl Registry {
             .map_err(|e| Self::err(reference, e))?;
         let manifest_bytes = layout.read_blob(digest)?;
         let manifest: OciImageManifest =
-            serde_json::from_slice(&manifest_bytes).map_err(|e| Error::Io {
+            serde_json::from_slice(&manifest_bytes).map_err(|source| Error::NotOci {
                 path: layout.blob_path(digest),
-                message: format!("not an OCI manifest: {e}"),
+                what: "an OCI manifest",
+                source,
             })?;
         let mut report = PushReport {
             reference: reference.whole(),

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 mod policy;
 
+pub use legion_serve::signature::{Signature, TensorSpec};
 pub use policy::Policy;
 
 /// Name/value pairs, in a stable order.
@@ -146,31 +147,6 @@ pub struct Plan {
     /// Python environment, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub python: Option<PythonEnvironment>,
-}
-
-/// One column or tensor of a signature.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct TensorSpec {
-    /// Name, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Element type (`double`, `long`, `string`, …).
-    pub datatype: String,
-    /// Shape; empty for a column.
-    pub shape: Vec<i64>,
-    /// Whether it may be omitted.
-    pub optional: bool,
-}
-
-/// A model's inputs and outputs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Signature {
-    /// Inputs.
-    pub inputs: Vec<TensorSpec>,
-    /// Outputs.
-    pub outputs: Vec<TensorSpec>,
 }
 
 /// What a training produced.

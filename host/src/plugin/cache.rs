@@ -51,7 +51,7 @@ impl ComponentCache {
     ) -> Result<Component, Error> {
         let component = Component::new(runtime.engine(), bytes).map_err(|e| Error::Compile {
             toolchain: toolchain.to_string(),
-            message: format!("{e:#}"),
+            source: e.into(),
         })?;
         self.store(runtime, toolchain, digest_hex, &component)?;
         Ok(component)
@@ -66,7 +66,7 @@ impl ComponentCache {
     ) -> Result<(), Error> {
         let code = component.serialize().map_err(|e| Error::Compile {
             toolchain: toolchain.to_string(),
-            message: format!("cannot serialise: {e:#}"),
+            source: e.context("cannot serialise").into(),
         })?;
         crate::fsutil::write_atomic(&self.path(runtime, digest_hex), &code)
     }

@@ -67,11 +67,13 @@ impl Plugin {
             .instantiate_pre(component)
             .map_err(|e| Error::Link {
                 toolchain: name.to_string(),
-                message: format!("{e:#}"),
+                what: String::new(),
+                source: e.into(),
             })?;
         let bad = |iface: &str, e: wasmtime::Error| Error::Link {
             toolchain: name.to_string(),
-            message: format!("export `{iface}` does not match the contract: {e:#}"),
+            what: format!("export `{iface}` does not match the contract: "),
+            source: e.into(),
         };
         let has = |i: &str| exports.interfaces.contains(i);
         let trainer = has("trainer")

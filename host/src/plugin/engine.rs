@@ -71,13 +71,21 @@ impl Runtime {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(|e| Error::Engine {
+            context: "creating the engine",
+            source: e.into(),
+        })?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| Error::Engine {
+            context: "linking WASI",
+            source: e.into(),
+        })?;
         bindings::host_iface::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+            .map_err(|e| Error::Engine {
+                context: "linking the host interface",
+                source: e.into(),
+            })?;
 
         let compat_hash = compatibility_hash(&engine);
         let stop = Arc::new(AtomicBool::new(false));
@@ -132,7 +140,10 @@ fn spawn_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), Error> {
             }
         })
         .map(|_| ())
-        .map_err(|e| Error::Engine(format!("cannot start the epoch thread: {e}")))
+        .map_err(|e| Error::Engine {
+            context: "starting the epoch thread",
+            source: e.into(),
+        })
 }
 
 /// Feeds a `Hash` value into sha256, so the engine's compatibility hash

@@ -18,6 +18,7 @@ use super::call::Plugin;
 use super::engine::Runtime;
 use super::inspect::{binary_kind, BinaryKind};
 use crate::home::Home;
+use crate::names::ToolchainName;
 use crate::store::{Store, ToolchainRow};
 use crate::Error;
 
@@ -37,7 +38,7 @@ pub struct AddToolchain {
     /// The `.wasm` file.
     pub path: PathBuf,
     /// Name to register under; default: what the toolchain calls itself.
-    pub name: Option<String>,
+    pub name: Option<ToolchainName>,
     /// Admin configuration (`--config KEY=VALUE`).
     pub config: BTreeMap<String, String>,
     /// Replace a toolchain of the same name.
@@ -109,7 +110,7 @@ impl Toolchains {
         self.register(
             &bytes,
             &display,
-            req.name.as_deref(),
+            req.name.as_ref().map(ToolchainName::as_str),
             req.config.clone(),
             req.replace,
             false,
@@ -134,19 +135,35 @@ impl Toolchains {
         let hex = hex::encode(Sha256::digest(bytes));
         let digest = format!("sha256:{hex}");
         let label = name.map(str::to_string).unwrap_or_else(|| file_stem(file));
-        let component =
-            Component::new(self.runtime.engine(), bytes).map_err(|e| Error::Compile {
-                toolchain: label.clone(),
-                message: format!("{e:#}"),
-            })?;
-        let plugin = Plugin::new(&self.runtime, &label, &component, config.clone())?;
-        let info = plugin.describe()?;
+        // Compiling and `describe` are synchronous and take up to the
+        // deadline: off the async runtime's workers.
+        let (runtime, owned, plugin_label, plugin_config) = (
+            self.runtime.clone(),
+            bytes.to_vec(),
+            label.clone(),
+            config.clone(),
+        );
+        let (component, plugin, info) = tokio::task::spawn_blocking(move || {
+            let component =
+                Component::new(runtime.engine(), &owned).map_err(|e| Error::Compile {
+                    toolchain: plugin_label.clone(),
+                    source: e.into(),
+                })?;
+            let plugin = Plugin::new(&runtime, &plugin_label, &component, plugin_config)?;
+            let info = plugin.describe()?;
+            Ok::<_, Error>((component, plugin, info))
+        })
+        .await
+        .map_err(|e| Error::Engine {
+            context: "registration",
+            source: e.into(),
+        })??;
         let name = match name {
             Some(n) => n.to_string(),
             None if !info.name.is_empty() => info.name.clone(),
             None => label,
         };
-        validate_name(&name)?;
+        let name = crate::names::ToolchainName::new(name)?.to_string();
 
         if let Some(existing) = self.store.get_toolchain(&name).await? {
             if !replace {
@@ -183,7 +200,7 @@ impl Toolchains {
             if wrote_cache {
                 let code = component.serialize().map_err(|e| Error::Compile {
                     toolchain: name.clone(),
-                    message: format!("{e:#}"),
+                    source: e.into(),
                 })?;
                 crate::fsutil::write_atomic(&cached, &code)?;
             }
@@ -344,25 +361,6 @@ impl Toolchains {
 
 /// Shared handle, for servers that call plugins from many tasks.
 pub type SharedToolchains = Arc<Toolchains>;
-
-fn validate_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidName {
-            name: name.to_string(),
-        })
-    }
-}
 
 fn file_stem(file: &str) -> String {
     Path::new(file)

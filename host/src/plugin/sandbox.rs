@@ -112,9 +112,9 @@ pub(crate) fn new_store(
     for p in preopens {
         builder
             .preopened_dir(p.host, p.guest, FsPerms::ReadOnly)
-            .map_err(|e| Error::Io {
+            .map_err(|e| Error::Preopen {
                 path: p.host.to_path_buf(),
-                message: format!("cannot preopen for the plugin: {e:#}"),
+                source: e.into(),
             })?;
     }
     let state = CallState {

@@ -41,9 +41,9 @@ impl Store {
         } else {
             "INSERT OR IGNORE"
         };
-        let info = serde_json::to_string(&row.info).map_err(|e| Error::Engine(e.to_string()))?;
-        let config =
-            serde_json::to_string(&row.config).map_err(|e| Error::Engine(e.to_string()))?;
+        let db = self.path.clone();
+        let info = serde_json::to_string(&row.info).map_err(|e| Error::json(&db, e))?;
+        let config = serde_json::to_string(&row.config).map_err(|e| Error::json(&db, e))?;
         let done = sqlx::query(&format!(
             "{verb} INTO toolchains (name, digest, interfaces, contract, info, config, builtin, size, added_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"

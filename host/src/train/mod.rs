@@ -24,6 +24,7 @@ use crate::exec::pyenv::PythonEnvs;
 use crate::exec::{Executor, Outcome, RunContext, RunEvents, RunLog, Workspace};
 use crate::fetch::{fetch_data, fetch_source, SourceSpec};
 use crate::home::Home;
+use crate::names::{ModelName, ModelVersion};
 use crate::oci::layout::Layout;
 use crate::oci::model::{store_model, ModelConfig, ToolchainRef};
 use crate::oci::registry::{parse_reference, Registry};
@@ -49,9 +50,9 @@ pub struct TrainOptions {
     /// Hyper-parameters.
     pub params: Pairs,
     /// Model name (default: the source's name).
-    pub name: Option<String>,
+    pub name: Option<ModelName>,
     /// Model version (default `1`).
-    pub version: Option<String>,
+    pub version: Option<ModelVersion>,
     /// Data bindings.
     pub data: Vec<DataBinding>,
     /// Environment for the steps.
@@ -104,47 +105,6 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn validate_model_id(model: &ModelId) -> Result<(), Error> {
-    let name_ok = !model.name.is_empty()
-        && model.name.len() <= 128
-        && model
-            .name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && model
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
-    if !name_ok {
-        return Err(Error::InvalidArgument {
-            field: "--name".into(),
-            message: format!("'{}' is not a valid model name: lowercase letters, digits, '.', '_', '-', starting with a letter or digit", model.name),
-        });
-    }
-    let version_ok = !model.version.is_empty()
-        && model.version.len() <= 128
-        && model
-            .version
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && model
-            .version
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if !version_ok {
-        return Err(Error::InvalidArgument {
-            field: "--version".into(),
-            message: format!(
-                "'{}' is not a valid model version: letters, digits, '.', '_', '-'",
-                model.version
-            ),
-        });
-    }
-    Ok(())
-}
-
 impl<'a> Trainer<'a> {
     /// A trainer over `toolchains` in `home`, running steps with `executor`.
     pub fn new(toolchains: &'a Toolchains, home: &'a Home, executor: &'a dyn Executor) -> Self {
@@ -166,14 +126,23 @@ impl<'a> Trainer<'a> {
     ) -> Result<RunRecord, Error> {
         // --- checks that leave no trace ---
         let spec = SourceSpec::parse(&opts.source)?;
-        let model = ModelId {
-            name: opts
-                .name
-                .clone()
-                .unwrap_or_else(|| spec.default_model_name()),
-            version: opts.version.clone().unwrap_or_else(|| "1".into()),
+        let name = match &opts.name {
+            Some(n) => n.clone(),
+            None => {
+                ModelName::new(spec.default_model_name()).map_err(|e| Error::InvalidArgument {
+                    field: "--name".into(),
+                    message: format!("the model needs a name: {e}"),
+                })?
+            }
         };
-        validate_model_id(&model)?;
+        let version = match &opts.version {
+            Some(v) => v.clone(),
+            None => ModelVersion::new("1")?,
+        };
+        let model = ModelId {
+            name: name.to_string(),
+            version: version.to_string(),
+        };
         let push = opts
             .push
             .as_deref()
@@ -264,6 +233,11 @@ impl<'a> Trainer<'a> {
                 run.reason = Some(reason);
                 run.exit_code = exit_code;
             }
+            Err(Stop::Error(e)) => {
+                tracing::debug!(run = %run.id, error = ?e, "run failed");
+                run.state = RunState::Failed;
+                run.reason = Some(e.to_string());
+            }
         }
         if run.state != RunState::Succeeded {
             log.note(&format!(
@@ -307,7 +281,8 @@ impl<'a> Trainer<'a> {
         }
 
         events.phase("plan");
-        let plan = blocking(|| plugin.plan_training(&run.request, &ws.source())).await?;
+        let (p, request, source) = (plugin.clone(), run.request.clone(), ws.source());
+        let plan = blocking(move || p.plan_training(&request, &source)).await?;
         log.note(&format!(
             "plan: {}",
             serde_json::to_string(&plan).unwrap_or_default()
@@ -361,8 +336,13 @@ impl<'a> Trainer<'a> {
         }
 
         events.phase("collect");
-        let manifest =
-            blocking(|| plugin.collect_training(&run.request, &ws.source(), &ws.output())).await?;
+        let (p, request, source, output) = (
+            plugin.clone(),
+            run.request.clone(),
+            ws.source(),
+            ws.output(),
+        );
+        let manifest = blocking(move || p.collect_training(&request, &source, &output)).await?;
         let model_dir = safe_model_dir(&ws.output(), &manifest.model_path)?;
 
         events.phase("store model");
@@ -380,7 +360,8 @@ impl<'a> Trainer<'a> {
             manifest,
             layer_diff_id: String::new(),
         };
-        let stored = blocking(|| store_model(&layout, &model_dir, config)).await?;
+        let (l, dir) = (layout.clone(), model_dir.clone());
+        let stored = blocking(move || store_model(&l, &dir, config)).await?;
         log.note(&format!(
             "stored model {} as {} ({} files, {} bytes)",
             stored.reference, stored.digest, stored.files, stored.content_bytes
@@ -453,19 +434,20 @@ fn process_alive(pid: u32) -> bool {
 
 /// Why a recorded run stopped early.
 enum Stop {
+    /// Ctrl-C or a cancel, during the named step if any.
     Cancelled(Option<String>),
+    /// A step failed or timed out, or the plugin's output was unusable.
     Failed {
         reason: String,
         exit_code: Option<i32>,
     },
+    /// The host's own work failed: the error itself, until it is recorded.
+    Error(Error),
 }
 
 impl From<Error> for Stop {
     fn from(e: Error) -> Self {
-        Stop::Failed {
-            reason: e.to_string(),
-            exit_code: None,
-        }
+        Stop::Error(e)
     }
 }
 
@@ -479,10 +461,18 @@ async fn cancellable<T>(
     }
 }
 
-/// Plugin calls and layer building are synchronous; keep them off the
-/// async workers.
-async fn blocking<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Stop> {
-    tokio::task::block_in_place(f).map_err(Stop::from)
+/// Plugin calls and layer building are synchronous: they run on tokio's
+/// blocking pool, off the async workers (and on any runtime flavour).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Stop> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Engine {
+            context: "a blocking task of the training",
+            source: e.into(),
+        })?
+        .map_err(Stop::from)
 }
 
 fn safe_model_dir(output: &Path, model_path: &str) -> Result<std::path::PathBuf, Stop> {

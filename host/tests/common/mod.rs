@@ -12,6 +12,22 @@ pub fn legion_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_legion"))
 }
 
+/// The standalone static `legion-serve`, built by `scripts/setup.sh`
+/// (`--profile static --target x86_64-unknown-linux-musl`).
+pub fn serve_bin() -> PathBuf {
+    let bin = legion_bin()
+        .parent()
+        .and_then(Path::parent)
+        .map(|t| t.join("x86_64-unknown-linux-musl/static/legion-serve"))
+        .expect("target dir");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/setup.sh first",
+        bin.display()
+    );
+    bin
+}
+
 /// `$CARGO_TARGET_DIR/plugins`, filled by `scripts/build-plugins.sh`.
 pub fn plugin_dir() -> PathBuf {
     let dir = legion_bin()

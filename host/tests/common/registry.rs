@@ -41,7 +41,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(120);
         while std::net::TcpStream::connect(&addr).is_err() {
             assert!(
                 Instant::now() < deadline,

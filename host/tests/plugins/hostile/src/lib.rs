@@ -64,6 +64,24 @@ impl Trainer for Hostile {
                     Err(e) => Err(ToolchainError::other(format!("connect {addr}: {e}"))),
                 }
             }
+            "clock" => {
+                // The wall clock and the monotonic clock, read twice with
+                // work in between: a frozen clock gives the same every time.
+                let wall = || {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos().to_string())
+                        .unwrap_or_else(|e| format!("before the epoch by {:?}", e.duration()))
+                };
+                let start = std::time::Instant::now();
+                let first = wall();
+                let mut n: u64 = 0;
+                for i in 0..1_000_000u64 {
+                    n = std::hint::black_box(n.wrapping_add(i));
+                }
+                let elapsed = start.elapsed().as_nanos().to_string();
+                Ok(Plan::new().step(Step::new("clock", "img").args([first, wall(), elapsed])))
+            }
             "env" => Ok(Plan::new().step(
                 Step::new("env", "img").args(std::env::vars().map(|(k, v)| format!("{k}={v}"))),
             )),

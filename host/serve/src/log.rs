@@ -63,14 +63,20 @@ impl JsonLines {
             Box::new(std::io::stdout())
         } else {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                std::fs::create_dir_all(dir).map_err(|source| Error::Log {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
             }
             Box::new(
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| Error::io(path, e))?,
+                    .map_err(|source| Error::Log {
+                        path: path.to_path_buf(),
+                        source,
+                    })?,
             )
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();

@@ -1,41 +1,22 @@
-//! The model a server serves: found in the local store, unpacked once into
-//! `<data>/serving/<digest>/`, with a Python environment from its
-//! requirements.
+//! `legion serve`: the model server is the `legion-serve` crate; this
+//! module prepares what it serves from the data directory. A model is
+//! found in the local store (or pulled from a registry), unpacked once into
+//! `<data>/serving/<digest>/` as a model folder (`legion-model.json` beside
+//! `model/`, exactly what a packaged image carries), and given a Python
+//! environment from its requirements.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use legion_serve::{ModelSpec, ServedModel};
 
 use crate::exec::pyenv::PythonEnvs;
 use crate::exec::RunLog;
 use crate::home::Home;
 use crate::oci::layer::unpack_layer;
 use crate::oci::layout::Layout;
-use crate::oci::model::{read_model, ModelConfig, MODEL_LAYER_PREFIX};
-use crate::plan::{PythonEnvironment, Signature};
+use crate::oci::model::{read_model, ModelConfig};
+use crate::plan::PythonEnvironment;
 use crate::Error;
-
-/// A model ready to load into workers.
-#[derive(Debug, Clone)]
-pub struct ServedModel {
-    /// Model name.
-    pub name: String,
-    /// Model version.
-    pub version: String,
-    /// Manifest digest.
-    pub digest: String,
-    /// Its config.
-    pub config: ModelConfig,
-    /// The unpacked model files.
-    pub dir: PathBuf,
-    /// The venv the workers run in.
-    pub env: PathBuf,
-}
-
-impl ServedModel {
-    /// The model's signature, if it has one.
-    pub fn signature(&self) -> Option<&Signature> {
-        self.config.manifest.signature.as_ref()
-    }
-}
 
 /// Requirements for serving a model: its own, with the full `mlflow`
 /// package swapped for `mlflow-skinny` at the same version (the server needs
@@ -73,9 +54,40 @@ pub fn serving_requirements(reqs: &[String]) -> Vec<String> {
     out
 }
 
+/// Serves `reference` until Ctrl-C or SIGTERM.
+pub async fn serve(
+    home: &Home,
+    reference: &str,
+    args: &legion_serve::ServeArgs,
+) -> Result<(), Error> {
+    let model = prepare(home, reference).await?;
+    let mut args = args.clone();
+    args.feedback_log
+        .get_or_insert_with(|| home.root().join("serving").join("feedback.jsonl"));
+    let listener = legion_serve::bind(args.addr()).await?;
+    legion_serve::serve(listener, model, &args, legion_serve::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The spec the server reads, from a stored model's config.
+pub fn model_spec(config: &ModelConfig, digest: &str) -> Result<ModelSpec, Error> {
+    let invalid = |e: legion_serve::InvalidName| Error::InvalidArgument {
+        field: "MODEL".into(),
+        message: format!("the stored model {digest} has an invalid name: {e}"),
+    };
+    Ok(ModelSpec {
+        name: config.name.parse().map_err(invalid)?,
+        version: config.version.parse().map_err(invalid)?,
+        digest: digest.to_string(),
+        flavor: config.manifest.flavor.clone(),
+        signature: config.manifest.signature.clone(),
+        metadata: config.manifest.metadata.clone(),
+    })
+}
+
 /// Finds `reference` (`name:version`, a digest, or a registry reference,
-/// which is pulled first) in the store, unpacks it and prepares its
-/// environment.
+/// which is pulled first) in the store, unpacks it into a model folder and
+/// prepares its environment.
 pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error> {
     let layout = Layout::open(home.models())?;
     // A registry reference (`host[:port]/repo[:tag|@digest]`) is pulled into
@@ -113,6 +125,7 @@ pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error>
         }
         std::fs::write(&ready, "").map_err(|e| Error::io(&ready, e))?;
     }
+    ServedModel::write_spec(&root, &model_spec(&config, &desc.digest)?)?;
     let log = RunLog::open(&root.with_extension("env.log"))?;
     let env = PythonEnvironment {
         python_version: None,
@@ -121,14 +134,12 @@ pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error>
     let env = PythonEnvs::new(home.python_envs())
         .ensure(&env, &log)
         .await?;
-    Ok(ServedModel {
-        name: config.name.clone(),
-        version: config.version.clone(),
-        digest: desc.digest,
-        dir: root.join(MODEL_LAYER_PREFIX),
-        env,
-        config,
-    })
+    Ok(ServedModel::open(&root, python_of(&env))?)
+}
+
+/// The interpreter of a venv.
+pub fn python_of(env: &Path) -> PathBuf {
+    env.join("bin").join("python")
 }
 
 #[cfg(test)]

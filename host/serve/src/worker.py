@@ -1,27 +1,51 @@
 """Legion model worker: loads one model and answers prediction batches.
 
-Started by `legion serve` (and by the packaged image) as
-`python worker.py MODEL_DIR FLAVOR`. It reads request frames on stdin and
-writes frames on the stdout it was given; anything the model prints goes to
-stderr, so it can never corrupt the frame stream. The frame layout is in
-host/src/serve/table.rs.
+Started by `legion-serve` as `python -c SCRIPT MODEL_DIR FLAVOR`. It reads
+request frames on stdin and writes frames on the stdout it was given;
+anything the model prints goes to stderr, so it can never corrupt the frame
+stream. The frame layout is in host/serve/src/frame.rs.
+
+Start-up time is the server's time to ready, so nothing is imported before
+it is needed: a scikit-learn model whose columns match its fitted ones is
+fed a plain numpy array and never imports pandas.
 """
-import importlib.util
 import json
 import os
-import pickle
 import struct
 import sys
-import traceback
 
 import numpy as np
-import pandas as pd
 
 F64, I64, BOOL, STR = 1, 2, 3, 4
 
 
+class Frame:
+    """A request's columns, in order, as numpy arrays (or lists of str).
+    `to_pandas()` makes the DataFrame that models other than the fast path
+    are given; it is the only place pandas is imported."""
+
+    def __init__(self, names, data):
+        self.columns = names
+        self.data = data
+
+    def all_float(self):
+        return all(getattr(self.data[n], "dtype", None) == np.float64 for n in self.columns)
+
+    def to_numpy(self):
+        return np.column_stack([self.data[n] for n in self.columns])
+
+    def to_pandas(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.data, columns=self.columns)
+
+
+def pandas_predict(predict):
+    return lambda frame: predict(frame.to_pandas())
+
+
 def load(model_dir, flavor):
-    """Returns (loader name, predict(frame) -> array-like)."""
+    """Returns (loader name, predict(Frame) -> array-like)."""
     if flavor == "python_function":
         meta = {}
         try:
@@ -46,13 +70,15 @@ def load(model_dir, flavor):
                 with open(path, "rb") as f:
                     model = cloudpickle.load(f)
             else:
+                import pickle
+
                 with open(path, "rb") as f:
                     model = pickle.load(f)
             return "sklearn (fast path, " + fmt + ")", array_predict(model)
         import mlflow.pyfunc
 
         model = mlflow.pyfunc.load_model(model_dir)
-        return "mlflow.pyfunc", model.predict
+        return "mlflow.pyfunc", pandas_predict(model.predict)
     if flavor == "sklearn":
         for name in ("model.pkl", "model.joblib"):
             path = os.path.join(model_dir, name)
@@ -62,34 +88,41 @@ def load(model_dir, flavor):
 
                     model = joblib.load(path)
                 else:
+                    import pickle
+
                     with open(path, "rb") as f:
                         model = pickle.load(f)
-                return "sklearn (" + name + ")", model.predict
+                return "sklearn (" + name + ")", array_predict(model)
         raise RuntimeError("no model.pkl or model.joblib in " + model_dir)
     if flavor == "legion.python":
-        spec = importlib.util.spec_from_file_location("legion_model_predict", os.path.join(model_dir, "predict.py"))
+        import importlib.util
+
+        path = os.path.join(model_dir, "predict.py")
+        if not os.path.isfile(path):
+            raise RuntimeError("a legion.python model needs predict.py with load(dir) and predict(state, frame); " + model_dir + " has none")
+        spec = importlib.util.spec_from_file_location("legion_model_predict", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         state = module.load(model_dir)
-        return "predict.py", lambda frame: module.predict(state, frame)
+        return "predict.py", lambda frame: module.predict(state, frame.to_pandas())
     raise RuntimeError("unknown model flavor " + repr(flavor))
 
 
 def array_predict(model):
     """predict() on a plain array when the frame's columns are exactly the
-    ones the estimator was fitted with, in order: it skips pandas and the
-    estimator's feature-name check on every call. Anything else goes
-    through the DataFrame as usual."""
+    ones the estimator was fitted with, in order, and all floats: it skips
+    pandas (and its import) and the estimator's feature-name check on
+    every call. Anything else goes through a DataFrame as usual."""
     import warnings
 
     names = list(getattr(model, "feature_names_in_", []))
 
     def predict(frame):
-        if names and list(frame.columns) == names and all(frame.dtypes == np.float64):
+        if names and list(frame.columns) == names and frame.all_float():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 return model.predict(frame.to_numpy())
-        return model.predict(frame)
+        return model.predict(frame.to_pandas())
 
     return predict
 
@@ -134,11 +167,11 @@ def decode_request(buf):
                 values.append(buf[pos:pos + n].decode())
                 pos += n
             data[name] = values
-    return batch, pd.DataFrame(data, columns=[c for c, _ in cols])
+    return batch, Frame([c for c, _ in cols], data)
 
 
 def encode_result(batch, prediction):
-    if isinstance(prediction, (pd.DataFrame, pd.Series)):
+    if hasattr(prediction, "to_numpy"):  # a pandas DataFrame or Series
         prediction = prediction.to_numpy()
     arr = np.asarray(prediction)
     if arr.ndim == 0:
@@ -176,7 +209,15 @@ def main():
     def send(payload):
         out.write(struct.pack("<I", len(payload)) + payload)
 
-    loader, predict = load(model_dir, flavor)
+    try:
+        loader, predict = load(model_dir, flavor)
+    except BaseException as e:  # tell the server why, then stop
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        msg = ("%s: %s" % (type(e).__name__, e)).encode()[:4000]
+        send(struct.pack("<BQI", 3, 0, len(msg)) + msg)
+        sys.exit(1)
     ready = json.dumps({"flavor": flavor, "loader": loader, "pid": os.getpid()}).encode()
     send(struct.pack("<BI", 0, len(ready)) + ready)
     while True:
@@ -190,6 +231,8 @@ def main():
             batch, frame = decode_request(buf)
             send(encode_result(batch, predict(frame)))
         except Exception as e:  # the model's error goes back to the caller
+            import traceback
+
             traceback.print_exc(file=sys.stderr)
             msg = ("%s: %s" % (type(e).__name__, e)).encode()[:4000]
             send(struct.pack("<BQI", 3, batch, len(msg)) + msg)

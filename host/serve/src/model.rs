@@ -1,0 +1,111 @@
+//! The model a server serves: a folder holding `legion-model.json` (the
+//! [`ModelSpec`]) beside `model/` (the model's files, as the model layer
+//! unpacks them). `legion serve` prepares one from the local store; a
+//! packaged image carries one at `/opt/legion`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{ModelName, ModelVersion};
+use crate::signature::Signature;
+use crate::Error;
+
+/// The spec's file name inside a model folder.
+pub const SPEC_FILE: &str = "legion-model.json";
+/// The folder of the model's files inside a model folder.
+pub const FILES_DIR: &str = "model";
+
+/// What the server needs to know about a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Model name.
+    pub name: ModelName,
+    /// Model version.
+    pub version: ModelVersion,
+    /// The model artifact's manifest digest.
+    pub digest: String,
+    /// How the worker loads it (`python_function`, `sklearn`, `legion.python`).
+    pub flavor: String,
+    /// Inputs and outputs, if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+    /// Further facts (`mlflow_version`, …).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A model folder and the interpreter its workers run in.
+#[derive(Debug, Clone)]
+pub struct ServedModel {
+    /// The spec.
+    pub spec: ModelSpec,
+    /// The model's files.
+    pub files: PathBuf,
+    /// The Python interpreter.
+    pub python: PathBuf,
+}
+
+impl ServedModel {
+    /// Reads the model folder `root`.
+    pub fn open(root: &Path, python: PathBuf) -> Result<Self, Error> {
+        let path = root.join(SPEC_FILE);
+        let text = std::fs::read(&path).map_err(|source| Error::ReadSpec {
+            path: path.clone(),
+            source,
+        })?;
+        let spec = serde_json::from_slice(&text).map_err(|source| Error::BadSpec {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(ServedModel {
+            spec,
+            files: root.join(FILES_DIR),
+            python,
+        })
+    }
+
+    /// Writes `spec` into the model folder `root`.
+    pub fn write_spec(root: &Path, spec: &ModelSpec) -> Result<(), Error> {
+        let path = root.join(SPEC_FILE);
+        let text = serde_json::to_vec_pretty(spec).map_err(|source| Error::BadSpec {
+            path: path.clone(),
+            source,
+        })?;
+        std::fs::write(&path, text).map_err(|source| Error::ReadSpec { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_and_bad_specs_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("legion-serve-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let spec = ModelSpec {
+            name: "iris".parse().unwrap(),
+            version: "1".parse().unwrap(),
+            digest: "sha256:00".into(),
+            flavor: "sklearn".into(),
+            signature: None,
+            metadata: BTreeMap::new(),
+        };
+        ServedModel::write_spec(&dir, &spec).unwrap();
+        let m = ServedModel::open(&dir, "python3".into()).unwrap();
+        assert_eq!(m.spec, spec);
+        assert_eq!(m.files, dir.join("model"));
+        std::fs::write(dir.join(SPEC_FILE), r#"{"name": "Iris"}"#).unwrap();
+        let e = ServedModel::open(&dir, "python3".into()).unwrap_err();
+        assert!(
+            e.to_string().contains(SPEC_FILE) && e.to_string().contains("not a valid model name"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = ServedModel::open(&dir, "python3".into()).unwrap_err();
+        assert!(matches!(e, Error::ReadSpec { .. }), "{e}");
+    }
+}
