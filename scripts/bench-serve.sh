@@ -105,23 +105,34 @@ rss_mb() { # total RSS of a process tree in MiB
   ps -o rss= -p "$(tree "$1" | paste -sd,)" | awk '{s+=$1} END {printf "%.0f", s/1024}'
 }
 
-load() { # name url pid suffix: c=1 and c=16 one-row, c=4 100-row
-  local name=$1 url=$2 pid=$3 sfx=${4:-}
-  for spec in "1 one c1" "16 one c16" "4 hundred batch"; do
-    set -- $spec
-    taskset -c 1 wrk -t1 -c"$1" -d"$DURATION" --latency -s "$work/$2$sfx.lua" "$url" > "$work/$name-$3.txt" &
-    local w=$!
-    sleep 3; rss=$(rss_mb "$pid"); wait $w
-    rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name-$3.txt")
-    p50=$(awk '/ 50%/ {print $2}' "$work/$name-$3.txt")
-    p99=$(awk '/ 99%/ {print $2}' "$work/$name-$3.txt")
-    non2xx=$(awk '/Non-2xx/ {print $5}' "$work/$name-$3.txt")
-    echo "$name $3 rps=$rps p50=$p50 p99=$p99 rss_mb=$rss non2xx=${non2xx:-0}"
-  done
+batch_stats() { # sum and count of rows per predict call, from Legion's metrics
+  curl -s "$1/metrics" | awk '/^legion_batch_rows_sum/ {s=$2} /^legion_batch_rows_count/ {c=$2} END {print s+0, c+0}'
 }
 
-batch_rows() { # mean rows per predict call so far, from Legion's metrics
-  curl -s "$1/metrics" | awk '/^legion_batch_rows_sum/ {s=$2} /^legion_batch_rows_count/ {c=$2} END {if (c) printf "%.1f", s/c}'
+# load PID TARGET... : for each scenario (c=1 and c=16 one-row requests,
+# c=4 100-row requests), runs wrk against each TARGET in turn, so that
+# targets on one server are measured side by side, not minutes apart.
+# A TARGET is NAME=URL=SUFFIX (SUFFIX picks the bodies: "" or "-v2").
+load() {
+  local pid=$1 spec
+  for spec in "1 one c1" "16 one c16" "4 hundred batch"; do
+    set -- $spec
+    local c=$1 body=$2 scen=$3
+    for target in "${targets[@]}"; do
+      IFS== read -r name url sfx <<< "$target"
+      local base=${url%%/v2/*}; base=${base%/invocations}
+      local before; before=$(batch_stats "$base")
+      taskset -c 1 wrk -t1 -c"$c" -d"$DURATION" --latency -s "$work/$body$sfx.lua" "$url" > "$work/$name-$scen.txt" &
+      local w=$!
+      sleep 3; rss=$(rss_mb "$pid"); wait $w
+      rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name-$scen.txt")
+      p50=$(awk '/ 50%/ {print $2}' "$work/$name-$scen.txt")
+      p99=$(awk '/ 99%/ {print $2}' "$work/$name-$scen.txt")
+      non2xx=$(awk '/Non-2xx/ {print $5}' "$work/$name-$scen.txt")
+      rows=$(echo "$before $(batch_stats "$base")" | awk '{ if ($4 > $2) printf "%.1f", ($3-$1)/($4-$2); else print "-" }')
+      echo "$name $scen rps=$rps p50=$p50 p99=$p99 rss_mb=$rss non2xx=${non2xx:-0} rows_per_predict=$rows"
+    done
+  done
 }
 
 echo "== legion serve (1 worker)"
@@ -131,9 +142,8 @@ wait_ready http://127.0.0.1:18500/v2/health/ready "$(date +%s.%N)" > /dev/null; 
 start=$(date +%s.%N)
 taskset -c 0 "$legion" serve wine:1 --port 18501 --workers 1 > "$work/legion.log" 2>&1 & p=$!; pids+=($p)
 echo "legion ready_s=$(wait_ready http://127.0.0.1:18501/v2/health/ready "$start")"
-load legion http://127.0.0.1:18501/invocations $p
-echo "legion mean_batch_rows=$(batch_rows http://127.0.0.1:18501)"
-load legion-v2 http://127.0.0.1:18501/v2/models/wine/infer $p -v2
+targets=("legion=http://127.0.0.1:18501/invocations=" "legion-v2=http://127.0.0.1:18501/v2/models/wine/infer=-v2")
+load $p
 stop $p
 
 echo "== legion-serve, the static binary, on the same model folder"
@@ -142,7 +152,8 @@ python="$(awk '/python environment/ {for (i=1;i<=NF;i++) if ($i=="environment") 
 start=$(date +%s.%N)
 taskset -c 0 "$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/static/legion-serve" "$root" --python "$python" --port 18504 > "$work/legion-serve.log" 2>&1 & p=$!; pids+=($p)
 echo "legion-serve ready_s=$(wait_ready http://127.0.0.1:18504/v2/health/ready "$start")"
-load legion-serve-v2 http://127.0.0.1:18504/v2/models/wine/infer $p -v2
+targets=("legion-serve-v2=http://127.0.0.1:18504/v2/models/wine/infer=-v2")
+load $p
 stop $p
 
 echo "== mlflow models serve -w 1"
@@ -150,7 +161,8 @@ curl -sf -o /dev/null http://127.0.0.1:18502/ping && { echo "port 18502 is taken
 start=$(date +%s.%N)
 (cd "$work" && PATH="$mlvenv/bin:$PATH" MLFLOW_ALLOW_FILE_STORE=true taskset -c 0 "$mlvenv/bin/mlflow" models serve -m "$model_dir" --env-manager local -w 1 -h 127.0.0.1 -p 18502 > "$work/mlflow.log" 2>&1) & p=$!; pids+=($p)
 echo "mlflow ready_s=$(wait_ready http://127.0.0.1:18502/ping "$start")"
-load mlflow http://127.0.0.1:18502/invocations "$p"
+targets=("mlflow=http://127.0.0.1:18502/invocations=")
+load "$p"
 stop $p
 
 echo "== mlserver start (mlserver-mlflow, adaptive batching, parallel_workers 0)"
@@ -166,6 +178,6 @@ JSON
 start=$(date +%s.%N)
 (cd "$msdir" && PATH="$msvenv/bin:$PATH" taskset -c 0 "$msvenv/bin/mlserver" start . > "$work/mlserver.log" 2>&1) & p=$!; pids+=($p)
 echo "mlserver ready_s=$(wait_ready http://127.0.0.1:18503/v2/models/wine/ready "$start")"
-load mlserver-v2 http://127.0.0.1:18503/v2/models/wine/infer "$p" -v2
-load mlserver-invocations http://127.0.0.1:18503/invocations "$p"
+targets=("mlserver-v2=http://127.0.0.1:18503/v2/models/wine/infer=-v2" "mlserver-invocations=http://127.0.0.1:18503/invocations=")
+load "$p"
 stop $p

@@ -134,7 +134,9 @@ pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error>
     let env = PythonEnvs::new(home.python_envs())
         .ensure(&env, &log)
         .await?;
-    Ok(ServedModel::open(&root, python_of(&env))?)
+    let python = python_of(&env);
+    legion_serve::model::prepare_load_cache(&root, &python).await?;
+    Ok(ServedModel::open(&root, python)?)
 }
 
 /// The interpreter of a venv.

@@ -545,6 +545,29 @@ fn the_standalone_static_server_serves_iris_and_wine_like_legion_serve() {
     check_iris(&Server::standalone(&l, &digest, &[]), &expected);
     let (digest, example, expected) = wine(&l);
     check_wine(&Server::standalone(&l, &digest, &[]), &example, &expected);
+
+    // As an image carries it: the model folder alone, without the load
+    // cache `legion serve` made beside it (the worker loads through skops).
+    let (files, python) = served_files(&l, &digest);
+    let image = tempfile::tempdir().unwrap();
+    let root = image.path().join("opt-legion");
+    std::fs::create_dir_all(&root).unwrap();
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&files)
+        .arg(files.parent().unwrap().join("legion-model.json"))
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    assert!(!root.join("cache").exists());
+    let mut cmd = Command::new(common::serve_bin());
+    cmd.env("LEGION_MODEL_ROOT", &root)
+        .env("LEGION_PYTHON", &python)
+        .env("LEGION_SERVE_FEEDBACK_LOG", image.path().join("feedback.jsonl"));
+    let s = Server::spawn(cmd);
+    s.wait_ready();
+    check_wine(&s, &example, &expected);
 }
 
 #[test]

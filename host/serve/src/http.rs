@@ -121,13 +121,14 @@ pub fn parse_json(bytes: &[u8], dialect: Dialect) -> Result<Value, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad(dialect, format!("invalid JSON: {e}")))
 }
 
-/// Conforms, predicts, times, counts and logs one request.
+/// Conforms, predicts, times, counts and logs one request. `input` gives
+/// the request as JSON for the request log; it is called only when logging.
 pub async fn predict(
     state: &AppState,
     dialect: Dialect,
     request_id: &str,
     table: Table,
-    input: &Value,
+    input: &(dyn Fn() -> Value + Sync),
 ) -> Result<Prediction, ApiError> {
     let started = Instant::now();
     let result = async {
@@ -184,7 +185,7 @@ pub async fn predict(
             protocol,
             status,
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-            input: input.clone(),
+            input: input(),
             output: match &result {
                 Ok(p) => json!({ "shape": p.shape, "data": p.values.to_json() }),
                 Err(e) => json!({ "error": e.message }),

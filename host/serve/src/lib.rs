@@ -84,6 +84,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The model folder's load cache could not be written.
+    #[error("cannot write the load cache {}: {source}", path.display())]
+    Cache {
+        /// The cache folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A log file could not be opened.
     #[error("cannot open the log {}: {source}", path.display())]
     Log {
@@ -225,6 +234,30 @@ pub async fn serve(
     }
     tracing::info!("drained; stopping workers");
     Ok(())
+}
+
+/// Logs to stderr, as both binaries do: `LEGION_LOG` sets the filter
+/// (default `info`); colour only on a terminal and without `NO_COLOR`.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEGION_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+/// A multi-threaded runtime, or the message to print if there is none.
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

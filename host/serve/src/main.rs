@@ -2,12 +2,10 @@
 //! images. It serves a model folder (`legion-model.json` beside `model/`)
 //! with the Python it is given; nothing else is needed on the machine.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Serve a Legion model folder over REST (Open Inference Protocol v2,
 /// MLflow scoring, Legion's model API).
@@ -26,23 +24,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let filter = EnvFilter::try_from_env("LEGION_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .without_time()
-        .init();
+    legion_serve::init_logging();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match legion_serve::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };

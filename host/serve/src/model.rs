@@ -78,6 +78,45 @@ impl ServedModel {
     }
 }
 
+/// Makes the load cache of a model folder once (see `worker.py`'s
+/// `--cache`): an MLflow scikit-learn model stored with skops is loaded
+/// through skops once and kept as a pickle the workers load in a fraction
+/// of the time. Only for folders this host writes (`legion serve`); a
+/// model the cache does not help is noted and left alone. A failure is
+/// logged, never fatal: the workers then load the model the slow way.
+pub async fn prepare_load_cache(root: &Path, python: &Path) -> Result<(), Error> {
+    let done = root.join("cache").join(".done");
+    if done.is_file() {
+        return Ok(());
+    }
+    let out = tokio::process::Command::new(python)
+        .arg("-c")
+        .arg(crate::WORKER_PY)
+        .arg("--cache")
+        .arg(root.join(FILES_DIR))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() || o.status.code() == Some(3) => {
+            let dir = root.join("cache");
+            std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(&done, ""))
+                .map_err(|source| Error::Cache { path: dir, source })
+        }
+        Ok(o) => {
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            let last = stderr.lines().last().unwrap_or_default();
+            tracing::warn!(root = %root.display(), "cannot make the load cache ({}): {last}", o.status);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(python = %python.display(), "cannot make the load cache: {e}");
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

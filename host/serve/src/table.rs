@@ -5,8 +5,10 @@ use serde_json::Value;
 
 use crate::signature::Storage;
 
-/// One column's values.
-#[derive(Debug, Clone, PartialEq)]
+/// One column's values. They serialise as a JSON list (a float JSON
+/// cannot hold, NaN or infinite, as `null`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
 pub enum Values {
     /// Floats.
     F64(Vec<f64>),

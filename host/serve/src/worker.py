@@ -44,36 +44,64 @@ def pandas_predict(predict):
     return lambda frame: predict(frame.to_pandas())
 
 
+def sklearn_flavor(model_dir):
+    """The MLmodel's sklearn flavor, if it has one with its model file."""
+    try:
+        import yaml
+
+        with open(os.path.join(model_dir, "MLmodel")) as f:
+            meta = yaml.safe_load(f) or {}
+    except Exception:  # no PyYAML or no MLmodel: not the fast path
+        return None
+    sk = (meta.get("flavors") or {}).get("sklearn") or {}
+    name = sk.get("pickled_model")
+    if name and os.path.isfile(os.path.join(model_dir, name)):
+        return sk
+    return None
+
+
+def load_sklearn(model_dir, sk):
+    """Loads an MLflow scikit-learn model as its flavor says: skops (with
+    the trusted types MLflow recorded), cloudpickle or pickle."""
+    path = os.path.join(model_dir, sk["pickled_model"])
+    fmt = sk.get("serialization_format", "cloudpickle")
+    if fmt == "skops":
+        import skops.io
+
+        return fmt, skops.io.load(path, trusted=sk.get("skops_trusted_types") or [])
+    if fmt == "cloudpickle":
+        import cloudpickle
+
+        with open(path, "rb") as f:
+            return fmt, cloudpickle.load(f)
+    import pickle
+
+    with open(path, "rb") as f:
+        return fmt, pickle.load(f)
+
+
+def cache_path(model_dir):
+    """Where `legion serve` keeps a pickle of an estimator it loaded once
+    through skops: beside the model folder, in the serving folder only the
+    host writes. skops checks types as it loads; the pickle is made from
+    that checked object, and loading it skips skops scanning all of
+    scikit-learn (seconds)."""
+    return os.path.join(os.path.dirname(os.path.abspath(model_dir)), "cache", "sklearn.pkl")
+
+
 def load(model_dir, flavor):
     """Returns (loader name, predict(Frame) -> array-like)."""
     if flavor == "python_function":
-        meta = {}
-        try:
-            import yaml
-
-            with open(os.path.join(model_dir, "MLmodel")) as f:
-                meta = yaml.safe_load(f) or {}
-        except Exception:  # no PyYAML: take the general path below
-            meta = {}
-        sk = (meta.get("flavors") or {}).get("sklearn") or {}
-        path = os.path.join(model_dir, sk.get("pickled_model") or "")
-        if sk.get("pickled_model") and os.path.isfile(path):
+        sk = sklearn_flavor(model_dir)
+        if sk is not None:
             # Fast path: a scikit-learn model loads without importing MLflow.
-            fmt = sk.get("serialization_format", "cloudpickle")
-            if fmt == "skops":
-                import skops.io
-
-                model = skops.io.load(path, trusted=sk.get("skops_trusted_types") or [])
-            elif fmt == "cloudpickle":
-                import cloudpickle
-
-                with open(path, "rb") as f:
-                    model = cloudpickle.load(f)
-            else:
+            cached = cache_path(model_dir)
+            if os.path.isfile(cached):
                 import pickle
 
-                with open(path, "rb") as f:
-                    model = pickle.load(f)
+                with open(cached, "rb") as f:
+                    return "sklearn (fast path, cached)", array_predict(pickle.load(f))
+            fmt, model = load_sklearn(model_dir, sk)
             return "sklearn (fast path, " + fmt + ")", array_predict(model)
         import mlflow.pyfunc
 
@@ -198,7 +226,26 @@ def encode_result(batch, prediction):
     return head + body
 
 
+def write_cache(model_dir):
+    """`--cache MODEL_DIR`: loads an MLflow scikit-learn model stored with
+    skops and writes the pickle `load` prefers. Exit 0 when written, 3 when
+    the model is not one that gains from it."""
+    import pickle
+
+    sk = sklearn_flavor(model_dir)
+    if sk is None or sk.get("serialization_format") != "skops":
+        sys.exit(3)
+    _, model = load_sklearn(model_dir, sk)
+    path = cache_path(model_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(path + ".tmp", path)
+
+
 def main():
+    if sys.argv[1] == "--cache":
+        return write_cache(sys.argv[2])
     model_dir, flavor = sys.argv[1], sys.argv[2]
     # Keep the frame stream for ourselves; the model's prints go to stderr.
     out = os.fdopen(os.dup(1), "wb", buffering=0)

@@ -93,7 +93,10 @@ impl Legion {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(legion_bin());
+        // Python environments are shared by every test (built once per
+        // set of requirements, under a lock): only the data dir is fresh.
         c.env("LEGION_HOME", self.home.path())
+            .env("LEGION_ENV_DIR", env_dir())
             .env("LEGION_PLUGIN_DIR", plugin_dir())
             .env("NO_COLOR", "1");
         c

@@ -55,7 +55,7 @@ async fn invoke(
     let bytes = read_body(body, &s, D).await?;
     let v = parse_json(&bytes, D)?;
     let table = parse_request(&v).map_err(|m| ApiError::bad(D, m))?;
-    let p = predict(&s, D, &request_id, table, &v).await?;
+    let p = predict(&s, D, &request_id, table, &|| v.clone()).await?;
     let mut resp = Json(response(&p, s.model.signature.as_ref())).into_response();
     for (k, v) in [
         ("model-name", s.model.name.as_str()),

@@ -80,7 +80,7 @@ async fn invocations(
             ),
         ));
     };
-    let p = predict(&s, D, &request_id, table, &input).await?;
+    let p = predict(&s, D, &request_id, table, &|| input.clone()).await?;
     Ok(Json(response(&p)))
 }
 

@@ -8,11 +8,13 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use std::borrow::Cow;
+
 use serde_json::{json, Value};
 
 use super::{column_names, output_names, ApiError, BadRequest, Dialect};
 use crate::frame::{encode_values, Reader};
-use crate::http::{parse_json, predict, read_body, AppState, RequestId, Shared};
+use crate::http::{predict, read_body, AppState, RequestId, Shared};
 use crate::signature::{DataType, Signature, Storage};
 use crate::table::{Column, Prediction, Table, Values};
 
@@ -200,20 +202,19 @@ async fn infer_model(
     let bytes = read_body(body, &s, D).await?;
     let json_len =
         json_length(headers.get(INFERENCE_HEADER), bytes.len()).map_err(|m| ApiError::bad(D, m))?;
-    let mut value = parse_json(&bytes[..json_len], D)?;
-    inline_binary(&mut value, &bytes[json_len..]).map_err(|m| ApiError::bad(D, m))?;
     let sig = s.model.signature.as_ref();
-    let (table, id) = parse_request(&value, sig).map_err(|m| ApiError::bad(D, m))?;
-    let wanted = requested_outputs(&value).map_err(|m| ApiError::bad(D, m))?;
-    let p = predict(&s, D, &request_id, table, &value).await?;
-    let id = id.unwrap_or(request_id);
+    let req = parse_body(&bytes[..json_len], &bytes[json_len..], sig)
+        .map_err(|m| ApiError::bad(D, m))?;
+    let input = || serde_json::from_slice(&bytes[..json_len]).unwrap_or(Value::Null);
+    let p = predict(&s, D, &request_id, req.table, &input).await?;
+    let id = req.id.unwrap_or(request_id);
     let (answer, raw) = response(
         s.model.name.as_str(),
         s.model.version.as_str(),
         &id,
-        &p,
+        p,
         sig,
-        &wanted,
+        &req.wanted,
     )
     .map_err(|m| ApiError::bad(D, m))?;
     if raw.is_empty() {
@@ -310,7 +311,7 @@ struct Tensor {
     values: Values,
 }
 
-/// Parses one input tensor, with checked arithmetic on every dimension.
+/// Parses one input tensor from the JSON tree, naming what is missing.
 fn parse_tensor(i: usize, t: &Value) -> Result<Tensor, BadRequest> {
     let name = t
         .get("name")
@@ -320,30 +321,39 @@ fn parse_tensor(i: usize, t: &Value) -> Result<Tensor, BadRequest> {
         .get("datatype")
         .and_then(|v| v.as_str())
         .ok_or_else(|| format!("input '{name}': \"datatype\" is required"))?;
-    let datatype = DataType::from_oip(datatype).ok_or_else(|| {
-        format!(
-            "input '{name}': unknown datatype '{datatype}' ({})",
-            DataType::oip_names()
-        )
-    })?;
-    let shape: Vec<usize> = t
+    let shape: Vec<u64> = t
         .get("shape")
         .and_then(|v| v.as_array())
         .ok_or_else(|| format!("input '{name}': \"shape\" is required"))?
         .iter()
         .map(|d| {
             d.as_u64()
-                .and_then(|d| usize::try_from(d).ok())
                 .ok_or_else(|| format!("input '{name}': shape must be non-negative integers"))
         })
+        .collect::<Result<_, _>>()?;
+    let data = t
+        .get("data")
+        .ok_or_else(|| format!("input '{name}': \"data\" is required"))?;
+    tensor(name, datatype, &shape, data)
+}
+
+/// Builds one input tensor, with checked arithmetic on every dimension.
+fn tensor(name: &str, datatype: &str, shape: &[u64], data: &Value) -> Result<Tensor, BadRequest> {
+    let datatype = DataType::from_oip(datatype).ok_or_else(|| {
+        format!(
+            "input '{name}': unknown datatype '{datatype}' ({})",
+            DataType::oip_names()
+        )
+    })?;
+    let too_large = || format!("input '{name}': shape {shape:?} is too large");
+    let shape: Vec<usize> = shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| too_large()))
         .collect::<Result<_, _>>()?;
     let expected = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| format!("input '{name}': shape {shape:?} is too large"))?;
-    let data = t
-        .get("data")
-        .ok_or_else(|| format!("input '{name}': \"data\" is required"))?;
+        .ok_or_else(too_large)?;
     let mut cells = Vec::new();
     flatten(data, &mut cells);
     if expected != cells.len() {
@@ -356,6 +366,124 @@ fn parse_tensor(i: usize, t: &Value) -> Result<Tensor, BadRequest> {
         name: name.to_string(),
         values: tensor_values(name, datatype, &cells)?,
         shape,
+    })
+}
+
+/// An infer request as sent, read straight from the bytes: names borrowed,
+/// only each tensor's `data` as a JSON tree. This is the fast path; a body
+/// it does not fit (a wrong type anywhere, binary tensors) is read again as
+/// a JSON tree, which words the error or takes the binary data.
+#[derive(serde::Deserialize)]
+struct WireRequest<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    inputs: Vec<WireTensor<'a>>,
+    #[serde(default, borrow)]
+    outputs: Option<Vec<WireOutput<'a>>>,
+    #[serde(default)]
+    parameters: Option<WireRequestParameters>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireTensor<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    datatype: Cow<'a, str>,
+    shape: Vec<u64>,
+    data: Value,
+    #[serde(default)]
+    parameters: Option<WireTensorParameters>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireTensorParameters {
+    #[serde(default)]
+    binary_data_size: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireOutput<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    parameters: Option<WireOutputParameters>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireOutputParameters {
+    #[serde(default)]
+    binary_data: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct WireRequestParameters {
+    #[serde(default)]
+    binary_data_output: bool,
+}
+
+/// An infer request, parsed.
+#[derive(Debug)]
+pub struct InferRequest {
+    /// The inputs as a table.
+    pub table: Table,
+    /// The request's `id`, if it gave one.
+    pub id: Option<String>,
+    /// The outputs it asks for.
+    pub wanted: Wanted,
+}
+
+/// Parses an infer body: `json` is its JSON part, `raw` what follows it
+/// (Triton's binary tensors, with `Inference-Header-Content-Length`).
+pub fn parse_body(
+    json: &[u8],
+    raw: &[u8],
+    signature: Option<&Signature>,
+) -> Result<InferRequest, BadRequest> {
+    if raw.is_empty() {
+        if let Ok(wire) = serde_json::from_slice::<WireRequest>(json) {
+            let plain = wire
+                .inputs
+                .iter()
+                .all(|t| t.parameters.as_ref().is_none_or(|p| p.binary_data_size.is_none()));
+            if plain {
+                return from_wire(wire, signature);
+            }
+        }
+    }
+    let mut value: Value =
+        serde_json::from_slice(json).map_err(|e| format!("invalid JSON: {e}"))?;
+    inline_binary(&mut value, raw)?;
+    let (table, id) = parse_request(&value, signature)?;
+    let wanted = requested_outputs(&value)?;
+    Ok(InferRequest { table, id, wanted })
+}
+
+fn from_wire(wire: WireRequest, signature: Option<&Signature>) -> Result<InferRequest, BadRequest> {
+    if wire.inputs.is_empty() {
+        return Err("\"inputs\" is empty".into());
+    }
+    let tensors = wire
+        .inputs
+        .iter()
+        .map(|t| tensor(&t.name, &t.datatype, &t.shape, &t.data))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wanted = Wanted {
+        names: wire.outputs.map(|outs| {
+            outs.into_iter()
+                .map(|o| {
+                    let binary = o.parameters.is_some_and(|p| p.binary_data);
+                    (o.name.into_owned(), binary)
+                })
+                .collect()
+        }),
+        all_binary: wire.parameters.is_some_and(|p| p.binary_data_output),
+    };
+    Ok(InferRequest {
+        table: table_of(tensors, signature)?,
+        id: wire.id.map(Cow::into_owned),
+        wanted,
     })
 }
 
@@ -378,11 +506,17 @@ pub fn parse_request(
     if inputs.is_empty() {
         return Err("\"inputs\" is empty".into());
     }
-    let mut tensors: Vec<Tensor> = inputs
+    let tensors: Vec<Tensor> = inputs
         .iter()
         .enumerate()
         .map(|(i, t)| parse_tensor(i, t))
         .collect::<Result<_, _>>()?;
+    Ok((table_of(tensors, signature)?, id))
+}
+
+/// The table of parsed tensors: one `[rows, columns]` tensor split into
+/// columns named by the signature, or one column per tensor.
+fn table_of(mut tensors: Vec<Tensor>, signature: Option<&Signature>) -> Result<Table, BadRequest> {
     if let [only] = tensors.as_slice() {
         if let [rows, cols] = only.shape[..] {
             if cols > 1 {
@@ -397,7 +531,7 @@ pub fn parse_request(
                     .zip(columns)
                     .map(|(name, values)| Column { name, values })
                     .collect();
-                return Ok((Table { columns }, id));
+                return Ok(Table { columns });
             }
         }
     }
@@ -412,7 +546,7 @@ pub fn parse_request(
             values: t.values,
         });
     }
-    let rows = columns[0].values.len();
+    let rows = columns.first().map(|c| c.values.len()).unwrap_or(0);
     if let Some(c) = columns.iter().find(|c| c.values.len() != rows) {
         return Err(format!(
             "input '{}' has {} rows, input '{}' has {rows}",
@@ -421,7 +555,7 @@ pub fn parse_request(
             columns[0].name
         ));
     }
-    Ok((Table { columns }, id))
+    Ok(Table { columns })
 }
 
 /// Triton's binary tensor extension: with an
@@ -569,21 +703,51 @@ pub fn requested_outputs(body: &Value) -> Result<Wanted, BadRequest> {
     Ok(Wanted { names, all_binary })
 }
 
+/// An OIP v2 infer response.
+#[derive(Debug, serde::Serialize)]
+pub struct InferResponse<'a> {
+    /// The model.
+    pub model_name: &'a str,
+    /// Its version.
+    pub model_version: &'a str,
+    /// The request's id.
+    pub id: &'a str,
+    /// The outputs.
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// One output tensor: its values inline, or its size in the binary part.
+#[derive(Debug, serde::Serialize)]
+pub struct OutputTensor {
+    /// Name, as the metadata lists it.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// OIP datatype.
+    pub datatype: &'static str,
+    /// Values, row-major, unless sent as binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Values>,
+    /// `{"binary_data_size": n}` when sent as binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+}
+
 /// The OIP v2 infer response and the raw bytes of its binary outputs
 /// (empty if none). A `[rows, k]` prediction of a model whose signature
 /// has `k` outputs answers as `k` tensors; anything else as one. Names come
 /// from [`output_names`], as in the metadata; asking for an output the
 /// model does not have is an error naming the ones it has.
-pub fn response(
-    model: &str,
-    version: &str,
-    id: &str,
-    p: &Prediction,
+pub fn response<'a>(
+    model: &'a str,
+    version: &'a str,
+    id: &'a str,
+    p: Prediction,
     signature: Option<&Signature>,
     wanted: &Wanted,
-) -> Result<(Value, Vec<u8>), BadRequest> {
+) -> Result<(InferResponse<'a>, Vec<u8>), BadRequest> {
     let declared = signature.map(|s| s.outputs.len()).unwrap_or(0);
-    let tensors: Vec<(String, Prediction)> =
+    let mut tensors: Vec<(String, Prediction)> =
         if declared > 1 && p.shape.len() == 2 && p.row_width() == declared {
             output_names(signature, declared)
                 .into_iter()
@@ -591,53 +755,53 @@ pub fn response(
                 .filter_map(|(k, n)| Some((n, p.column(k)?)))
                 .collect()
         } else {
-            output_names(signature, 1)
-                .into_iter()
-                .map(|n| (n, p.clone()))
-                .collect()
+            output_names(signature, 1).into_iter().zip([p]).collect()
         };
-    let chosen: Vec<(&String, &Prediction, bool)> = match &wanted.names {
-        None => tensors
-            .iter()
-            .map(|(n, t)| (n, t, wanted.all_binary))
-            .collect(),
-        Some(names) => names
-            .iter()
-            .map(|(want, binary)| {
-                tensors
-                    .iter()
-                    .find(|(n, _)| n == want)
-                    .map(|(n, t)| (n, t, *binary || wanted.all_binary))
-                    .ok_or_else(|| {
-                        format!(
-                            "unknown output '{want}'; this model's outputs are {}",
-                            tensors
-                                .iter()
-                                .map(|(n, _)| format!("'{n}'"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })
-            })
-            .collect::<Result<_, _>>()?,
+    let chosen: Vec<((String, Prediction), bool)> = match &wanted.names {
+        None => tensors.into_iter().map(|t| (t, wanted.all_binary)).collect(),
+        Some(names) => {
+            let mut chosen = Vec::with_capacity(names.len());
+            for (want, binary) in names {
+                let Some(at) = tensors.iter().position(|(n, _)| n == want) else {
+                    let known: Vec<String> = tensors.iter().map(|(n, _)| format!("'{n}'")).collect();
+                    return Err(format!(
+                        "unknown output '{want}'; this model's outputs are {}",
+                        known.join(", ")
+                    ));
+                };
+                chosen.push((tensors.swap_remove(at), *binary || wanted.all_binary));
+            }
+            chosen
+        }
     };
     let mut raw = Vec::new();
-    let outputs: Vec<Value> = chosen
+    let outputs = chosen
         .into_iter()
-        .map(|(name, t, binary)| {
+        .map(|((name, t), binary)| {
             let datatype = DataType::of_storage(t.values.storage()).oip_name();
-            if binary {
+            let (data, parameters) = if binary {
                 let start = raw.len();
                 encode_values(&t.values, &mut raw);
-                json!({ "name": name, "shape": t.shape, "datatype": datatype,
-                        "parameters": { "binary_data_size": raw.len() - start } })
+                (None, Some(json!({ "binary_data_size": raw.len() - start })))
             } else {
-                json!({ "name": name, "shape": t.shape, "datatype": datatype, "data": t.values.to_json() })
+                (Some(t.values), None)
+            };
+            OutputTensor {
+                name,
+                shape: t.shape,
+                datatype,
+                data,
+                parameters,
             }
         })
         .collect();
     Ok((
-        json!({ "model_name": model, "model_version": version, "id": id, "outputs": outputs }),
+        InferResponse {
+            model_name: model,
+            model_version: version,
+            id,
+            outputs,
+        },
         raw,
     ))
 }
@@ -647,6 +811,17 @@ mod tests {
     use super::*;
     use crate::protocol::conform;
     use crate::protocol::tests::{expected, sig, spec};
+
+    /// The response as JSON, as a client sees it.
+    fn respond(
+        model: &str,
+        p: &Prediction,
+        sig: Option<&Signature>,
+        wanted: &Wanted,
+    ) -> Result<(Value, Vec<u8>), BadRequest> {
+        let (r, raw) = response(model, "1", "id", p.clone(), sig, wanted)?;
+        Ok((serde_json::to_value(&r).unwrap(), raw))
+    }
 
     fn parse(body: Value) -> Result<Table, BadRequest> {
         parse_request(&body, Some(&sig())).map(|(t, _)| t)
@@ -791,17 +966,17 @@ mod tests {
             names: Some(vec![(promised.clone(), false)]),
             all_binary: false,
         };
-        let (r, raw) = response("wine", "1", "id", &p, Some(&unnamed), &asked).unwrap();
+        let (r, raw) = respond("wine", &p, Some(&unnamed), &asked).unwrap();
         assert!(raw.is_empty());
         assert_eq!(r["outputs"][0]["name"], promised.as_str());
         assert_eq!(r["outputs"][0]["data"], json!([5.0, 6.0]));
-        let (all, _) = response("wine", "1", "id", &p, Some(&unnamed), &Wanted::default()).unwrap();
+        let (all, _) = respond("wine", &p, Some(&unnamed), &Wanted::default()).unwrap();
         assert_eq!(all["outputs"][0]["name"], promised.as_str());
         let other = Wanted {
             names: Some(vec![("prediction".into(), false)]),
             all_binary: false,
         };
-        let e = response("wine", "1", "id", &p, Some(&unnamed), &other).unwrap_err();
+        let e = respond("wine", &p, Some(&unnamed), &other).unwrap_err();
         assert!(
             e.contains("unknown output 'prediction'") && e.contains("'predict'"),
             "{e}"
@@ -822,12 +997,42 @@ mod tests {
             names: Some(vec![("hi".into(), true)]),
             all_binary: false,
         };
-        let (r, raw) = response("m", "1", "id", &p2, Some(&two), &asked).unwrap();
+        let (r, raw) = respond("m", &p2, Some(&two), &asked).unwrap();
         assert_eq!(r["outputs"][0]["name"], "hi");
         assert_eq!(r["outputs"][0]["parameters"]["binary_data_size"], 16);
         let mut want = Vec::new();
         encode_values(&Values::F64(vec![2.0, 4.0]), &mut want);
         assert_eq!(raw, want);
+    }
+
+    #[test]
+    fn the_fast_path_and_the_tree_agree() {
+        let bodies = [
+            json!({"id": "x", "inputs": [
+                {"name": "a", "shape": [2], "datatype": "FP64", "data": [1, 3], "parameters": {"content_type": "np"}},
+                {"name": "b", "shape": [2, 1], "datatype": "INT64", "data": [[2], [4]]}],
+                "outputs": [{"name": "predict", "parameters": {"binary_data": true}}],
+                "parameters": {"content_type": "pd"}}),
+            json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4]]}]}),
+        ];
+        for body in bodies {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let fast = parse_body(&bytes, &[], Some(&sig())).unwrap();
+            let (table, id) = parse_request(&body, Some(&sig())).unwrap();
+            assert_eq!(fast.table, table, "{body}");
+            assert_eq!(fast.id, id);
+            assert_eq!(fast.wanted, requested_outputs(&body).unwrap());
+        }
+        // Bodies the fast path does not fit get the tree's wording.
+        for (body, want) in [
+            (json!({"inputs": [{"name": "a", "shape": [-1], "datatype": "FP64", "data": []}]}), "non-negative"),
+            (json!({"inputs": [{"shape": [1], "datatype": "FP64", "data": [1]}]}), "\"name\" is required"),
+            (json!({"inputs": {}}), "\"inputs\" must be a list"),
+        ] {
+            let e = parse_body(&serde_json::to_vec(&body).unwrap(), &[], None).unwrap_err();
+            assert!(e.contains(want), "{body}: {e}");
+        }
+        assert!(parse_body(b"{", &[], None).unwrap_err().starts_with("invalid JSON"));
     }
 
     #[test]
