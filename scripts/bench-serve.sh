@@ -11,7 +11,8 @@
 #   bash scripts/bench-serve.sh        # after scripts/setup.sh; installs wrk,
 #                                      # full MLflow and MLServer in venvs
 #
-# DURATION (default 10s) sets each wrk run's length.
+# DURATION (default 10s) sets each wrk run's length; ROUNDS (default 3) how
+# many times each is run (the median is reported).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
@@ -70,7 +71,7 @@ done
 echo "== the model's own predict, in process on core 0 (the ceiling)"
 # The loading path Legion's worker takes for this model (the sklearn fast
 # path: skops, predict on a float array), at the batch sizes servers form.
-taskset -c 0 "$mlvenv/bin/python" - "$model_dir" <<'PY'
+(taskset -c 0 "$mlvenv/bin/python" - "$model_dir" <<'PY'
 import json, sys, timeit, warnings, yaml
 import numpy as np, pandas as pd, mlflow.pyfunc
 d = sys.argv[1]
@@ -89,6 +90,7 @@ for n in (1, 4, 8, 16, 100, 200, 400):
     tp = timeit.timeit(lambda: pyfunc.predict(df), number=k) / k
     print(f"predict rows={n} array_ms={t * 1000:.3f} pyfunc_ms={tp * 1000:.3f} ceiling_rows_s={n / t:.0f}")
 PY
+) | tee "$work/ceiling.txt"
 
 wait_ready() { # url, launch time -> seconds from launch to the first 200
   local url=$1 start=$2
@@ -109,30 +111,70 @@ batch_stats() { # sum and count of rows per predict call, from Legion's metrics
   curl -s "$1/metrics" | awk '/^legion_batch_rows_sum/ {s=$2} /^legion_batch_rows_count/ {c=$2} END {print s+0, c+0}'
 }
 
-# load PID TARGET... : for each scenario (c=1 and c=16 one-row requests,
-# c=4 100-row requests), runs wrk against each TARGET in turn, so that
-# targets on one server are measured side by side, not minutes apart.
-# A TARGET is NAME=URL=SUFFIX (SUFFIX picks the bodies: "" or "-v2").
+# load PID: for each scenario (c=1 and c=16 one-row requests, c=4 100-row
+# requests), runs wrk against each of "${targets[@]}" in turn, ROUNDS times
+# over (default 3), and prints each figure's median: targets on one server
+# are measured side by side, and this machine's drift from minute to minute
+# does not decide a comparison. A target is NAME=URL=SUFFIX (SUFFIX picks
+# the bodies: "" or "-v2").
+ROUNDS="${ROUNDS:-3}"
 load() {
-  local pid=$1 spec
-  for spec in "1 one c1" "16 one c16" "4 hundred batch"; do
-    set -- $spec
-    local c=$1 body=$2 scen=$3
-    for target in "${targets[@]}"; do
-      IFS== read -r name url sfx <<< "$target"
-      local base=${url%%/v2/*}; base=${base%/invocations}
-      local before; before=$(batch_stats "$base")
-      taskset -c 1 wrk -t1 -c"$c" -d"$DURATION" --latency -s "$work/$body$sfx.lua" "$url" > "$work/$name-$scen.txt" &
-      local w=$!
-      sleep 3; rss=$(rss_mb "$pid"); wait $w
-      rps=$(awk '/Requests\/sec/ {print $2}' "$work/$name-$scen.txt")
-      p50=$(awk '/ 50%/ {print $2}' "$work/$name-$scen.txt")
-      p99=$(awk '/ 99%/ {print $2}' "$work/$name-$scen.txt")
-      non2xx=$(awk '/Non-2xx/ {print $5}' "$work/$name-$scen.txt")
-      rows=$(echo "$before $(batch_stats "$base")" | awk '{ if ($4 > $2) printf "%.1f", ($3-$1)/($4-$2); else print "-" }')
-      echo "$name $scen rps=$rps p50=$p50 p99=$p99 rss_mb=$rss non2xx=${non2xx:-0} rows_per_predict=$rows"
+  local pid=$1 spec round target
+  : > "$work/results.txt"
+  for round in $(seq 1 "$ROUNDS"); do
+    for spec in "1 one c1" "16 one c16" "4 hundred batch"; do
+      set -- $spec
+      local c=$1 body=$2 scen=$3
+      for target in "${targets[@]}"; do
+        IFS== read -r name url sfx <<< "$target"
+        local base=${url%%/v2/*}; base=${base%/invocations}
+        local before; before=$(batch_stats "$base")
+        taskset -c 1 wrk -t1 -c"$c" -d"$DURATION" --latency -s "$work/$body$sfx.lua" "$url" > "$work/wrk.txt" &
+        local w=$!
+        sleep 3; rss=$(rss_mb "$pid"); wait $w
+        rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")
+        p50=$(awk '/ 50%/ {print $2}' "$work/wrk.txt")
+        p99=$(awk '/ 99%/ {print $2}' "$work/wrk.txt")
+        non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk.txt")
+        rows=$(echo "$before $(batch_stats "$base")" | awk '{ if ($4 > $2) printf "%.1f", ($3-$1)/($4-$2); else print "-" }')
+        echo "$name $scen $rps $p50 $p99 $rss ${non2xx:-0} $rows" >> "$work/results.txt"
+      done
     done
   done
+  python3 - "$work/results.txt" "$work/ceiling.txt" <<'PY'
+import sys, statistics
+def ms(t):  # wrk prints 812.00us, 3.24ms or 1.02s
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if t.endswith(unit):
+            return float(t[: -len(unit)]) * f
+    return float(t)
+runs = {}
+for line in open(sys.argv[1]):
+    name, scen, rps, p50, p99, rss, non2xx, rows = line.split()
+    runs.setdefault((name, scen), []).append(line.split())
+# The model's own predict time by rows, to place a server's throughput
+# against the ceiling of one core: rows_per_predict / predict_time.
+cost = sorted((int(l.split()[1].split("=")[1]), float(l.split()[2].split("=")[1]))
+              for l in open(sys.argv[2]) if l.startswith("predict rows="))
+def predict_ms(rows):
+    for (r0, t0), (r1, t1) in zip(cost, cost[1:]):
+        if rows <= r1:
+            return t0 + (t1 - t0) * (max(rows, r0) - r0) / (r1 - r0)
+    return cost[-1][1] * rows / cost[-1][0]
+for (name, scen), rs in runs.items():
+    med = lambda i, f=float: statistics.median(f(r[i]) for r in rs)
+    rows = [float(r[7]) for r in rs if r[7] != "-"]
+    per_predict = statistics.median(rows) if rows else None
+    of_ceiling = ""
+    if per_predict:
+        rows_s = med(2) * (100 if scen == "batch" else 1)
+        ceiling = per_predict / predict_ms(per_predict) * 1000
+        of_ceiling = f" of_ceiling={rows_s / ceiling:.0%}"
+    print(f"{name} {scen} rps={med(2):.1f} p50={med(3, ms):.2f}ms p99={med(4, ms):.2f}ms "
+          f"rss_mb={med(5):.0f} non2xx={sum(int(r[6]) for r in rs)} "
+          f"rows_per_predict={per_predict or '-'}{of_ceiling} "
+          f"(median of {len(rs)}; rps {min(float(r[2]) for r in rs):.0f}-{max(float(r[2]) for r in rs):.0f})")
+PY
 }
 
 echo "== legion serve (1 worker)"

@@ -13,6 +13,7 @@ cargo fmt --all -- --check
 # features that pick each plugin's world.
 cargo clippy --release --all-targets -- -D warnings
 bash scripts/build-plugins.sh --clippy
-# The benchmark runs once as a smoke test, so it cannot rot.
+# The benchmarks run once as smoke tests, so they cannot rot.
 cargo bench -p legion --bench plugin -- --test
+cargo bench -p legion-serve --bench protocols -- --test
 cargo nextest run --release --no-fail-fast

@@ -564,7 +564,10 @@ fn the_standalone_static_server_serves_iris_and_wine_like_legion_serve() {
     let mut cmd = Command::new(common::serve_bin());
     cmd.env("LEGION_MODEL_ROOT", &root)
         .env("LEGION_PYTHON", &python)
-        .env("LEGION_SERVE_FEEDBACK_LOG", image.path().join("feedback.jsonl"));
+        .env(
+            "LEGION_SERVE_FEEDBACK_LOG",
+            image.path().join("feedback.jsonl"),
+        );
     let s = Server::spawn(cmd);
     s.wait_ready();
     check_wine(&s, &example, &expected);

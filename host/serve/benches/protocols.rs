@@ -6,17 +6,30 @@
 //!
 //!   cargo bench -p legion-serve --bench protocols
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
 use legion_serve::protocol::{conform, legion, mlflow, oip};
 use legion_serve::signature::{Signature, TensorSpec};
 use legion_serve::table::{Prediction, Values};
 use serde_json::{json, Value};
 
 const COLUMNS: [&str; 11] = [
-    "fixed_acidity", "volatile_acidity", "citric_acid", "residual_sugar", "chlorides",
-    "free_sulfur_dioxide", "total_sulfur_dioxide", "density", "pH", "sulphates", "alcohol",
+    "fixed_acidity",
+    "volatile_acidity",
+    "citric_acid",
+    "residual_sugar",
+    "chlorides",
+    "free_sulfur_dioxide",
+    "total_sulfur_dioxide",
+    "density",
+    "pH",
+    "sulphates",
+    "alcohol",
 ];
-const ROW: [f64; 11] = [8.81, 0.44, 0.31, 2.81, 0.102, 17.75, 36.3, 0.9963, 3.11, 0.768, 8.62];
+const ROW: [f64; 11] = [
+    8.81, 0.44, 0.31, 2.81, 0.102, 17.75, 36.3, 0.9963, 3.11, 0.768, 8.62,
+];
 
 fn signature() -> Signature {
     let col = |n: &str| TensorSpec {
@@ -61,7 +74,8 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("mlflow dataframe_split, {rows} rows"), |b| {
             b.iter(|| {
                 let v: Value = serde_json::from_slice(black_box(&split)).unwrap();
-                let t = conform(mlflow::parse_json_body(&v, Some(&sig)).unwrap(), Some(&sig)).unwrap();
+                let t =
+                    conform(mlflow::parse_json_body(&v, Some(&sig)).unwrap(), Some(&sig)).unwrap();
                 black_box(t);
                 serde_json::to_vec(&mlflow::response(&p)).unwrap()
             })

@@ -247,7 +247,10 @@ async fn pump<R: AsyncRead + Unpin>(
     let Some(pipe) = pipe else { return };
     // Bytes that are not UTF-8 are shown replaced, never dropped.
     legion_serve::lines::for_each_line(pipe, |line| {
-        ctx.log.line(line);
+        match stream {
+            Stream::Stderr => ctx.log.stderr_line(line),
+            Stream::Stdout => ctx.log.line(line),
+        }
         events.line(&step.name, stream, line);
     })
     .await;

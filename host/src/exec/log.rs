@@ -2,6 +2,7 @@
 //! appended and flushed as it arrives so that a crash or a Ctrl-C loses
 //! nothing and `legion runs logs --follow` sees lines at once.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,11 +10,18 @@ use std::sync::{Arc, Mutex};
 
 use crate::Error;
 
+/// Lines of stderr a log keeps in memory, for a failure's reason.
+const STDERR_KEPT: usize = 5;
+
 /// Shared handle to a run's log file.
 #[derive(Debug, Clone)]
 pub struct RunLog {
     path: PathBuf,
     file: Arc<Mutex<File>>,
+    /// The last lines steps wrote to stderr: a step's error message belongs
+    /// in its failure's reason even when its stdout, flushed later (Python
+    /// buffers stdout, not stderr), fills the end of the log.
+    stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl RunLog {
@@ -30,6 +38,7 @@ impl RunLog {
         Ok(RunLog {
             path: path.to_path_buf(),
             file: Arc::new(Mutex::new(file)),
+            stderr: Arc::default(),
         })
     }
 
@@ -45,6 +54,39 @@ impl RunLog {
         if let Err(e) = writeln!(f, "{text}") {
             eprintln!("warning: cannot write {}: {e}", self.path.display());
         }
+    }
+
+    /// Appends one line a step wrote to stderr, and keeps it for
+    /// [`RunLog::stderr_tail`].
+    pub fn stderr_line(&self, text: &str) {
+        self.line(text);
+        let mut kept = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() == STDERR_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(text.to_string());
+    }
+
+    /// The last lines steps wrote to stderr.
+    pub fn stderr_tail(&self) -> Vec<String> {
+        let kept = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter().cloned().collect()
+    }
+
+    /// The last `n` lines of the log, followed by the last lines of stderr
+    /// that are not among them: what a failure's reason shows.
+    pub fn failure_tail(&self, n: usize) -> Vec<String> {
+        let mut tail = self.tail(n);
+        let missing: Vec<String> = self
+            .stderr_tail()
+            .into_iter()
+            .filter(|l| !tail.contains(l))
+            .collect();
+        if !missing.is_empty() {
+            tail.push("[legion] last lines of stderr:".to_string());
+            tail.extend(missing);
+        }
+        tail
     }
 
     /// Appends a host note, marked so it stands out from step output.
@@ -67,4 +109,40 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_tail_keeps_stderr_that_stdout_pushed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RunLog::open(&dir.path().join("run.log")).unwrap();
+        log.stderr_line("the data is broken");
+        for i in 0..30 {
+            log.line(&format!("line {i}"));
+        }
+        let tail = log.failure_tail(3);
+        assert_eq!(
+            tail,
+            [
+                "line 27",
+                "line 28",
+                "line 29",
+                "[legion] last lines of stderr:",
+                "the data is broken"
+            ]
+        );
+        log.stderr_line("late");
+        assert_eq!(
+            log.failure_tail(2),
+            [
+                "line 29",
+                "late",
+                "[legion] last lines of stderr:",
+                "the data is broken"
+            ]
+        );
+    }
 }

@@ -320,7 +320,7 @@ impl<'a> Trainer<'a> {
                 exit_code,
                 message,
             } => {
-                let tail = log.tail(12).join("\n  ");
+                let tail = log.failure_tail(12).join("\n  ");
                 return Err(Stop::Failed {
                     reason: format!("step '{step}' {message}; last log lines:\n  {tail}"),
                     exit_code,

@@ -266,21 +266,38 @@ async fn queued(pool: &Pool, n: usize) {
     .await
 }
 
-#[tokio::test]
-async fn queued_requests_merge_into_one_call_and_each_gets_its_own_rows() {
+type Answer = tokio::task::JoinHandle<Result<Prediction, PredictError>>;
+
+/// Predicts `table` on a task of its own.
+fn spawn_predict(pool: &Arc<Pool>, table: Table) -> Answer {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.predict(table).await })
+}
+
+/// A loaded pool of one worker following `script`, whose first batch (the
+/// request `x = first`) is held at a gate: returns the script, the pool,
+/// the gate, and the first request.
+async fn held(
+    script: Script,
+    max_queue: usize,
+    first: f64,
+) -> (Arc<Script>, Arc<Pool>, Arc<Notify>, Answer) {
     let gate = Arc::new(Notify::new());
     let script = Arc::new(Script {
         gate: Some(gate.clone()),
-        ..Script::default()
+        ..script
     });
-    let (pool, _) = start(&script, config(1, 64));
+    let (pool, _) = start(&script, config(1, max_queue));
     within(pool.loaded()).await.unwrap();
-    // The first request occupies the worker, held at the gate.
-    let first = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.predict(x(&[100.0])).await }
-    });
+    let answer = spawn_predict(&pool, x(&[first]));
     batches_seen(&script, 1).await;
+    (script, pool, gate, answer)
+}
+
+#[tokio::test]
+async fn queued_requests_merge_into_one_call_and_each_gets_its_own_rows() {
+    // The first request occupies the worker, held at the gate.
+    let (script, pool, gate, first) = held(Script::default(), 64, 100.0).await;
     // Ten more of one, two and three rows queue up behind it.
     let mut waiting = Vec::new();
     for i in 0..10 {
@@ -317,18 +334,7 @@ async fn queued_requests_merge_into_one_call_and_each_gets_its_own_rows() {
 
 #[tokio::test]
 async fn tables_that_do_not_concatenate_go_in_separate_calls() {
-    let gate = Arc::new(Notify::new());
-    let script = Arc::new(Script {
-        gate: Some(gate.clone()),
-        ..Script::default()
-    });
-    let (pool, _) = start(&script, config(1, 64));
-    within(pool.loaded()).await.unwrap();
-    let first = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.predict(x(&[1.0])).await }
-    });
-    batches_seen(&script, 1).await;
+    let (script, pool, gate, first) = held(Script::default(), 64, 1.0).await;
     let other = Table {
         columns: vec![
             Column {
@@ -344,8 +350,7 @@ async fn tables_that_do_not_concatenate_go_in_separate_calls() {
     let tables = [x(&[2.0]), other, x(&[3.0])];
     let mut handles = Vec::new();
     for (i, t) in tables.into_iter().enumerate() {
-        let p = pool.clone();
-        handles.push(tokio::spawn(async move { p.predict(t).await }));
+        handles.push(spawn_predict(&pool, t));
         queued(&pool, i + 1).await;
     }
     gate.notify_one();
@@ -367,9 +372,7 @@ async fn tables_that_do_not_concatenate_go_in_separate_calls() {
     );
 }
 
-async fn futures_values(
-    handles: Vec<tokio::task::JoinHandle<Result<Prediction, PredictError>>>,
-) -> Vec<Values> {
+async fn futures_values(handles: Vec<Answer>) -> Vec<Values> {
     let mut out = Vec::new();
     for h in handles {
         out.push(within(h).await.unwrap().unwrap().values);
@@ -430,22 +433,8 @@ async fn a_worker_that_dies_fails_its_requests_and_is_replaced() {
 
 #[tokio::test]
 async fn a_full_queue_refuses_at_once() {
-    let gate = Arc::new(Notify::new());
-    let script = Arc::new(Script {
-        gate: Some(gate.clone()),
-        ..Script::default()
-    });
-    let (pool, _) = start(&script, config(1, 1));
-    within(pool.loaded()).await.unwrap();
-    let busy = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.predict(x(&[1.0])).await }
-    });
-    batches_seen(&script, 1).await;
-    let waiting = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.predict(x(&[2.0])).await }
-    });
+    let (_script, pool, gate, busy) = held(Script::default(), 1, 1.0).await;
+    let waiting = spawn_predict(&pool, x(&[2.0]));
     queued(&pool, 1).await;
     let refused = pool.predict(x(&[3.0])).await.unwrap_err();
     assert!(matches!(refused, PredictError::Overloaded), "{refused:?}");
@@ -502,9 +491,7 @@ async fn dropping_the_pool_stops_its_workers() {
 
 #[tokio::test]
 async fn a_bad_request_batched_with_good_ones_fails_alone() {
-    let gate = Arc::new(Notify::new());
-    let script = Arc::new(Script {
-        gate: Some(gate.clone()),
+    let script = Script {
         // The model raises on any negative x in the batch it is given.
         reply_for: Some(|xs| {
             if xs.iter().any(|x| *x < 0.0) {
@@ -514,20 +501,12 @@ async fn a_bad_request_batched_with_good_ones_fails_alone() {
             }
         }),
         ..Script::default()
-    });
-    let (pool, _) = start(&script, config(1, 64));
-    within(pool.loaded()).await.unwrap();
-    let first = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.predict(x(&[1.0])).await }
-    });
-    batches_seen(&script, 1).await;
+    };
+    let (script, pool, gate, first) = held(script, 64, 1.0).await;
     let inputs = [2.0, -1.0, 3.0, 4.0, -5.0, 6.0];
     let mut handles = Vec::new();
     for (i, v) in inputs.iter().enumerate() {
-        let p = pool.clone();
-        let t = x(&[*v]);
-        handles.push(tokio::spawn(async move { p.predict(t).await }));
+        handles.push(spawn_predict(&pool, x(&[*v])));
         queued(&pool, i + 1).await;
     }
     gate.notify_one();

@@ -203,8 +203,8 @@ async fn infer_model(
     let json_len =
         json_length(headers.get(INFERENCE_HEADER), bytes.len()).map_err(|m| ApiError::bad(D, m))?;
     let sig = s.model.signature.as_ref();
-    let req = parse_body(&bytes[..json_len], &bytes[json_len..], sig)
-        .map_err(|m| ApiError::bad(D, m))?;
+    let req =
+        parse_body(&bytes[..json_len], &bytes[json_len..], sig).map_err(|m| ApiError::bad(D, m))?;
     let input = || serde_json::from_slice(&bytes[..json_len]).unwrap_or(Value::Null);
     let p = predict(&s, D, &request_id, req.table, &input).await?;
     let id = req.id.unwrap_or(request_id);
@@ -443,10 +443,11 @@ pub fn parse_body(
 ) -> Result<InferRequest, BadRequest> {
     if raw.is_empty() {
         if let Ok(wire) = serde_json::from_slice::<WireRequest>(json) {
-            let plain = wire
-                .inputs
-                .iter()
-                .all(|t| t.parameters.as_ref().is_none_or(|p| p.binary_data_size.is_none()));
+            let plain = wire.inputs.iter().all(|t| {
+                t.parameters
+                    .as_ref()
+                    .is_none_or(|p| p.binary_data_size.is_none())
+            });
             if plain {
                 return from_wire(wire, signature);
             }
@@ -758,12 +759,16 @@ pub fn response<'a>(
             output_names(signature, 1).into_iter().zip([p]).collect()
         };
     let chosen: Vec<((String, Prediction), bool)> = match &wanted.names {
-        None => tensors.into_iter().map(|t| (t, wanted.all_binary)).collect(),
+        None => tensors
+            .into_iter()
+            .map(|t| (t, wanted.all_binary))
+            .collect(),
         Some(names) => {
             let mut chosen = Vec::with_capacity(names.len());
             for (want, binary) in names {
                 let Some(at) = tensors.iter().position(|(n, _)| n == want) else {
-                    let known: Vec<String> = tensors.iter().map(|(n, _)| format!("'{n}'")).collect();
+                    let known: Vec<String> =
+                        tensors.iter().map(|(n, _)| format!("'{n}'")).collect();
                     return Err(format!(
                         "unknown output '{want}'; this model's outputs are {}",
                         known.join(", ")
@@ -1025,14 +1030,22 @@ mod tests {
         }
         // Bodies the fast path does not fit get the tree's wording.
         for (body, want) in [
-            (json!({"inputs": [{"name": "a", "shape": [-1], "datatype": "FP64", "data": []}]}), "non-negative"),
-            (json!({"inputs": [{"shape": [1], "datatype": "FP64", "data": [1]}]}), "\"name\" is required"),
+            (
+                json!({"inputs": [{"name": "a", "shape": [-1], "datatype": "FP64", "data": []}]}),
+                "non-negative",
+            ),
+            (
+                json!({"inputs": [{"shape": [1], "datatype": "FP64", "data": [1]}]}),
+                "\"name\" is required",
+            ),
             (json!({"inputs": {}}), "\"inputs\" must be a list"),
         ] {
             let e = parse_body(&serde_json::to_vec(&body).unwrap(), &[], None).unwrap_err();
             assert!(e.contains(want), "{body}: {e}");
         }
-        assert!(parse_body(b"{", &[], None).unwrap_err().starts_with("invalid JSON"));
+        assert!(parse_body(b"{", &[], None)
+            .unwrap_err()
+            .starts_with("invalid JSON"));
     }
 
     #[test]
