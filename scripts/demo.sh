@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (local executor, SQLite, local OCI
 # store): sets up, then trains examples/python-iris end to end in a fresh
-# data dir and shows the run, its log and the stored model.
+# data dir, shows the run and the stored model, serves it, and asks it for a
+# prediction over the Open Inference Protocol.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
@@ -19,3 +20,21 @@ echo "== runs"
 "$legion" runs ls
 echo "== models (an OCI image layout at $LEGION_HOME/models)"
 "$legion" models ls
+echo "== serve iris:1 and ask it for a prediction (Open Inference Protocol v2)"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$legion" serve iris:1 --port "$port" & server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+# The first start makes the model's serving environment (pip), then loads it.
+for _ in $(seq 1 3000); do
+  curl -sf -o /dev/null "http://127.0.0.1:$port/v2/health/ready" && break
+  kill -0 "$server" 2>/dev/null || { echo "the server stopped" >&2; exit 1; }
+  sleep 0.2
+done
+curl -sf "http://127.0.0.1:$port/v2/models/iris" > /dev/null
+curl -sf -X POST "http://127.0.0.1:$port/v2/models/iris/infer" -H 'Content-Type: application/json' -d '{
+  "inputs": [
+    {"name": "sepal_length", "shape": [2], "datatype": "FP64", "data": [5.1, 6.7]},
+    {"name": "sepal_width",  "shape": [2], "datatype": "FP64", "data": [3.5, 3.0]},
+    {"name": "petal_length", "shape": [2], "datatype": "FP64", "data": [1.4, 5.2]},
+    {"name": "petal_width",  "shape": [2], "datatype": "FP64", "data": [0.2, 2.3]}]}'
+echo

@@ -20,6 +20,7 @@ want docker-registry docker-registry
 want skopeo skopeo
 want hyperfine hyperfine
 want file file
+want curl curl
 # `python3 -m venv` needs ensurepip, which Debian ships separately.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
