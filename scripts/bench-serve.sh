@@ -217,6 +217,30 @@ targets=("legion-serve-v2=http://127.0.0.1:18504/v2/models/wine/infer=-v2")
 load $p
 stop $p
 
+echo "== the model alone in the worker's environment, on core 0"
+# Each in a fresh process: loading through skops and from the load cache
+# `legion serve` keeps, and the memory of a process that holds only the
+# model and has predicted once: the floor under any Python worker's RSS.
+for how in skops cache; do
+  taskset -c 0 "$python" - "$root" "$how" <<'PY'
+import sys, time, resource, warnings
+warnings.simplefilter("ignore")  # predict on a bare array: no feature names
+t = time.time()
+import numpy as np
+root, how = sys.argv[1], sys.argv[2]
+if how == "cache":
+    import pickle
+    model = pickle.load(open(root + "/cache/sklearn.pkl", "rb"))
+else:
+    import yaml, skops.io
+    sk = yaml.safe_load(open(root + "/model/MLmodel"))["flavors"]["sklearn"]
+    model = skops.io.load(root + "/model/" + sk["pickled_model"], trusted=sk.get("skops_trusted_types") or [])
+loaded = time.time() - t
+model.predict(np.ones((1, model.n_features_in_)))
+print(f"model alone via {how}: load_s={loaded:.2f} rss_mb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+PY
+done
+
 echo "== mlflow models serve -w 1"
 curl -sf -o /dev/null http://127.0.0.1:18502/ping && { echo "port 18502 is taken by another server" >&2; exit 1; }
 mlflow_serve() {

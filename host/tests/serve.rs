@@ -278,9 +278,10 @@ const IRIS_ROWS: [[f64; 4]; 3] = [
     [5.9, 3.0, 4.2, 1.5],
 ];
 
-/// Trains python-iris into `l`; returns the model digest and the model's
-/// own predictions for `IRIS_ROWS`, computed in Python.
-fn iris(l: &Legion) -> (String, Vec<i64>) {
+/// Trains python-iris into `l` and serves it with `legion serve`; returns
+/// the server, the model digest and the model's own predictions for
+/// `IRIS_ROWS`, computed in Python in the serving environment.
+fn iris(l: &Legion) -> (Server, String, Vec<i64>) {
     let run = train(
         l,
         &[
@@ -293,7 +294,7 @@ fn iris(l: &Legion) -> (String, Vec<i64>) {
     );
     let digest = run["modelDigest"].as_str().unwrap().to_string();
     // The environment is made when the model is first served.
-    drop(Server::start(l, "iris:1", &[]));
+    let server = Server::start(l, "iris:1", &[]);
     let (model_dir, py) = served_files(l, &digest);
     let expected = python(&py, &format!(
         "import pickle, json, pandas as pd\nm = pickle.load(open('{}/model.pkl', 'rb'))\nprint(json.dumps(m.predict(pd.DataFrame({:?}, columns={:?})).tolist()))",
@@ -306,7 +307,7 @@ fn iris(l: &Legion) -> (String, Vec<i64>) {
         .map(|v| v.as_i64().unwrap())
         .collect();
     assert_eq!(expected.len(), 3);
-    (digest, expected)
+    (server, digest, expected)
 }
 
 /// Every protocol, metadata and health route of an iris server.
@@ -445,8 +446,8 @@ fn check_iris(s: &Server, expected: &[i64]) {
 #[test]
 fn iris_every_protocol_gives_the_models_own_predictions() {
     let l = Legion::new();
-    let (_, expected) = iris(&l);
-    check_iris(&Server::start(&l, "iris:1", &[]), &expected);
+    let (server, _, expected) = iris(&l);
+    check_iris(&server, &expected);
 }
 
 /// A venv with NVIDIA's Triton HTTP client, a standard Open Inference
@@ -475,9 +476,10 @@ fn triton_client_python() -> PathBuf {
 }
 
 /// Trains the wine example (an MLflow scikit-learn regressor whose
-/// signature has one unnamed output); returns its digest, its input
-/// example, and MLflow's own pyfunc predictions for it.
-fn wine(l: &Legion) -> (String, Value, Value) {
+/// signature has one unnamed output) and serves it with `legion serve`;
+/// returns the server, its digest, its input example, and MLflow's own
+/// pyfunc predictions for it.
+fn wine(l: &Legion) -> (Server, String, Value, Value) {
     let run = train(
         l,
         &[
@@ -493,7 +495,7 @@ fn wine(l: &Legion) -> (String, Value, Value) {
         ],
     );
     let digest = run["modelDigest"].as_str().unwrap().to_string();
-    drop(Server::start(l, "wine:1", &[]));
+    let server = Server::start(l, "wine:1", &[]);
     let (model_dir, py) = served_files(l, &digest);
     let example: Value = serde_json::from_str(
         &std::fs::read_to_string(model_dir.join("input_example.json")).unwrap(),
@@ -503,7 +505,7 @@ fn wine(l: &Legion) -> (String, Value, Value) {
         "import json, pandas as pd, mlflow.pyfunc\nm = mlflow.pyfunc.load_model('{}')\nex = json.load(open('{}/input_example.json'))\nprint(json.dumps([float(x) for x in m.predict(pd.DataFrame(ex['data'], columns=ex['columns']))]))",
         model_dir.display(), model_dir.display()
     ));
-    (digest, example, expected)
+    (server, digest, example, expected)
 }
 
 /// The wine server gives MLflow's numbers over /invocations and OIP.
@@ -541,9 +543,11 @@ fn the_standalone_static_server_serves_iris_and_wine_like_legion_serve() {
     );
     assert!(!file.contains("not stripped"), "{file}");
     let l = Legion::new();
-    let (digest, expected) = iris(&l);
+    let (server, digest, expected) = iris(&l);
+    drop(server);
     check_iris(&Server::standalone(&l, &digest, &[]), &expected);
-    let (digest, example, expected) = wine(&l);
+    let (server, digest, example, expected) = wine(&l);
+    drop(server);
     check_wine(&Server::standalone(&l, &digest, &[]), &example, &expected);
 
     // As an image carries it: the model folder alone, without the load
@@ -576,8 +580,8 @@ fn the_standalone_static_server_serves_iris_and_wine_like_legion_serve() {
 #[test]
 fn mlflow_wine_model_matches_pyfunc_predict() {
     let l = Legion::new();
-    let (_, example, expected) = wine(&l);
-    check_wine(&Server::start(&l, "wine:1", &[]), &example, &expected);
+    let (server, _, example, expected) = wine(&l);
+    check_wine(&server, &example, &expected);
 }
 
 #[test]
@@ -586,8 +590,7 @@ fn a_standard_v2_client_asks_for_the_outputs_the_metadata_names() {
     // client asks for comes from the metadata, and must be the one the
     // response uses.
     let l = Legion::new();
-    let (_, example, expected) = wine(&l);
-    let s = Server::start(&l, "wine:1", &[]);
+    let (s, _, example, expected) = wine(&l);
     let client = triton_client_python();
     let script = format!(
         r#"

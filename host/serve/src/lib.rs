@@ -68,7 +68,7 @@ pub enum Error {
     Http(#[source] std::io::Error),
     /// The model spec could not be read or written.
     #[error("{}: {source}", path.display())]
-    ReadSpec {
+    SpecFile {
         /// The spec file.
         path: PathBuf,
         /// Why.

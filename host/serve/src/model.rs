@@ -52,7 +52,7 @@ impl ServedModel {
     /// Reads the model folder `root`.
     pub fn open(root: &Path, python: PathBuf) -> Result<Self, Error> {
         let path = root.join(SPEC_FILE);
-        let text = std::fs::read(&path).map_err(|source| Error::ReadSpec {
+        let text = std::fs::read(&path).map_err(|source| Error::SpecFile {
             path: path.clone(),
             source,
         })?;
@@ -74,7 +74,7 @@ impl ServedModel {
             path: path.clone(),
             source,
         })?;
-        std::fs::write(&path, text).map_err(|source| Error::ReadSpec { path, source })
+        std::fs::write(&path, text).map_err(|source| Error::SpecFile { path, source })
     }
 }
 
@@ -145,6 +145,6 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
         let e = ServedModel::open(&dir, "python3".into()).unwrap_err();
-        assert!(matches!(e, Error::ReadSpec { .. }), "{e}");
+        assert!(matches!(e, Error::SpecFile { .. }), "{e}");
     }
 }

@@ -196,7 +196,10 @@ impl Launch for PythonLauncher {
                 }));
             }
             let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
-                return Err(PoolError::UnexpectedFrame("the worker has no pipes".into()));
+                return Err(PoolError::Spawn {
+                    python: this.python.clone(),
+                    source: std::io::Error::other("its stdin or stdout is not a pipe"),
+                });
             };
             Ok(WorkerIo {
                 input: Box::new(input),
@@ -302,16 +305,13 @@ impl Pool {
     /// model loads).
     pub async fn failed(&self) -> Arc<PoolError> {
         let mut rx = self.state.clone();
-        loop {
-            match rx.wait_for(|s| matches!(s, LoadState::Failed(_))).await {
-                Ok(s) => {
-                    if let LoadState::Failed(e) = &*s {
-                        return e.clone();
-                    }
-                }
-                Err(_) => std::future::pending::<()>().await,
+        if let Ok(s) = rx.wait_for(|s| matches!(s, LoadState::Failed(_))).await {
+            if let LoadState::Failed(e) = &*s {
+                return e.clone();
             }
         }
+        // The pool is gone: nothing can fail any more.
+        std::future::pending().await
     }
 
     /// Requests waiting for a worker.
@@ -352,30 +352,23 @@ async fn read_frame(
     Ok(decode_worker_frame(&buf)?)
 }
 
-/// A worker that has loaded the model.
-struct Worker {
-    io: WorkerIo,
-    output: Box<dyn AsyncRead + Unpin + Send>,
-}
-
-impl Worker {
+impl WorkerIo {
     async fn read(&mut self) -> Result<WorkerFrame, PoolError> {
-        read_frame(self.output.as_mut(), &self.io.stderr).await
+        read_frame(self.output.as_mut(), &self.stderr).await
     }
 
     async fn send(&mut self, frame: &[u8]) -> Result<(), PoolError> {
         let sent = async {
-            self.io
-                .input
+            self.input
                 .write_all(&(frame.len() as u32).to_le_bytes())
                 .await?;
-            self.io.input.write_all(frame).await?;
-            self.io.input.flush().await
+            self.input.write_all(frame).await?;
+            self.input.flush().await
         }
         .await;
         sent.map_err(|source| PoolError::Exited {
             source,
-            stderr: lines_of(&self.io.stderr),
+            stderr: lines_of(&self.stderr),
         })
     }
 }
@@ -384,11 +377,10 @@ impl Worker {
 async fn start_worker(
     index: usize,
     shared: &Shared,
-) -> Result<(Worker, serde_json::Value), PoolError> {
+) -> Result<(WorkerIo, serde_json::Value), PoolError> {
     let mut io = shared.launcher.launch(index).await?;
-    let mut output = std::mem::replace(&mut io.output, Box::new(tokio::io::empty()));
-    match read_frame(output.as_mut(), &io.stderr).await? {
-        WorkerFrame::Ready(info) => Ok((Worker { io, output }, info)),
+    match io.read().await? {
+        WorkerFrame::Ready(info) => Ok((io, info)),
         WorkerFrame::Error(_, message) => Err(PoolError::Load { message }),
         other => Err(PoolError::UnexpectedFrame(format!(
             "expected a ready frame, got {other:?}"
@@ -453,7 +445,7 @@ async fn worker_loop(index: usize, shared: Arc<Shared>) {
         shared.ready.fetch_sub(1, Ordering::Relaxed);
         metrics.workers_ready.dec();
         metrics.worker_restarts.inc();
-        if let Some(child) = worker.io.child.as_mut() {
+        if let Some(child) = worker.child.as_mut() {
             let _ = child.kill().await;
         }
         tracing::warn!(worker = index, "worker crashed ({crash}); restarting");
@@ -556,7 +548,7 @@ fn answer(members: Vec<(usize, Job)>, prediction: Prediction) {
 /// Returns an error if the worker died (the jobs it held are answered
 /// first).
 async fn run_batch(
-    worker: &mut Worker,
+    worker: &mut WorkerIo,
     jobs: Vec<Job>,
     batch_id: &mut u64,
     metrics: &Metrics,
@@ -601,7 +593,7 @@ async fn run_batch(
 /// One `predict` call: the prediction, or the model's error message; or
 /// the worker's failure.
 async fn call(
-    worker: &mut Worker,
+    worker: &mut WorkerIo,
     table: &Table,
     batch_id: &mut u64,
     metrics: &Metrics,

@@ -328,15 +328,20 @@ impl Prediction {
         }
     }
 
-    /// Column `k` of a `[rows, width]` prediction, as a 1-D prediction.
-    pub fn column(&self, k: usize) -> Option<Prediction> {
+    /// The columns of a `[rows, width]` prediction, each a 1-D prediction.
+    pub fn into_columns(self) -> Option<Vec<Prediction>> {
         let rows = *self.shape.first()?;
-        let cols = self.values.clone().into_columns(rows, self.row_width())?;
-        let values = cols.into_iter().nth(k)?;
-        Some(Prediction {
-            shape: vec![rows],
-            values,
-        })
+        let width = self.row_width();
+        let columns = self.values.into_columns(rows, width)?;
+        Some(
+            columns
+                .into_iter()
+                .map(|values| Prediction {
+                    shape: vec![rows],
+                    values,
+                })
+                .collect(),
+        )
     }
 }
 
@@ -435,7 +440,10 @@ mod tests {
         assert_eq!(p.slice(1, 1).unwrap().values, Values::F64(vec![3.0, 4.0]));
         assert_eq!(p.slice(1, 2), None);
         assert_eq!(p.rows_json()[0], serde_json::json!([1.0, 2.0]));
-        assert_eq!(p.column(1).unwrap().values, Values::F64(vec![2.0, 4.0]));
+        assert_eq!(
+            p.clone().into_columns().unwrap()[1].values,
+            Values::F64(vec![2.0, 4.0])
+        );
         // [n, 0]: no values per row, refused, and slicing never panics.
         let empty = Prediction {
             shape: vec![3, 0],

@@ -750,10 +750,13 @@ pub fn response<'a>(
     let declared = signature.map(|s| s.outputs.len()).unwrap_or(0);
     let mut tensors: Vec<(String, Prediction)> =
         if declared > 1 && p.shape.len() == 2 && p.row_width() == declared {
+            // The pool checked the prediction against its shape already.
+            let columns = p
+                .into_columns()
+                .ok_or("the model's prediction does not fit its shape")?;
             output_names(signature, declared)
                 .into_iter()
-                .enumerate()
-                .filter_map(|(k, n)| Some((n, p.column(k)?)))
+                .zip(columns)
                 .collect()
         } else {
             output_names(signature, 1).into_iter().zip([p]).collect()
