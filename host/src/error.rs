@@ -195,6 +195,28 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A base image cannot be used.
+    #[error("base image {base}: {message}")]
+    BaseImage {
+        /// The base as given.
+        base: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A path an image plan places a file at is not inside the image.
+    #[error("image plan: path '{path}' is refused: {message}")]
+    ImagePath {
+        /// The path as given.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// Building an image failed.
+    #[error("packaging: {message}")]
+    Package {
+        /// What went wrong.
+        message: String,
+    },
     /// A plan broke the admin's policy; nothing ran.
     #[error("toolchain '{toolchain}' plan refused by policy:\n  - {}", violations.join("\n  - "))]
     Policy {

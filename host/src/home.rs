@@ -48,6 +48,16 @@ impl Home {
         self.root.join("models")
     }
 
+    /// The OCI image layout holding packaged images.
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// Python dependency layers already built, by key.
+    pub fn python_layers(&self) -> PathBuf {
+        self.root.join("cache").join("python-layers")
+    }
+
     /// Python environments: `LEGION_ENV_DIR`, or `envs/` here.
     pub fn python_envs(&self) -> PathBuf {
         std::env::var_os("LEGION_ENV_DIR")

@@ -10,6 +10,8 @@
 //! - [`exec`]: executors that run plans, Python environments, run logs;
 //! - [`oci`]: models as OCI artifacts, the layout store, registries;
 //! - [`train`]: a training end to end;
+//! - [`package`]: a packaging end to end: a stored model into a runnable
+//!   image (the dependency layer, the server binary);
 //! - [`serve`]: preparing a stored model for the model server (the
 //!   `legion-serve` crate);
 //! - [`home`]: the data directory layout;
@@ -24,6 +26,7 @@ pub mod fsutil;
 pub mod home;
 pub mod names;
 pub mod oci;
+pub mod package;
 pub mod plan;
 pub mod plugin;
 pub mod serve;

@@ -85,10 +85,22 @@ pub fn model_spec(config: &ModelConfig, digest: &str) -> Result<ModelSpec, Error
     })
 }
 
+/// A stored model found by [`find_model`].
+pub struct FoundModel {
+    /// The models layout.
+    pub layout: Layout,
+    /// Its manifest's descriptor (digest).
+    pub desc: oci_client::manifest::OciDescriptor,
+    /// Its manifest.
+    pub manifest: oci_client::manifest::OciImageManifest,
+    /// Its config.
+    pub config: ModelConfig,
+}
+
 /// Finds `reference` (`name:version`, a digest, or a registry reference,
-/// which is pulled first) in the store, unpacks it into a model folder and
-/// prepares its environment.
-pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error> {
+/// which is pulled first) in the store. `field` names the argument in
+/// errors.
+pub async fn find_model(home: &Home, reference: &str, field: &str) -> Result<FoundModel, Error> {
     let layout = Layout::open(home.models())?;
     // A registry reference (`host[:port]/repo[:tag|@digest]`) is pulled into
     // the local store first; a local name never contains '/'.
@@ -96,7 +108,7 @@ pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error>
         let r =
             crate::oci::registry::parse_reference(reference, "latest").map_err(|e| match e {
                 Error::InvalidArgument { message, .. } => Error::InvalidArgument {
-                    field: "MODEL".into(),
+                    field: field.into(),
                     message,
                 },
                 other => other,
@@ -111,25 +123,44 @@ pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error>
     let reference = reference.as_str();
     let Some((desc, manifest, config)) = read_model(&layout, reference)? else {
         return Err(Error::InvalidArgument {
-            field: "MODEL".into(),
+            field: field.into(),
             message: format!("no stored model '{reference}' (legion models ls lists them)"),
         });
     };
-    let hex = desc.digest.trim_start_matches("sha256:").to_string();
+    Ok(FoundModel {
+        layout,
+        desc,
+        manifest,
+        config,
+    })
+}
+
+/// Unpacks a found model once into `<data>/serving/<hex>/` as a model
+/// folder (`model/` and `legion-model.json`); returns the folder.
+pub fn unpack_model(home: &Home, found: &FoundModel) -> Result<PathBuf, Error> {
+    let hex = found.desc.digest.trim_start_matches("sha256:").to_string();
     let root = home.root().join("serving").join(&hex);
     let ready = root.join(".unpacked");
     if !ready.is_file() {
         let _ = std::fs::remove_dir_all(&root);
-        for layer in &manifest.layers {
-            unpack_layer(&layout.blob_path(&layer.digest), &root)?;
+        for layer in &found.manifest.layers {
+            unpack_layer(&found.layout.blob_path(&layer.digest), &root)?;
         }
         std::fs::write(&ready, "").map_err(|e| Error::io(&ready, e))?;
     }
-    ServedModel::write_spec(&root, &model_spec(&config, &desc.digest)?)?;
+    ServedModel::write_spec(&root, &model_spec(&found.config, &found.desc.digest)?)?;
+    Ok(root)
+}
+
+/// Finds `reference` in the store (see [`find_model`]), unpacks it into a
+/// model folder and prepares its environment.
+pub async fn prepare(home: &Home, reference: &str) -> Result<ServedModel, Error> {
+    let found = find_model(home, reference, "MODEL").await?;
+    let root = unpack_model(home, &found)?;
     let log = RunLog::open(&root.with_extension("env.log"))?;
     let env = PythonEnvironment {
         python_version: None,
-        requirements: serving_requirements(&config.manifest.requirements),
+        requirements: serving_requirements(&found.config.manifest.requirements),
     };
     let env = PythonEnvs::new(home.python_envs())
         .ensure(&env, &log)

@@ -3,6 +3,7 @@
 //! for scripts.
 
 mod output;
+mod package;
 mod runs;
 mod serve;
 mod toolchain;
@@ -51,7 +52,12 @@ pub enum Command {
     Toolchain(toolchain::ToolchainCommand),
     /// Train a model with a toolchain.
     Train(train::TrainArgs),
-    /// Inspect training runs and their logs.
+    /// Package a stored model into a runnable OCI image.
+    Package(package::PackageArgs),
+    /// List packaged images.
+    #[command(subcommand)]
+    Images(package::ImagesCommand),
+    /// Inspect training and packaging runs and their logs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
     /// Inspect stored models.
@@ -76,6 +82,10 @@ impl Cli {
                 .await
                 .map(|_| 0),
             Command::Train(args) => train::run(args, &home, &toolchains, self.output).await,
+            Command::Package(args) => package::run(args, &home, &toolchains, self.output).await,
+            Command::Images(cmd) => package::images(cmd, &home, &toolchains, self.output)
+                .await
+                .map(|_| 0),
             Command::Runs(cmd) => runs::runs(cmd, toolchains.store(), self.output)
                 .await
                 .map(|_| 0),

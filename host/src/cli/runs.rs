@@ -10,7 +10,7 @@ use super::Format;
 use crate::home::Home;
 use crate::oci::layout::Layout;
 use crate::oci::model::read_model;
-use crate::store::{RunRecord, Store};
+use crate::store::{RunRecord, RunRequest, Store};
 use crate::Error;
 
 /// `legion runs` subcommands.
@@ -84,6 +84,7 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
                 .map(|r| {
                     vec![
                         r.id.clone(),
+                        r.kind.as_str().to_string(),
                         format!("{}:{}", r.model.name, r.model.version),
                         r.toolchain.clone(),
                         r.state.as_str().to_string(),
@@ -101,6 +102,7 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
                 &runs,
                 &[
                     "id",
+                    "kind",
                     "model",
                     "toolchain",
                     "state",
@@ -115,6 +117,7 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
             let r = get(store, &id).await?;
             let mut pairs = vec![
                 ("id", r.id.clone()),
+                ("kind", r.kind.as_str().to_string()),
                 ("model", format!("{}:{}", r.model.name, r.model.version)),
                 (
                     "toolchain",
@@ -123,16 +126,28 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
                 ("state", r.state.as_str().to_string()),
                 ("created", when(r.created_at)),
                 ("took", took(&r)),
-                ("source", r.request.source.uri.clone()),
             ];
-            if let Some(c) = &r.source_commit {
-                pairs.push(("commit", c.clone()));
-            }
-            if let Some(e) = &r.request.entrypoint {
-                pairs.push(("entrypoint", e.clone()));
-            }
-            for (k, v) in &r.request.hyper_parameters {
-                pairs.push(("param", format!("{k}={v}")));
+            match &r.request {
+                RunRequest::Training(req) => {
+                    pairs.push(("source", req.source.uri.clone()));
+                    if let Some(c) = &r.source_commit {
+                        pairs.push(("commit", c.clone()));
+                    }
+                    if let Some(e) = &req.entrypoint {
+                        pairs.push(("entrypoint", e.clone()));
+                    }
+                    for (k, v) in &req.hyper_parameters {
+                        pairs.push(("param", format!("{k}={v}")));
+                    }
+                }
+                RunRequest::Packaging(req) => {
+                    if let Some(b) = &req.base_image {
+                        pairs.push(("base", b.clone()));
+                    }
+                    for (k, v) in &req.arguments {
+                        pairs.push(("arg", format!("{k}={v}")));
+                    }
+                }
             }
             if let Some(code) = r.exit_code {
                 pairs.push(("exit code", code.to_string()));
@@ -145,6 +160,9 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
             }
             if let Some(p) = &r.pushed_ref {
                 pairs.push(("pushed", p.clone()));
+            }
+            if let Some(i) = &r.image_ref {
+                pairs.push(("image", i.clone()));
             }
             pairs.push(("workspace", r.workspace.clone()));
             pairs.push(("log", r.log_path.clone()));

@@ -110,17 +110,7 @@ pub async fn run(
         push: args.push,
         timeout: args.timeout,
     };
-    let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ncancelling: stopping the running step (Ctrl-C again to force)");
-            on_signal.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        }
-    });
+    let (cancel, watcher) = cancel_on_ctrl_c();
     let progress = Progress::new();
     let executor = LocalExecutor;
     let run = Trainer::new(toolchains, home, &executor)
@@ -135,6 +125,23 @@ pub async fn run(
         RunState::Cancelled => 130,
         _ => 1,
     })
+}
+
+/// A token cancelled by the first Ctrl-C (the second exits at once), and
+/// the task watching for it.
+pub(super) fn cancel_on_ctrl_c() -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ncancelling: stopping the run (Ctrl-C again to force)");
+            on_signal.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    (cancel, watcher)
 }
 
 fn report(run: &RunRecord, format: Format) {
@@ -172,13 +179,13 @@ fn report(run: &RunRecord, format: Format) {
 /// Progress for a person: on a terminal, a spinner with the step, its
 /// elapsed time and the last log line, the log scrolling above it;
 /// elsewhere, plain lines on stderr.
-struct Progress {
+pub(super) struct Progress {
     bar: Option<ProgressBar>,
     state: Mutex<(String, Instant)>,
 }
 
 impl Progress {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let pb = ProgressBar::new_spinner();
             pb.set_style(
@@ -207,7 +214,7 @@ impl Progress {
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (prefix, Instant::now());
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some(pb) = &self.bar {
             pb.finish_and_clear();
         }

@@ -127,7 +127,7 @@ fn key(env: &PythonEnvironment) -> String {
 
 /// The interpreter for `version`: `LEGION_PYTHON` if set, else
 /// `python<version>` or `python3` from `PATH`.
-fn interpreter(version: Option<&str>) -> Result<String, Error> {
+pub(crate) fn interpreter(version: Option<&str>) -> Result<String, Error> {
     if let Ok(p) = std::env::var("LEGION_PYTHON") {
         return Ok(p);
     }
@@ -167,7 +167,9 @@ fn same_version(a: &str, b: &str) -> bool {
         .all(|(x, y)| x == y)
 }
 
-async fn run(cmd: &mut Command, what: &str, log: &RunLog) -> Result<(), Error> {
+/// Runs `cmd` to the end with its output in `log`; a failure names
+/// `what` and quotes the last lines.
+pub(crate) async fn run(cmd: &mut Command, what: &str, log: &RunLog) -> Result<(), Error> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

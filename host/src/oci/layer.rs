@@ -54,29 +54,81 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+type Compressed = HashingWriter<BufWriter<File>>;
+
+/// A layer being written: a tar builder over a gzip encoder over a file,
+/// hashing both streams.
+struct LayerSink {
+    builder: tar::Builder<HashingWriter<GzEncoder<Compressed>>>,
+    file: tempfile::NamedTempFile,
+    content_bytes: u64,
+    files: u64,
+}
+
+impl LayerSink {
+    fn new(tmp_dir: &Path) -> Result<Self, Error> {
+        std::fs::create_dir_all(tmp_dir).map_err(|e| Error::io(tmp_dir, e))?;
+        let file = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| Error::io(tmp_dir, e))?;
+        let out = file.reopen().map_err(|e| Error::io(file.path(), e))?;
+        let compressed = HashingWriter {
+            inner: BufWriter::with_capacity(1 << 20, out),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        // `GzBuilder` writes mtime 0 and no file name unless asked: a fixed header.
+        let gz: GzEncoder<_> = GzBuilder::new().write(compressed, Compression::fast());
+        let tar_out = HashingWriter {
+            inner: gz,
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        let mut builder = tar::Builder::new(tar_out);
+        builder.mode(tar::HeaderMode::Deterministic);
+        builder.follow_symlinks(false);
+        Ok(LayerSink {
+            builder,
+            file,
+            content_bytes: 0,
+            files: 0,
+        })
+    }
+
+    fn finish(self, context: &Path) -> Result<LayerBlob, Error> {
+        let LayerSink {
+            builder,
+            file,
+            content_bytes,
+            files,
+        } = self;
+        let tar_out = builder.into_inner().map_err(|e| Error::io(context, e))?;
+        let diff_id = format!("sha256:{}", hex::encode(tar_out.hasher.finalize()));
+        let mut compressed = tar_out.inner.finish().map_err(|e| Error::io(context, e))?;
+        compressed.flush().map_err(|e| Error::io(file.path(), e))?;
+        let digest = format!("sha256:{}", hex::encode(compressed.hasher.finalize()));
+        let size = compressed.count;
+        compressed
+            .inner
+            .into_inner()
+            .map_err(|e| Error::io(file.path(), e.into_error()))?
+            .sync_all()
+            .map_err(|e| Error::io(file.path(), e))?;
+        Ok(LayerBlob {
+            file,
+            digest,
+            diff_id,
+            size,
+            content_bytes,
+            files,
+        })
+    }
+}
+
 /// Packs the tree at `root` as a layer whose entries sit under `prefix`
 /// (e.g. `model` so the files land in `/model`), writing the blob into a
 /// temporary file in `tmp_dir`.
 pub fn build_layer(root: &Path, prefix: &str, tmp_dir: &Path) -> Result<LayerBlob, Error> {
-    std::fs::create_dir_all(tmp_dir).map_err(|e| Error::io(tmp_dir, e))?;
-    let file = tempfile::NamedTempFile::new_in(tmp_dir).map_err(|e| Error::io(tmp_dir, e))?;
-    let out = file.reopen().map_err(|e| Error::io(file.path(), e))?;
-    let compressed = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, out),
-        hasher: Sha256::new(),
-        count: 0,
-    };
-    // `GzBuilder` writes mtime 0 and no file name unless asked: a fixed header.
-    let gz: GzEncoder<_> = GzBuilder::new().write(compressed, Compression::fast());
-    let tar_out = HashingWriter {
-        inner: gz,
-        hasher: Sha256::new(),
-        count: 0,
-    };
-    let mut builder = tar::Builder::new(tar_out);
-    builder.mode(tar::HeaderMode::Deterministic);
-    builder.follow_symlinks(false);
-
+    let mut sink = LayerSink::new(tmp_dir)?;
+    let builder = &mut sink.builder;
     let mut entries = Vec::new();
     collect(root, root, &mut entries)?;
     entries.sort();
@@ -84,7 +136,12 @@ pub fn build_layer(root: &Path, prefix: &str, tmp_dir: &Path) -> Result<LayerBlo
     let mut files = 0u64;
     let prefix = prefix.trim_matches('/');
     if !prefix.is_empty() {
-        append_dir(&mut builder, Path::new(prefix))?;
+        // Every folder of the prefix has its own entry, parents first.
+        let mut dir = PathBuf::new();
+        for part in Path::new(prefix).components() {
+            dir.push(part);
+            append_dir(builder, &dir)?;
+        }
     }
     for rel in &entries {
         let full = root.join(rel);
@@ -96,7 +153,7 @@ pub fn build_layer(root: &Path, prefix: &str, tmp_dir: &Path) -> Result<LayerBlo
         let meta = std::fs::symlink_metadata(&full).map_err(|e| Error::io(&full, e))?;
         let ft = meta.file_type();
         if ft.is_dir() {
-            append_dir(&mut builder, &name)?;
+            append_dir(builder, &name)?;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&full).map_err(|e| Error::io(&full, e))?;
             let mut h = header(tar::EntryType::Symlink, 0o777, 0);
@@ -120,26 +177,98 @@ pub fn build_layer(root: &Path, prefix: &str, tmp_dir: &Path) -> Result<LayerBlo
         }
         // Sockets, fifos and devices have no place in a model: skipped.
     }
-    let tar_out = builder.into_inner().map_err(|e| Error::io(root, e))?;
-    let diff_id = format!("sha256:{}", hex::encode(tar_out.hasher.finalize()));
-    let mut compressed = tar_out.inner.finish().map_err(|e| Error::io(root, e))?;
-    compressed.flush().map_err(|e| Error::io(file.path(), e))?;
-    let digest = format!("sha256:{}", hex::encode(compressed.hasher.finalize()));
-    let size = compressed.count;
-    compressed
-        .inner
-        .into_inner()
-        .map_err(|e| Error::io(file.path(), e.into_error()))?
-        .sync_all()
-        .map_err(|e| Error::io(file.path(), e))?;
-    Ok(LayerBlob {
-        file,
-        digest,
-        diff_id,
-        size,
-        content_bytes,
-        files,
-    })
+    sink.content_bytes = content_bytes;
+    sink.files = files;
+    sink.finish(root)
+}
+
+/// What a file in a files layer holds.
+#[derive(Debug, Clone)]
+pub enum Contents {
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// The bytes of this file on the host.
+    File(PathBuf),
+}
+
+/// A file placed in an image by a files layer.
+#[derive(Debug, Clone)]
+pub struct ImageFile {
+    /// Absolute path in the image, checked by [`image_path`].
+    pub path: String,
+    /// What it holds.
+    pub contents: Contents,
+    /// Permission bits (reduced to 0755 or 0644).
+    pub mode: u32,
+}
+
+/// Checks that `path` names a file inside an image's root: absolute, with
+/// no `.`, `..` or empty parts, and not the root itself. Returns it
+/// relative to the root.
+pub fn image_path(path: &str) -> Result<PathBuf, Error> {
+    let bad = |why: &str| Error::ImagePath {
+        path: path.to_string(),
+        message: why.to_string(),
+    };
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| bad("it is not absolute"))?;
+    if path.contains('\0') {
+        return Err(bad("it contains a NUL byte"));
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.iter().any(|p| *p == "..") {
+        return Err(bad("it escapes the image root with '..'"));
+    }
+    if rest.is_empty() || parts.iter().any(|p| p.is_empty() || *p == ".") {
+        return Err(bad("it has an empty or '.' part, or names the root itself"));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+/// Packs `files` as one deterministic layer (sorted, each parent folder
+/// with its own entry) into a temporary file in `tmp_dir`.
+pub fn build_files_layer(files: &[ImageFile], tmp_dir: &Path) -> Result<LayerBlob, Error> {
+    let mut entries: std::collections::BTreeMap<PathBuf, Option<&ImageFile>> = Default::default();
+    for f in files {
+        let rel = image_path(&f.path)?;
+        for dir in rel.ancestors().skip(1) {
+            if !dir.as_os_str().is_empty() {
+                entries.entry(dir.to_path_buf()).or_insert(None);
+            }
+        }
+        if entries
+            .insert(rel, Some(f))
+            .is_some_and(|prev| prev.is_some())
+        {
+            return Err(Error::ImagePath {
+                path: f.path.clone(),
+                message: "it is given twice".into(),
+            });
+        }
+    }
+    let mut sink = LayerSink::new(tmp_dir)?;
+    for (rel, file) in &entries {
+        match file {
+            None => append_dir(&mut sink.builder, rel)?,
+            Some(f) => {
+                let mode = if f.mode & 0o100 != 0 { 0o755 } else { 0o644 };
+                let bytes = match &f.contents {
+                    Contents::Bytes(b) => std::borrow::Cow::Borrowed(b.as_slice()),
+                    Contents::File(p) => {
+                        std::borrow::Cow::Owned(std::fs::read(p).map_err(|e| Error::io(p, e))?)
+                    }
+                };
+                let mut h = header(tar::EntryType::Regular, mode, bytes.len() as u64);
+                sink.builder
+                    .append_data(&mut h, rel, bytes.as_ref())
+                    .map_err(|e| Error::io(rel, e))?;
+                sink.content_bytes += bytes.len() as u64;
+                sink.files += 1;
+            }
+        }
+    }
+    sink.finish(tmp_dir)
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {

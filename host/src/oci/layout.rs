@@ -3,8 +3,12 @@
 //! podman (`oci:DIR:name`).
 //!
 //! Written by hand: the layout is three small files and content-addressed
-//! blobs, and no maintained crate writes layouts (oci-client speaks only to
-//! registries).
+//! blobs. oci-client speaks only to registries; `ocidir` (containers/
+//! ocidir-rs, used by bootc) writes layouts, but brings OpenSSL and its own
+//! `oci-spec` image types, whose `HashMap` labels serialise in a different
+//! order in each process (see `image.rs`), and would be a second way to
+//! write the same few files. The index update here is also locked, which
+//! two trainings finishing together need.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -86,6 +90,31 @@ impl Layout {
         }
         file.persist(&path).map_err(|e| Error::io(&path, e.error))?;
         Ok(())
+    }
+
+    /// Makes blob `digest` of `other` present here too: a hard link when
+    /// both are on one file system, else a copy (checked against its digest).
+    pub fn link_blob_from(&self, other: &Layout, digest: &str) -> Result<(), Error> {
+        let to = self.blob_path(digest);
+        if to.is_file() {
+            return Ok(());
+        }
+        let from = other.blob_path(digest);
+        if std::fs::hard_link(&from, &to).is_ok() {
+            return Ok(());
+        }
+        let tmp_dir = self.root.join("tmp");
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        std::fs::copy(&from, tmp.path()).map_err(|e| Error::io(&from, e))?;
+        let got = super::registry::file_digest(tmp.path())?;
+        if got != digest {
+            return Err(Error::io(
+                &from,
+                std::io::Error::other(format!("blob has digest {got}, not {digest}")),
+            ));
+        }
+        self.put_blob_file(tmp, digest)
     }
 
     /// Reads a blob.

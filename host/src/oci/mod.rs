@@ -6,8 +6,11 @@
 //! - [`model`]: a trained model as an OCI artifact — Legion's model manifest
 //!   as the config, the model's files as one standard image layer that
 //!   packaging reuses unchanged;
+//! - [`image`]: runnable images — a base resolved to a digest, layers on
+//!   top, a deterministic config and manifest;
 //! - [`registry`]: pushing and pulling through a registry (oci-client).
 
+pub mod image;
 pub mod layer;
 pub mod layout;
 pub mod model;

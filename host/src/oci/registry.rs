@@ -10,10 +10,14 @@ use std::str::FromStr;
 use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
-use oci_client::manifest::OciImageManifest;
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
+use super::image::{
+    normalise_manifest, pick_platform, BaseImage, BaseSource, DOCKER_LIST_MEDIA_TYPE,
+    DOCKER_MANIFEST_MEDIA_TYPE, OCI_INDEX_MEDIA_TYPE,
+};
 use super::layout::Layout;
 use super::MANIFEST_MEDIA_TYPE;
 use crate::Error;
@@ -30,8 +34,12 @@ pub struct PushReport {
     pub blobs_pushed: usize,
     /// Blobs the registry already had.
     pub blobs_skipped: usize,
+    /// Blobs mounted from another repository of the same registry.
+    pub blobs_mounted: usize,
     /// Bytes uploaded.
     pub bytes_pushed: u64,
+    /// Bytes not uploaded: skipped or mounted.
+    pub bytes_skipped: u64,
 }
 
 /// Parses `REGISTRY/REPO[:TAG]`, with `default_tag` when none is given.
@@ -125,37 +133,126 @@ impl Registry {
                 message: format!("not an OCI image manifest: {e}"),
             })?;
         for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            if layout.has_blob(&blob.digest) {
-                continue;
-            }
-            let tmp_dir = layout.root().join("tmp");
-            std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
-            let tmp =
-                tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
-            let file =
-                tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?);
-            self.client
-                .pull_blob(reference, blob, file)
-                .await
-                .map_err(|e| Self::err(reference, e))?;
-            let got = {
-                use sha2::Digest;
-                let mut h = sha2::Sha256::new();
-                let mut f =
-                    std::fs::File::open(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
-                std::io::copy(&mut f, &mut h).map_err(|e| Error::io(tmp.path(), e))?;
-                format!("sha256:{}", hex::encode(h.finalize()))
-            };
-            if got != blob.digest {
-                return Err(Error::Registry {
-                    reference: reference.whole(),
-                    message: format!("blob {} arrived with digest {got}", blob.digest),
-                });
-            }
-            layout.put_blob_file(tmp, &blob.digest)?;
+            self.fetch_blob(layout, reference, blob).await?;
         }
         let desc = layout.put_manifest(&bytes, &reference.whole(), Default::default())?;
         Ok(desc.digest)
+    }
+
+    /// Fetches one blob of `reference` into `layout` unless it is there,
+    /// checking its digest before it is stored.
+    pub async fn fetch_blob(
+        &self,
+        layout: &Layout,
+        reference: &Reference,
+        blob: &OciDescriptor,
+    ) -> Result<(), Error> {
+        if layout.has_blob(&blob.digest) {
+            return Ok(());
+        }
+        let tmp_dir = layout.root().join("tmp");
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Error::io(&tmp_dir, e))?;
+        let file = tokio::fs::File::from_std(tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?);
+        self.client
+            .pull_blob(reference, blob, file)
+            .await
+            .map_err(|e| Error::Registry {
+                reference: reference.whole(),
+                message: format!("blob {}: {e}", blob.digest),
+            })?;
+        let path = tmp.path().to_path_buf();
+        let got = tokio::task::spawn_blocking(move || file_digest(&path))
+            .await
+            .map_err(|e| Error::Registry {
+                reference: reference.whole(),
+                message: format!("checking blob {}: {e}", blob.digest),
+            })??;
+        if got != blob.digest {
+            return Err(Error::Registry {
+                reference: reference.whole(),
+                message: format!(
+                    "blob {} arrived with digest {got}; nothing was stored",
+                    blob.digest
+                ),
+            });
+        }
+        layout.put_blob_file(tmp, &blob.digest)
+    }
+
+    /// Resolves a base image in this registry to a digest: its manifest
+    /// (the linux/amd64 one of an index) and config; no layer is fetched.
+    pub async fn resolve_image(
+        &self,
+        name: &str,
+        reference: &Reference,
+    ) -> Result<BaseImage, Error> {
+        let bad = |message: String| Error::BaseImage {
+            base: name.to_string(),
+            message,
+        };
+        self.client
+            .auth(reference, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        let accepted = [
+            MANIFEST_MEDIA_TYPE,
+            DOCKER_MANIFEST_MEDIA_TYPE,
+            OCI_INDEX_MEDIA_TYPE,
+            DOCKER_LIST_MEDIA_TYPE,
+        ];
+        let (mut bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth, &accepted)
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        let mut digest = super::sha256_digest(&bytes);
+        if let Some(pinned) = reference.digest() {
+            if pinned != digest {
+                return Err(bad(format!(
+                    "the registry sent a manifest with digest {digest}"
+                )));
+            }
+        }
+        let is_index = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .is_some_and(|v| v.get("manifests").is_some());
+        let mut pinned = reference.clone();
+        if is_index {
+            digest = pick_platform(&bytes, name).map_err(bad)?;
+            pinned = reference.clone_with_digest(digest.clone());
+            let (b, _) = self
+                .client
+                .pull_manifest_raw(&pinned, &self.auth, &accepted)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+            if super::sha256_digest(&b) != digest {
+                return Err(bad(format!(
+                    "the registry sent a manifest not matching {digest}"
+                )));
+            }
+            bytes = b;
+        }
+        let manifest = normalise_manifest(&bytes, name).map_err(bad)?;
+        let mut config = Vec::new();
+        self.client
+            .pull_blob(&pinned, &manifest.config, &mut config)
+            .await
+            .map_err(|e| bad(format!("its config: {e}")))?;
+        if super::sha256_digest(&config) != manifest.config.digest {
+            return Err(bad(format!(
+                "its config arrived with a digest other than {}",
+                manifest.config.digest
+            )));
+        }
+        let pinned = reference.clone_with_digest(digest.clone());
+        BaseImage::new(
+            name,
+            BaseSource::Registry(pinned),
+            digest,
+            manifest,
+            &config,
+        )
     }
 
     /// Pushes the manifest `digest` from `layout`, with its config and
@@ -166,10 +263,6 @@ impl Registry {
         digest: &str,
         reference: &Reference,
     ) -> Result<PushReport, Error> {
-        self.client
-            .auth(reference, &self.auth, RegistryOperation::Push)
-            .await
-            .map_err(|e| Self::err(reference, e))?;
         let manifest_bytes = layout.read_blob(digest)?;
         let manifest: OciImageManifest =
             serde_json::from_slice(&manifest_bytes).map_err(|source| Error::NotOci {
@@ -177,42 +270,165 @@ impl Registry {
                 what: "an OCI manifest",
                 source,
             })?;
+        let blobs: Vec<_> = std::iter::once(manifest.config.clone())
+            .chain(manifest.layers.iter().cloned())
+            .collect();
+        self.push_manifest(layout, &blobs, &manifest_bytes, reference, None, &|_| {})
+            .await
+    }
+
+    /// Pushes `blobs` and then the manifest `manifest_bytes` to `reference`.
+    /// A blob the registry has is skipped; one that only `base` has is
+    /// mounted from the base's repository when both are in the same
+    /// registry, else fetched into `layout` (digest checked) and uploaded.
+    /// Uploads run a few at a time. The manifest goes last, so a failure
+    /// leaves no tag pointing at a half-pushed image.
+    pub async fn push_manifest(
+        &self,
+        layout: &Layout,
+        blobs: &[OciDescriptor],
+        manifest_bytes: &[u8],
+        reference: &Reference,
+        base: Option<&Reference>,
+        progress: &(dyn Fn(&BlobPushed) + Send + Sync),
+    ) -> Result<PushReport, Error> {
+        self.client
+            .auth(reference, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| Self::err(reference, e))?;
+        let digest = super::sha256_digest(manifest_bytes);
+        let results: Vec<Result<BlobPushed, Error>> = futures_util::stream::iter(blobs)
+            .map(|blob| async move {
+                let outcome = self.push_blob(layout, blob, reference, base).await?;
+                let done = BlobPushed {
+                    digest: blob.digest.clone(),
+                    size: blob.size.max(0) as u64,
+                    outcome,
+                };
+                progress(&done);
+                Ok(done)
+            })
+            .buffer_unordered(PARALLEL_UPLOADS)
+            .collect()
+            .await;
         let mut report = PushReport {
             reference: reference.whole(),
-            digest: digest.to_string(),
+            digest: digest.clone(),
             blobs_pushed: 0,
             blobs_skipped: 0,
+            blobs_mounted: 0,
             bytes_pushed: 0,
+            bytes_skipped: 0,
         };
-        for blob in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            if self
-                .client
-                .blob_exists(reference, &blob.digest)
-                .await
-                .map_err(|e| Self::err(reference, e))?
-            {
-                report.blobs_skipped += 1;
-                continue;
+        for r in results {
+            let b = r?;
+            match b.outcome {
+                BlobOutcome::Uploaded => {
+                    report.blobs_pushed += 1;
+                    report.bytes_pushed += b.size;
+                }
+                BlobOutcome::Present => {
+                    report.blobs_skipped += 1;
+                    report.bytes_skipped += b.size;
+                }
+                BlobOutcome::Mounted => {
+                    report.blobs_mounted += 1;
+                    report.bytes_skipped += b.size;
+                }
             }
-            let path = layout.blob_path(&blob.digest);
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(|e| Error::io(&path, e))?;
-            let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(|chunk| {
-                chunk.map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))
-            });
-            self.client
-                .push_blob_stream(reference, stream, &blob.digest, Some(blob.size as u64))
-                .await
-                .map_err(|e| Self::err(reference, e))?;
-            report.blobs_pushed += 1;
-            report.bytes_pushed += blob.size as u64;
         }
         let content_type = http::HeaderValue::from_static(MANIFEST_MEDIA_TYPE);
         self.client
-            .push_manifest_raw(reference, manifest_bytes, content_type)
+            .push_manifest_raw(reference, manifest_bytes.to_vec(), content_type)
             .await
             .map_err(|e| Self::err(reference, e))?;
         Ok(report)
     }
+
+    async fn push_blob(
+        &self,
+        layout: &Layout,
+        blob: &OciDescriptor,
+        reference: &Reference,
+        base: Option<&Reference>,
+    ) -> Result<BlobOutcome, Error> {
+        let err = |e: OciDistributionError| Error::Registry {
+            reference: reference.whole(),
+            message: format!("blob {}: {e}", blob.digest),
+        };
+        if self
+            .client
+            .blob_exists(reference, &blob.digest)
+            .await
+            .map_err(err)?
+        {
+            return Ok(BlobOutcome::Present);
+        }
+        if !layout.has_blob(&blob.digest) {
+            let Some(base) = base else {
+                return Err(Error::Registry {
+                    reference: reference.whole(),
+                    message: format!("blob {} is in no local store", blob.digest),
+                });
+            };
+            if base.resolve_registry() == reference.resolve_registry()
+                && self
+                    .client
+                    .mount_blob(reference, base, &blob.digest)
+                    .await
+                    .is_ok()
+            {
+                return Ok(BlobOutcome::Mounted);
+            }
+            self.fetch_blob(layout, base, blob).await?;
+        }
+        let path = layout.blob_path(&blob.digest);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Error::io(&path, e))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(|chunk| {
+            chunk.map_err(|e| OciDistributionError::GenericError(Some(e.to_string())))
+        });
+        self.client
+            .push_blob_stream(reference, stream, &blob.digest, Some(blob.size as u64))
+            .await
+            .map_err(err)?;
+        Ok(BlobOutcome::Uploaded)
+    }
+}
+
+/// Uploads in flight at once: enough to fill a link with several small
+/// blobs beside a large one, few enough not to thrash a small registry.
+const PARALLEL_UPLOADS: usize = 4;
+
+/// What happened to one blob of a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BlobOutcome {
+    /// Uploaded.
+    Uploaded,
+    /// The registry had it.
+    Present,
+    /// Mounted from the base's repository in the same registry.
+    Mounted,
+}
+
+/// One blob done.
+#[derive(Debug, Clone)]
+pub struct BlobPushed {
+    /// Its digest.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+    /// What happened.
+    pub outcome: BlobOutcome,
+}
+
+/// `sha256:` of a file's bytes.
+pub fn file_digest(path: &std::path::Path) -> Result<String, Error> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    std::io::copy(&mut f, &mut h).map_err(|e| Error::io(path, e))?;
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }

@@ -9,7 +9,8 @@ use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
-use super::Plan;
+use super::{ImagePlan, Layer, Plan};
+use crate::oci::layer::image_path;
 use crate::Error;
 
 /// Admin rules for plans.
@@ -145,6 +146,89 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Checks an image plan: the base is an allowed image, every path it
+    /// places files at stays inside the image, the model and server layers
+    /// appear at most once, env names are valid, requirements carry no pip
+    /// options, and the image runs as a user other than root.
+    pub fn check_image(&self, toolchain: &str, plan: &ImagePlan) -> Result<(), Error> {
+        let mut v = Vec::new();
+        if plan.base.trim().is_empty() {
+            v.push("the base image is empty".to_string());
+        } else if !self.allowed_images.is_empty()
+            && !self
+                .allowed_images
+                .iter()
+                .any(|p| image_matches(p, &plan.base))
+        {
+            v.push(format!(
+                "base image '{}' is not in the allowed images ({})",
+                plan.base,
+                self.allowed_images.join(", ")
+            ));
+        }
+        let (mut models, mut servers) = (0, 0);
+        let check_path = |at: String, path: &str, v: &mut Vec<String>| {
+            if let Err(e) = image_path(path) {
+                v.push(format!("{at}: {e}"));
+            }
+        };
+        for (i, layer) in plan.layers.iter().enumerate() {
+            match layer {
+                Layer::Model => models += 1,
+                Layer::LegionServer(path) => {
+                    servers += 1;
+                    check_path(format!("layers[{i}] legionServer"), path, &mut v);
+                }
+                Layer::Files(files) => {
+                    for (j, f) in files.iter().enumerate() {
+                        check_path(format!("layers[{i}] files[{j}]"), &f.path, &mut v);
+                    }
+                }
+                Layer::PythonPackages {
+                    target,
+                    requirements,
+                } => {
+                    check_path(format!("layers[{i}] pythonPackages"), target, &mut v);
+                    for r in requirements {
+                        if r.trim_start().starts_with('-') {
+                            v.push(format!(
+                                "layers[{i}] python requirement '{r}': pip options are not allowed in a plan"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if models > 1 {
+            v.push(format!("the model layer appears {models} times"));
+        }
+        if servers > 1 {
+            v.push(format!("the server layer appears {servers} times"));
+        }
+        for e in &plan.env {
+            if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
+                v.push(format!("env name '{}' is not valid", e.name));
+            }
+        }
+        match plan.user.as_deref().map(str::trim) {
+            None | Some("") => v.push("the image names no user: it would run as root".into()),
+            Some(u) if matches!(u.split(':').next(), Some("0" | "root")) => {
+                v.push(format!("user '{u}' is root; images run unprivileged"))
+            }
+            Some(_) => {}
+        }
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Policy {
+                toolchain: toolchain.to_string(),
+                violations: v,
+            })
+        }
+    }
+}
+
 fn stays_inside(dir: &str) -> bool {
     let mut depth = 0i32;
     for c in Path::new(dir).components() {
@@ -182,6 +266,53 @@ mod tests {
             command: vec!["python".into()],
             ..Step::default()
         }
+    }
+
+    #[test]
+    fn image_plans_that_escape_or_run_as_root_are_refused() {
+        use crate::plan::FileEntry;
+        let plan = ImagePlan {
+            base: "python:3.11".into(),
+            layers: vec![
+                Layer::Model,
+                Layer::Model,
+                Layer::Files(vec![FileEntry {
+                    path: "/../etc/passwd".into(),
+                    contents: vec![],
+                    mode: 0o644,
+                }]),
+                Layer::LegionServer("relative/serve".into()),
+            ],
+            user: Some("0:0".into()),
+            ..ImagePlan::default()
+        };
+        let policy = Policy {
+            allowed_images: vec!["registry.local/*".into()],
+            ..Policy::default()
+        };
+        let err = policy
+            .check_image("docker-rest", &plan)
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "base image 'python:3.11' is not in the allowed images",
+            "layers[2] files[0]: image plan: path '/../etc/passwd' is refused: it escapes",
+            "layers[3] legionServer: image plan: path 'relative/serve' is refused: it is not absolute",
+            "the model layer appears 2 times",
+            "user '0:0' is root",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
+        let ok = ImagePlan {
+            base: "registry.local/python".into(),
+            layers: vec![
+                Layer::Model,
+                Layer::LegionServer("/opt/legion/bin/legion-serve".into()),
+            ],
+            user: Some("1000:1000".into()),
+            ..ImagePlan::default()
+        };
+        policy.check_image("docker-rest", &ok).unwrap();
     }
 
     #[test]

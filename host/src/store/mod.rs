@@ -14,7 +14,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use runs::{RunRecord, RunState};
+pub use runs::{RunKind, RunPlan, RunRecord, RunRequest, RunState};
 pub use toolchains::ToolchainRow;
 
 use crate::Error;
@@ -56,6 +56,9 @@ const MIGRATIONS: &[&str] = &[
         pid              INTEGER
     )",
     "CREATE INDEX runs_created ON runs (created_at)",
+    "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'",
+    "ALTER TABLE runs ADD COLUMN image_ref TEXT",
+    "ALTER TABLE runs ADD COLUMN image_digest TEXT",
 ];
 
 /// The state database.

@@ -1,10 +1,10 @@
-//! The `runs` table: one row per training, written at each state change
-//! before the change is reported.
+//! The `runs` table: one row per training or packaging, written at each
+//! state change before the change is reported.
 
 use sqlx::Row;
 
 use super::Store;
-use crate::plan::{ModelId, Plan, TrainingRequest};
+use crate::plan::{ImagePlan, ModelId, PackagingRequest, Plan, TrainingRequest};
 use crate::Error;
 
 /// Where a run is.
@@ -55,7 +55,57 @@ impl RunState {
     }
 }
 
-/// A training run.
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// Trains a model.
+    Training,
+    /// Packages a stored model into an image.
+    Packaging,
+}
+
+impl RunKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Training => "training",
+            RunKind::Packaging => "packaging",
+        }
+    }
+}
+
+/// The request a run was started with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum RunRequest {
+    /// A training's.
+    Training(TrainingRequest),
+    /// A packaging's.
+    Packaging(PackagingRequest),
+}
+
+impl RunRequest {
+    /// The training request, if this is one.
+    pub fn training(&self) -> Option<&TrainingRequest> {
+        match self {
+            RunRequest::Training(r) => Some(r),
+            RunRequest::Packaging(_) => None,
+        }
+    }
+}
+
+/// The plan a toolchain returned for a run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum RunPlan {
+    /// Steps of a training.
+    Training(Plan),
+    /// An image plan.
+    Packaging(ImagePlan),
+}
+
+/// A run: a training or a packaging.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
@@ -65,15 +115,17 @@ pub struct RunRecord {
     pub toolchain: String,
     /// Toolchain digest it ran with.
     pub toolchain_digest: String,
-    /// The model trained.
+    /// Training or packaging.
+    pub kind: RunKind,
+    /// The model trained or packaged.
     pub model: ModelId,
     /// Where the run is.
     pub state: RunState,
     /// The request as sent to the toolchain.
-    pub request: TrainingRequest,
+    pub request: RunRequest,
     /// The plan the toolchain returned, once it did.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub plan: Option<Plan>,
+    pub plan: Option<RunPlan>,
     /// Exit code of the failing step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -88,7 +140,7 @@ pub struct RunRecord {
     /// When it ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
-    /// Digest of the stored model.
+    /// Digest of the stored model (trained, or packaged).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_digest: Option<String>,
     /// `name:version` of the stored model.
@@ -97,6 +149,12 @@ pub struct RunRecord {
     /// Registry reference it was pushed to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pushed_ref: Option<String>,
+    /// The packaged image's reference (`…@sha256:…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<String>,
+    /// The packaged image's manifest digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
     /// Commit of a git source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_commit: Option<String>,
@@ -119,8 +177,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO runs (id, toolchain, toolchain_digest, model_name, model_version, state, request, plan,
                 exit_code, reason, created_at, started_at, finished_at, model_digest, model_ref, pushed_ref,
-                source_commit, workspace, log_path, pid)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                source_commit, workspace, log_path, pid, kind, image_ref, image_digest)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&r.id)
         .bind(&r.toolchain)
@@ -142,6 +200,9 @@ impl Store {
         .bind(&r.workspace)
         .bind(&r.log_path)
         .bind(r.pid.map(i64::from))
+        .bind(r.kind.as_str())
+        .bind(&r.image_ref)
+        .bind(&r.image_digest)
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -152,7 +213,8 @@ impl Store {
     pub async fn update_run(&self, r: &RunRecord) -> Result<(), Error> {
         sqlx::query(
             "UPDATE runs SET state = ?, request = ?, plan = ?, exit_code = ?, reason = ?, started_at = ?,
-                finished_at = ?, model_digest = ?, model_ref = ?, pushed_ref = ?, source_commit = ?, pid = ?
+                finished_at = ?, model_digest = ?, model_ref = ?, pushed_ref = ?, source_commit = ?, pid = ?,
+                image_ref = ?, image_digest = ?
              WHERE id = ?",
         )
         .bind(r.state.as_str())
@@ -167,6 +229,8 @@ impl Store {
         .bind(&r.pushed_ref)
         .bind(&r.source_commit)
         .bind(r.pid.map(i64::from))
+        .bind(&r.image_ref)
+        .bind(&r.image_digest)
         .bind(&r.id)
         .execute(&self.pool)
         .await
@@ -212,6 +276,23 @@ impl Store {
         let state = get_s("state")?;
         let request = get_s("request")?;
         let plan = get_os("plan")?;
+        let kind = match get_s("kind")?.as_str() {
+            "training" => RunKind::Training,
+            "packaging" => RunKind::Packaging,
+            other => return Err(corrupt("kind", format!("unknown kind {other}"))),
+        };
+        let request = match kind {
+            RunKind::Training => serde_json::from_str(&request).map(RunRequest::Training),
+            RunKind::Packaging => serde_json::from_str(&request).map(RunRequest::Packaging),
+        }
+        .map_err(|e| corrupt("request", e.to_string()))?;
+        let plan = plan
+            .map(|p| match kind {
+                RunKind::Training => serde_json::from_str(&p).map(RunPlan::Training),
+                RunKind::Packaging => serde_json::from_str(&p).map(RunPlan::Packaging),
+            })
+            .transpose()
+            .map_err(|e| corrupt("plan", e.to_string()))?;
         Ok(RunRecord {
             id: get_s("id")?,
             toolchain: get_s("toolchain")?,
@@ -222,12 +303,9 @@ impl Store {
             },
             state: RunState::parse(&state)
                 .ok_or_else(|| corrupt("state", format!("unknown state {state}")))?,
-            request: serde_json::from_str(&request)
-                .map_err(|e| corrupt("request", e.to_string()))?,
-            plan: plan
-                .map(|p| serde_json::from_str(&p))
-                .transpose()
-                .map_err(|e| corrupt("plan", e.to_string()))?,
+            kind,
+            request,
+            plan,
             exit_code: get_oi("exit_code")?.map(|c| c as i32),
             reason: get_os("reason")?,
             created_at: r.try_get("created_at").map_err(|e| self.err(e))?,
@@ -236,6 +314,8 @@ impl Store {
             model_digest: get_os("model_digest")?,
             model_ref: get_os("model_ref")?,
             pushed_ref: get_os("pushed_ref")?,
+            image_ref: get_os("image_ref")?,
+            image_digest: get_os("image_digest")?,
             source_commit: get_os("source_commit")?,
             workspace: get_s("workspace")?,
             log_path: get_s("log_path")?,

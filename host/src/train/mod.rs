@@ -30,7 +30,7 @@ use crate::oci::model::{store_model, ModelConfig, ToolchainRef};
 use crate::oci::registry::{parse_reference, Registry};
 use crate::plan::{DataBinding, ModelId, Pairs, Policy, Resources, TrainingRequest};
 use crate::plugin::{Plugin, Toolchains};
-use crate::store::{RunRecord, RunState};
+use crate::store::{RunKind, RunPlan, RunRecord, RunRequest, RunState};
 use crate::Error;
 
 /// Default time a training may run (ODAHU's default too).
@@ -181,9 +181,10 @@ impl<'a> Trainer<'a> {
             id: id.clone(),
             toolchain: row.name.clone(),
             toolchain_digest: row.digest.clone(),
+            kind: RunKind::Training,
             model: model.clone(),
             state: RunState::Queued,
-            request,
+            request: RunRequest::Training(request.clone()),
             plan: None,
             exit_code: None,
             reason: None,
@@ -193,6 +194,8 @@ impl<'a> Trainer<'a> {
             model_digest: None,
             model_ref: None,
             pushed_ref: None,
+            image_ref: None,
+            image_digest: None,
             source_commit: None,
             workspace: workspace.root.display().to_string(),
             log_path: log.path().display().to_string(),
@@ -208,6 +211,7 @@ impl<'a> Trainer<'a> {
         let result = self
             .drive(
                 &mut run,
+                request,
                 &spec,
                 &plugin,
                 &policy,
@@ -256,6 +260,7 @@ impl<'a> Trainer<'a> {
     async fn drive(
         &self,
         run: &mut RunRecord,
+        mut request: TrainingRequest,
         spec: &SourceSpec,
         plugin: &Plugin,
         policy: &Policy,
@@ -274,20 +279,21 @@ impl<'a> Trainer<'a> {
         events.phase("fetch source");
         let source = cancellable(cancel, fetch_source(spec, &ws.source(), log)).await?;
         run.source_commit = source.commit.clone();
-        run.request.source = source;
-        if !run.request.data.is_empty() {
+        request.source = source;
+        run.request = RunRequest::Training(request.clone());
+        if !request.data.is_empty() {
             events.phase("fetch data");
-            cancellable(cancel, fetch_data(&run.request.data, &ws.data(), log)).await?;
+            cancellable(cancel, fetch_data(&request.data, &ws.data(), log)).await?;
         }
 
         events.phase("plan");
-        let (p, request, source) = (plugin.clone(), run.request.clone(), ws.source());
-        let plan = blocking(move || p.plan_training(&request, &source)).await?;
+        let (p, req, source) = (plugin.clone(), request.clone(), ws.source());
+        let plan = blocking(move || p.plan_training(&req, &source)).await?;
         log.note(&format!(
             "plan: {}",
             serde_json::to_string(&plan).unwrap_or_default()
         ));
-        run.plan = Some(plan.clone());
+        run.plan = Some(RunPlan::Training(plan.clone()));
         store.update_run(run).await.map_err(Stop::from)?;
         policy.check(plugin.name(), &plan)?;
 
@@ -336,13 +342,8 @@ impl<'a> Trainer<'a> {
         }
 
         events.phase("collect");
-        let (p, request, source, output) = (
-            plugin.clone(),
-            run.request.clone(),
-            ws.source(),
-            ws.output(),
-        );
-        let manifest = blocking(move || p.collect_training(&request, &source, &output)).await?;
+        let (p, req, source, output) = (plugin.clone(), request.clone(), ws.source(), ws.output());
+        let manifest = blocking(move || p.collect_training(&req, &source, &output)).await?;
         let model_dir = safe_model_dir(&ws.output(), &manifest.model_path)?;
 
         events.phase("store model");
@@ -354,9 +355,9 @@ impl<'a> Trainer<'a> {
                 name: run.toolchain.clone(),
                 digest: run.toolchain_digest.clone(),
             },
-            source: run.request.source.clone(),
-            entrypoint: run.request.entrypoint.clone(),
-            parameters: run.request.hyper_parameters.clone(),
+            source: request.source.clone(),
+            entrypoint: request.entrypoint.clone(),
+            parameters: request.hyper_parameters.clone(),
             manifest,
             layer_diff_id: String::new(),
         };
@@ -433,7 +434,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// Why a recorded run stopped early.
-enum Stop {
+pub(crate) enum Stop {
     /// Ctrl-C or a cancel, during the named step if any.
     Cancelled(Option<String>),
     /// A step failed or timed out, or the plugin's output was unusable.
@@ -451,7 +452,7 @@ impl From<Error> for Stop {
     }
 }
 
-async fn cancellable<T>(
+pub(crate) async fn cancellable<T>(
     cancel: &CancellationToken,
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Stop> {
@@ -463,13 +464,13 @@ async fn cancellable<T>(
 
 /// Plugin calls and layer building are synchronous: they run on tokio's
 /// blocking pool, off the async workers (and on any runtime flavour).
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Stop> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Engine {
-            context: "a blocking task of the training",
+            context: "a blocking task of the run",
             source: e.into(),
         })?
         .map_err(Stop::from)

@@ -1,0 +1,223 @@
+//! `legion package` and `legion images …`: stored models into runnable
+//! images, and the images made.
+
+use clap::{Args, Subcommand};
+
+use super::output;
+use super::train::{cancel_on_ctrl_c, Progress};
+use super::Format;
+use crate::home::Home;
+use crate::names::ToolchainName;
+use crate::oci::image::{read_image, REF_NAME_LABEL};
+use crate::oci::layout::Layout;
+use crate::package::{PackageOptions, Packaged, Packager, DEFAULT_PACKAGER};
+use crate::plugin::Toolchains;
+use crate::store::{RunKind, RunState};
+use crate::Error;
+
+/// `legion package`.
+#[derive(Debug, Args)]
+pub struct PackageArgs {
+    /// The model: `name:version`, a digest (or its first 12+ hex digits),
+    /// or a registry reference (pulled first).
+    #[arg(value_name = "MODEL-REF")]
+    pub model: String,
+    /// Packager toolchain.
+    #[arg(long, default_value = DEFAULT_PACKAGER)]
+    pub toolchain: ToolchainName,
+    /// Base image: `REGISTRY/REPO[:TAG|@DIGEST]`, or `oci:DIR:NAME` for an
+    /// image layout folder. Default: the packager's.
+    #[arg(long, value_name = "IMAGE-REF")]
+    pub base: Option<String>,
+    /// Push the image to `REGISTRY/REPO[:TAG]` instead of keeping it in the
+    /// local image store.
+    #[arg(long, value_name = "REGISTRY/REPO[:TAG]")]
+    pub push: Option<String>,
+    /// A packager argument (repeatable); `legion toolchain show docker-rest`
+    /// lists them.
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = super::toolchain::parse_key_value)]
+    pub args: Vec<(String, String)>,
+}
+
+/// `legion images …`.
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Images in the local store and images pushed by packagings.
+    #[command(alias = "list")]
+    Ls,
+}
+
+/// Runs `legion package`; returns the exit code.
+pub async fn run(
+    args: PackageArgs,
+    home: &Home,
+    toolchains: &Toolchains,
+    format: Format,
+) -> Result<i32, Error> {
+    let mut arguments = crate::plan::Pairs::new();
+    for (k, v) in args.args {
+        if arguments.insert(k.clone(), v).is_some() {
+            return Err(Error::InvalidArgument {
+                field: "--arg".into(),
+                message: format!("'{k}' is given twice"),
+            });
+        }
+    }
+    let opts = PackageOptions {
+        model: args.model,
+        toolchain: args.toolchain.to_string(),
+        base: args.base,
+        push: args.push,
+        arguments,
+    };
+    let (cancel, watcher) = cancel_on_ctrl_c();
+    let progress = Progress::new();
+    let result = Packager::new(toolchains, home)
+        .package(opts, &progress, cancel)
+        .await;
+    progress.finish();
+    watcher.abort();
+    let packaged = result?;
+    report(&packaged, format);
+    Ok(match packaged.run.state {
+        RunState::Succeeded => 0,
+        RunState::Cancelled => 130,
+        _ => 1,
+    })
+}
+
+fn report(p: &Packaged, format: Format) {
+    if format == Format::Json {
+        return output::json(p);
+    }
+    let run = &p.run;
+    let took = match (run.started_at, run.finished_at) {
+        (Some(s), Some(f)) => format!(" in {:.1}s", (f - s) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    if run.state != RunState::Succeeded {
+        eprintln!(
+            "run {} {}{took}: {}",
+            run.id,
+            run.state.as_str(),
+            run.reason.as_deref().unwrap_or("")
+        );
+        eprintln!("full log: {}  (legion runs logs {})", run.log_path, run.id);
+        return;
+    }
+    println!("run {} succeeded{took}", run.id);
+    println!("image   {}", run.image_ref.as_deref().unwrap_or_default());
+    println!(
+        "digest  {}",
+        run.image_digest.as_deref().unwrap_or_default()
+    );
+    let built: Vec<_> = p.layers.iter().filter(|l| !l.reused).collect();
+    println!(
+        "layers  {} ({} built, {} reused)",
+        p.layers.len(),
+        built.len(),
+        p.layers.len() - built.len()
+    );
+    if let Some(r) = &p.push {
+        println!(
+            "pushed  {} uploaded in {} blobs; {} blobs already there, {} mounted ({} not sent)",
+            bytes(r.bytes_pushed),
+            r.blobs_pushed,
+            r.blobs_skipped,
+            r.blobs_mounted,
+            bytes(r.bytes_skipped)
+        );
+    }
+}
+
+fn bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ImageRow {
+    reference: String,
+    digest: String,
+    model: String,
+    size: u64,
+    location: &'static str,
+}
+
+/// Runs `legion images …`.
+pub async fn images(
+    cmd: ImagesCommand,
+    home: &Home,
+    toolchains: &Toolchains,
+    format: Format,
+) -> Result<(), Error> {
+    match cmd {
+        ImagesCommand::Ls => {
+            let mut rows = Vec::new();
+            let layout = Layout::open(home.images())?;
+            for (name, desc) in layout.list()? {
+                let (manifest, config) = read_image(&layout, &desc.digest)?;
+                let labels = config.config.and_then(|c| c.labels).unwrap_or_default();
+                rows.push(ImageRow {
+                    reference: format!("oci:{}:{name}", layout.root().display()),
+                    digest: desc.digest,
+                    model: model_of(&labels),
+                    size: manifest.layers.iter().map(|l| l.size.max(0) as u64).sum(),
+                    location: "local",
+                });
+            }
+            for run in toolchains.store().list_runs(10_000).await? {
+                if run.kind != RunKind::Packaging || run.state != RunState::Succeeded {
+                    continue;
+                }
+                let Some(pushed) = run.pushed_ref else {
+                    continue;
+                };
+                rows.push(ImageRow {
+                    reference: pushed,
+                    digest: run.image_digest.unwrap_or_default(),
+                    model: format!("{}:{}", run.model.name, run.model.version),
+                    size: 0,
+                    location: "registry",
+                });
+            }
+            let table = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.reference.clone(),
+                        r.digest.chars().take(19).collect(),
+                        r.model.clone(),
+                        r.location.to_string(),
+                        if r.size > 0 {
+                            bytes(r.size)
+                        } else {
+                            String::new()
+                        },
+                    ]
+                })
+                .collect();
+            output::table(
+                format,
+                &rows,
+                &["image", "digest", "model", "where", "size"],
+                table,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn model_of(labels: &std::collections::BTreeMap<String, String>) -> String {
+    match (
+        labels.get("org.legion-platform.model.name"),
+        labels.get("org.legion-platform.model.version"),
+    ) {
+        (Some(n), Some(v)) => format!("{n}:{v}"),
+        _ => labels.get(REF_NAME_LABEL).cloned().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,241 @@
+//! The Python dependency layer: a model's requirements installed for the
+//! base image's Python and platform without running the base image, by
+//! pip's cross-install (`pip install --target … --platform … --only-binary
+//! :all: --python-version …`), on the host.
+//!
+//! Layers are cached by (target folder, requirements, Python version,
+//! platform): an unchanged dependency set is never rebuilt, and since its
+//! blob is the same, never re-uploaded either. Byte code is compiled only
+//! when the host has the same Python minor version as the base, with
+//! `SOURCE_DATE_EPOCH` set so `.pyc` files are hash-checked and
+//! reproducible; otherwise the layer carries sources only.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use oci_client::manifest::OciDescriptor;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::process::Command;
+
+use crate::exec::pyenv;
+use crate::exec::RunLog;
+use crate::oci::image::NewLayer;
+use crate::oci::layer::{build_layer, image_path};
+use crate::oci::layout::Layout;
+use crate::oci::LAYER_GZIP_MEDIA_TYPE;
+use crate::Error;
+
+/// Bump when the way layers are made changes, so old cache entries are
+/// not reused.
+const LAYER_FORMAT: u32 = 1;
+
+/// A cached layer's facts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Cached {
+    digest: String,
+    diff_id: String,
+    size: u64,
+}
+
+/// What to install.
+#[derive(Debug, Clone)]
+pub struct DepsRequest<'a> {
+    /// Folder in the image.
+    pub target: &'a str,
+    /// pip requirement lines.
+    pub requirements: &'a [String],
+    /// The base's Python, `major.minor`.
+    pub python_version: &'a str,
+    /// pip platform tags (any of them).
+    pub platforms: &'a [&'a str],
+}
+
+impl DepsRequest<'_> {
+    /// The cache key.
+    pub fn key(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(format!(
+            "v{LAYER_FORMAT}\n{}\n{}\n{}",
+            self.target,
+            self.python_version,
+            self.platforms.join(",")
+        ));
+        for r in self.requirements {
+            h.update(b"\n");
+            h.update(r.trim());
+        }
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+/// Builds (or finds in `cache_dir`) the dependency layer; its blob is put
+/// in `images`. Returns the layer and whether it came from the cache.
+pub async fn python_layer(
+    req: &DepsRequest<'_>,
+    cache_dir: &Path,
+    images: &Layout,
+    log: &RunLog,
+) -> Result<(NewLayer, bool), Error> {
+    let rel = image_path(req.target)?;
+    let key = req.key();
+    let record = cache_dir.join(format!("{key}.json"));
+    let created_by = format!(
+        "pip install --target {} for Python {} ({}): {}",
+        req.target,
+        req.python_version,
+        req.platforms.join(", "),
+        req.requirements.join(" ")
+    );
+    if let Ok(text) = std::fs::read(&record) {
+        if let Ok(c) = serde_json::from_slice::<Cached>(&text) {
+            if images.has_blob(&c.digest) {
+                log.note(&format!(
+                    "python dependency layer {} (cached as {key})",
+                    c.digest
+                ));
+                return Ok((layer(c, created_by), true));
+            }
+        }
+    }
+    let work = tempfile::Builder::new()
+        .prefix("deps-")
+        .tempdir_in(images.root().join("tmp"))
+        .or_else(|_| {
+            std::fs::create_dir_all(images.root().join("tmp"))?;
+            tempfile::Builder::new()
+                .prefix("deps-")
+                .tempdir_in(images.root().join("tmp"))
+        })
+        .map_err(|e| Error::io(images.root(), e))?;
+    let install = work.path().join("root");
+    let reqs = work.path().join("requirements.txt");
+    std::fs::write(&reqs, req.requirements.join("\n") + "\n").map_err(|e| Error::io(&reqs, e))?;
+    // An interpreter of the base's version compiles byte code the base can
+    // use; any other only downloads and unpacks wheels.
+    let (python, compile) = match pyenv::interpreter(Some(req.python_version)) {
+        Ok(p) => (p, true),
+        Err(_) => (pyenv::interpreter(None)?, false),
+    };
+    log.note(&format!(
+        "pip install for Python {} ({}) into {}: {}",
+        req.python_version,
+        req.platforms.join(", "),
+        req.target,
+        req.requirements.join(" ")
+    ));
+    let mut cmd = Command::new(&python);
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        req.python_version,
+        "--target",
+    ])
+    .arg(&install);
+    for p in req.platforms {
+        cmd.arg("--platform").arg(p);
+    }
+    cmd.arg("-r")
+        .arg(&reqs)
+        .env("SOURCE_DATE_EPOCH", "0")
+        .env("PYTHONHASHSEED", "0")
+        .stdin(Stdio::null());
+    if !compile {
+        cmd.arg("--no-compile");
+    }
+    pyenv::run(&mut cmd, "pip install (dependency layer)", log)
+        .await
+        .map_err(|e| Error::Package {
+            message: format!(
+                "the model's requirements cannot be installed for Python {} on {}: {e}",
+                req.python_version,
+                req.platforms.join(", ")
+            ),
+        })?;
+    let prefix = rel.display().to_string();
+    let tmp = images.root().join("tmp");
+    let blob = tokio::task::spawn_blocking(move || build_layer(&install, &prefix, &tmp))
+        .await
+        .map_err(|e| Error::Package {
+            message: format!("building the dependency layer: {e}"),
+        })??;
+    let cached = Cached {
+        digest: blob.digest.clone(),
+        diff_id: blob.diff_id.clone(),
+        size: blob.size,
+    };
+    log.note(&format!(
+        "python dependency layer {}: {} files, {} bytes, {} compressed",
+        blob.digest, blob.files, blob.content_bytes, blob.size
+    ));
+    images.put_blob_file(blob.file, &cached.digest)?;
+    std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+    let text = serde_json::to_vec(&cached).map_err(|e| Error::json(&record, e))?;
+    crate::fsutil::write_atomic(&record, &text)?;
+    Ok((layer(cached, created_by), false))
+}
+
+fn layer(c: Cached, created_by: String) -> NewLayer {
+    NewLayer {
+        desc: OciDescriptor {
+            media_type: LAYER_GZIP_MEDIA_TYPE.to_string(),
+            digest: c.digest,
+            size: c.size as i64,
+            urls: None,
+            annotations: None,
+            artifact_type: None,
+        },
+        diff_id: c.diff_id,
+        created_by,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_changes_with_every_input() {
+        let reqs = vec!["scikit-learn==1.5.2".to_string()];
+        let base = DepsRequest {
+            target: "/opt/legion/python",
+            requirements: &reqs,
+            python_version: "3.11",
+            platforms: &["manylinux2014_x86_64"],
+        };
+        let other_reqs = vec!["scikit-learn==1.5.1".to_string()];
+        let mut seen = std::collections::BTreeSet::new();
+        for r in [
+            base.clone(),
+            DepsRequest {
+                requirements: &other_reqs,
+                ..base.clone()
+            },
+            DepsRequest {
+                python_version: "3.12",
+                ..base.clone()
+            },
+            DepsRequest {
+                platforms: &["manylinux2014_aarch64"],
+                ..base.clone()
+            },
+            DepsRequest {
+                target: "/deps",
+                ..base.clone()
+            },
+        ] {
+            assert!(seen.insert(r.key()));
+        }
+        assert_eq!(base.key(), base.clone().key());
+    }
+}
