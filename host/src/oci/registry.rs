@@ -289,7 +289,7 @@ impl Registry {
         blobs: &[OciDescriptor],
         manifest_bytes: &[u8],
         reference: &Reference,
-        base: Option<&Reference>,
+        base: Option<&BaseBlobs>,
         progress: &(dyn Fn(&BlobPushed) + Send + Sync),
     ) -> Result<PushReport, Error> {
         self.client
@@ -350,7 +350,7 @@ impl Registry {
         layout: &Layout,
         blob: &OciDescriptor,
         reference: &Reference,
-        base: Option<&Reference>,
+        base: Option<&BaseBlobs>,
     ) -> Result<BlobOutcome, Error> {
         let err = |e: OciDistributionError| Error::Registry {
             reference: reference.whole(),
@@ -364,14 +364,12 @@ impl Registry {
         {
             return Ok(BlobOutcome::Present);
         }
-        if !layout.has_blob(&blob.digest) {
-            let Some(base) = base else {
-                return Err(Error::Registry {
-                    reference: reference.whole(),
-                    message: format!("blob {} is in no local store", blob.digest),
-                });
-            };
+        // A base layer in another repository of the same registry is
+        // mounted, not sent, even when a copy is at hand locally.
+        if let Some(base) = base.filter(|b| b.layers.contains(&blob.digest)) {
+            let base = &base.reference;
             if base.resolve_registry() == reference.resolve_registry()
+                && base.repository() != reference.repository()
                 && self
                     .client
                     .mount_blob(reference, base, &blob.digest)
@@ -380,7 +378,15 @@ impl Registry {
             {
                 return Ok(BlobOutcome::Mounted);
             }
-            self.fetch_blob(layout, base, blob).await?;
+        }
+        if !layout.has_blob(&blob.digest) {
+            let Some(base) = base else {
+                return Err(Error::Registry {
+                    reference: reference.whole(),
+                    message: format!("blob {} is in no local store", blob.digest),
+                });
+            };
+            self.fetch_blob(layout, &base.reference, blob).await?;
         }
         let path = layout.blob_path(&blob.digest);
         let file = tokio::fs::File::open(&path)
@@ -395,6 +401,16 @@ impl Registry {
             .map_err(err)?;
         Ok(BlobOutcome::Uploaded)
     }
+}
+
+/// The layers of a base image in its registry: blobs a push may mount or
+/// fetch from there.
+#[derive(Debug, Clone)]
+pub struct BaseBlobs {
+    /// The base, pinned by digest.
+    pub reference: Reference,
+    /// Its layer digests.
+    pub layers: std::collections::BTreeSet<String>,
 }
 
 /// Uploads in flight at once: enough to fill a link with several small

@@ -5,10 +5,13 @@
 //!
 //! Layers are cached by (target folder, requirements, Python version,
 //! platform): an unchanged dependency set is never rebuilt, and since its
-//! blob is the same, never re-uploaded either. Byte code is compiled only
-//! when the host has the same Python minor version as the base, with
-//! `SOURCE_DATE_EPOCH` set so `.pyc` files are hash-checked and
-//! reproducible; otherwise the layer carries sources only.
+//! blob is the same, never re-uploaded either. pip installs without byte
+//! code (its `.pyc` files would embed the temporary folder it unpacks in);
+//! when the host has the base's Python minor version, `compileall` then
+//! compiles hash-checked `.pyc` files that name the image path (`-d`), so
+//! the layer is the same bytes on every rebuild and a read-only image
+//! starts without compiling. With another host Python the layer carries
+//! sources only.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -145,14 +148,10 @@ pub async fn python_layer(
     for p in req.platforms {
         cmd.arg("--platform").arg(p);
     }
-    cmd.arg("-r")
+    cmd.arg("--no-compile")
+        .arg("-r")
         .arg(&reqs)
-        .env("SOURCE_DATE_EPOCH", "0")
-        .env("PYTHONHASHSEED", "0")
         .stdin(Stdio::null());
-    if !compile {
-        cmd.arg("--no-compile");
-    }
     pyenv::run(&mut cmd, "pip install (dependency layer)", log)
         .await
         .map_err(|e| Error::Package {
@@ -162,6 +161,23 @@ pub async fn python_layer(
                 req.platforms.join(", ")
             ),
         })?;
+    if compile {
+        let mut cc = Command::new(&python);
+        cc.args([
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "checked-hash",
+            "-d",
+            req.target,
+        ])
+        .arg(&install)
+        .stdin(Stdio::null());
+        pyenv::run(&mut cc, "compileall (dependency layer)", log).await?;
+    }
     let prefix = rel.display().to_string();
     let tmp = images.root().join("tmp");
     let blob = tokio::task::spawn_blocking(move || build_layer(&install, &prefix, &tmp))

@@ -33,7 +33,9 @@ use crate::oci::image::{
 };
 use crate::oci::layer::{build_files_layer, Contents, ImageFile, LayerBlob};
 use crate::oci::layout::Layout;
-use crate::oci::registry::{parse_reference, BlobOutcome, BlobPushed, PushReport, Registry};
+use crate::oci::registry::{
+    parse_reference, BaseBlobs, BlobOutcome, BlobPushed, PushReport, Registry,
+};
 use crate::oci::LAYER_GZIP_MEDIA_TYPE;
 use crate::plan::{ImagePlan, ImageTarget, Layer, ModelId, PackagingRequest, Pairs, Policy};
 use crate::plugin::{Interface, Plugin, Toolchains};
@@ -130,6 +132,11 @@ impl<'a> Packager<'a> {
         let model = ModelId {
             name: found.config.name.clone(),
             version: found.config.version.clone(),
+        };
+        // Without a tag, the image is tagged with the model's version.
+        let push = match (&push, opts.push.as_deref()) {
+            (Some(_), Some(text)) => Some(parse_reference(text, &tag_of(&model.version))?),
+            _ => None,
         };
         let target = match &push {
             Some(r) => ImageTarget {
@@ -240,6 +247,11 @@ impl<'a> Packager<'a> {
         out.run = run;
         Ok(out)
     }
+}
+
+/// A model version as an image tag (a tag has no `+`).
+fn tag_of(version: &str) -> String {
+    version.replace('+', "_")
 }
 
 /// Whether a `--push` text names a tag (or digest) itself.
@@ -377,8 +389,11 @@ impl Job<'_> {
                         skipped.load(Ordering::Relaxed)
                     ));
                 };
-                let base_ref = match &base.source {
-                    BaseSource::Registry(r) => Some(r),
+                let base_blobs = match &base.source {
+                    BaseSource::Registry(r) => Some(BaseBlobs {
+                        reference: r.clone(),
+                        layers: base.layers.iter().map(|l| l.digest.clone()).collect(),
+                    }),
                     BaseSource::Layout(_) => None,
                 };
                 let report = cancellable(
@@ -388,7 +403,7 @@ impl Job<'_> {
                         &image.blobs,
                         &image.manifest,
                         target,
-                        base_ref,
+                        base_blobs.as_ref(),
                         &progress,
                     ),
                 )
