@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{example, Legion};
+use common::{example, train, train_iris, train_wine, Legion, IRIS_COLS, IRIS_ROWS};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
@@ -229,14 +229,6 @@ impl Drop for Server {
     }
 }
 
-fn train(l: &Legion, args: &[&str]) -> Value {
-    let mut all = vec!["-o", "json", "train"];
-    all.extend_from_slice(args);
-    let run: Value = serde_json::from_str(&l.ok(&all)).unwrap();
-    assert_eq!(run["state"], "succeeded", "{run:#}");
-    run
-}
-
 /// The unpacked model folder and the serving venv's python, for running
 /// the model's own `predict` as the reference.
 fn served_files(l: &Legion, digest: &str) -> (PathBuf, PathBuf) {
@@ -271,28 +263,11 @@ fn python(py: &Path, code: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-const IRIS_COLS: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
-const IRIS_ROWS: [[f64; 4]; 3] = [
-    [5.1, 3.5, 1.4, 0.2],
-    [6.7, 3.0, 5.2, 2.3],
-    [5.9, 3.0, 4.2, 1.5],
-];
-
 /// Trains python-iris into `l` and serves it with `legion serve`; returns
 /// the server, the model digest and the model's own predictions for
 /// `IRIS_ROWS`, computed in Python in the serving environment.
 fn iris(l: &Legion) -> (Server, String, Vec<i64>) {
-    let run = train(
-        l,
-        &[
-            &example("python-iris"),
-            "--toolchain",
-            "python",
-            "--name",
-            "iris",
-        ],
-    );
-    let digest = run["modelDigest"].as_str().unwrap().to_string();
+    let digest = train_iris(l);
     // The environment is made when the model is first served.
     let server = Server::start(l, "iris:1", &[]);
     let (model_dir, py) = served_files(l, &digest);
@@ -480,21 +455,7 @@ fn triton_client_python() -> PathBuf {
 /// returns the server, its digest, its input example, and MLflow's own
 /// pyfunc predictions for it.
 fn wine(l: &Legion) -> (Server, String, Value, Value) {
-    let run = train(
-        l,
-        &[
-            &example("mlflow-wine"),
-            "--toolchain",
-            "mlflow",
-            "--name",
-            "wine",
-            "-P",
-            "n_estimators=10",
-            "-P",
-            "rows=400",
-        ],
-    );
-    let digest = run["modelDigest"].as_str().unwrap().to_string();
+    let digest = train_wine(l);
     let server = Server::start(l, "wine:1", &[]);
     let (model_dir, py) = served_files(l, &digest);
     let example: Value = serde_json::from_str(

@@ -351,13 +351,14 @@ pub fn python_in_layers(blobs: &[PathBuf]) -> Result<Option<String>, Error> {
     let mut found = None;
     for blob in blobs {
         let file = std::fs::File::open(blob).map_err(|e| Error::io(blob, e))?;
-        let mut archive =
-            tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(
+            std::io::BufReader::new(file),
+        ));
         for entry in archive.entries().map_err(|e| Error::io(blob, e))? {
             let entry = entry.map_err(|e| Error::io(blob, e))?;
             let path = entry.path().map_err(|e| Error::io(blob, e))?;
             let text = path.to_string_lossy();
-            let text = text.trim_start_matches("./");
+            let text = text.trim_start_matches("./").trim_start_matches('/');
             let lib = text
                 .strip_prefix("usr/local/lib/")
                 .or_else(|| text.strip_prefix("usr/lib/"));

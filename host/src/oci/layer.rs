@@ -308,7 +308,8 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error>
 /// outside it (absolute paths, `..`, links pointing out).
 pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<(), Error> {
     let file = File::open(blob).map_err(|e| Error::io(blob, e))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    let mut archive =
+        tar::Archive::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(file)));
     archive.set_preserve_permissions(true);
     archive.set_overwrite(true);
     std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;

@@ -2,6 +2,7 @@
 //! `scripts/build-plugins.sh` are, and a `legion` command on a fresh data dir.
 #![allow(dead_code)]
 
+pub mod podman;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -175,3 +176,55 @@ pub fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&path, bytes).expect("write");
     (dir, path)
 }
+
+/// Runs `legion -o json train ARGS` on `l`, asserting the run succeeded.
+pub fn train(l: &Legion, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["-o", "json", "train"];
+    all.extend_from_slice(args);
+    let run: serde_json::Value = serde_json::from_str(&l.ok(&all)).unwrap();
+    assert_eq!(run["state"], "succeeded", "{run:#}");
+    run
+}
+
+/// Trains python-iris as `iris:1`; returns the model digest.
+pub fn train_iris(l: &Legion) -> String {
+    let run = train(
+        l,
+        &[
+            &example("python-iris"),
+            "--toolchain",
+            "python",
+            "--name",
+            "iris",
+        ],
+    );
+    run["modelDigest"].as_str().unwrap().to_string()
+}
+
+/// Trains mlflow-wine (a small forest) as `wine:1`; returns the model digest.
+pub fn train_wine(l: &Legion) -> String {
+    let run = train(
+        l,
+        &[
+            &example("mlflow-wine"),
+            "--toolchain",
+            "mlflow",
+            "--name",
+            "wine",
+            "-P",
+            "n_estimators=10",
+            "-P",
+            "rows=400",
+        ],
+    );
+    run["modelDigest"].as_str().unwrap().to_string()
+}
+
+/// Iris's feature columns, in training order.
+pub const IRIS_COLS: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
+/// Three iris flowers, one of each species.
+pub const IRIS_ROWS: [[f64; 4]; 3] = [
+    [5.1, 3.5, 1.4, 0.2],
+    [6.7, 3.0, 5.2, 2.3],
+    [5.9, 3.0, 4.2, 1.5],
+];

@@ -56,6 +56,34 @@ impl Registry {
         }
     }
 
+    /// Where the registry keeps its blobs and repositories.
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// Copies an image with skopeo (`SRC` in skopeo's transport syntax)
+    /// into this registry as `repo_tag`; returns `ADDR/repo_tag`.
+    pub fn copy_in(&self, src: &str, repo_tag: &str) -> String {
+        let dest = format!("{}/{repo_tag}", self.addr);
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false", src])
+            .arg(format!("docker://{dest}"))
+            .output()
+            .expect("skopeo is not installed: run scripts/setup.sh");
+        assert!(
+            out.status.success(),
+            "skopeo copy {src}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dest
+    }
+
+    /// The test base image (Debian bookworm with python3, made by
+    /// scripts/base-image.sh), pushed here as `base/python:3`.
+    pub fn python_base(&self) -> String {
+        self.copy_in(&format!("oci:{}", base_layout()), "base/python:3")
+    }
+
     /// `skopeo inspect --raw` of a reference in this registry: the manifest
     /// exactly as the registry serves it.
     pub fn raw_manifest(&self, repo_tag: &str) -> Vec<u8> {
@@ -78,4 +106,17 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The test base image's layout reference (`DIR:NAME`), as made by
+/// scripts/base-image.sh (which scripts/setup.sh runs).
+pub fn base_layout() -> String {
+    let dir = std::env::var("LEGION_BASE_CACHE")
+        .unwrap_or_else(|_| "/var/cache/legion/base-image".into());
+    let layout = format!("{dir}/layout");
+    assert!(
+        std::path::Path::new(&layout).join("index.json").is_file(),
+        "the test base image is missing at {layout}: run scripts/setup.sh (scripts/base-image.sh)"
+    );
+    format!("{layout}:python3")
 }

@@ -1,5 +1,6 @@
 //! A plugin that misbehaves on purpose, for the host's sandbox tests. The
-//! behaviour is chosen by the request's entrypoint.
+//! behaviour is chosen by the request's entrypoint (training) or its
+//! `mode` argument (packaging).
 
 use legion_sdk::*;
 
@@ -98,5 +99,33 @@ impl Trainer for Hostile {
         }
     }
 }
+
+impl Packager for Hostile {
+    fn describe() -> ToolchainInfo {
+        <Hostile as Trainer>::describe()
+    }
+
+    fn plan_packaging(request: PackagingRequest) -> Result<ImagePlan, ToolchainError> {
+        let base = request.base_image.clone().unwrap_or_default();
+        let mut plan = ImagePlan::new(base).layer(Layer::Model);
+        plan.user = Some("1000".into());
+        match lookup(&request.arguments, "mode").unwrap_or_default() {
+            // A file placed outside the image's root.
+            "escape" => {
+                plan = plan.layer(Layer::Files(vec![FileEntry {
+                    path: "/opt/../../etc/cron.d/evil".into(),
+                    contents: b"* * * * * root sh\n".to_vec(),
+                    mode: 0o644,
+                }]))
+            }
+            // An image that runs as root.
+            "root" => plan.user = Some("0:0".into()),
+            other => return Err(ToolchainError::invalid(format!("unknown mode '{other}'"))),
+        }
+        Ok(plan)
+    }
+}
+
+impl Server for Hostile {}
 
 export_toolchain!(Hostile);
