@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (local executor, SQLite, local OCI
 # store): sets up, then trains examples/python-iris end to end in a fresh
-# data dir, shows the run and the stored model, serves it, and asks it for a
+# data dir, shows the run and the stored model, packages it into an OCI
+# image (local image layout), runs the image with podman, and asks it for a
 # prediction over the Open Inference Protocol.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,14 +21,31 @@ echo "== runs"
 "$legion" runs ls
 echo "== models (an OCI image layout at $LEGION_HOME/models)"
 "$legion" models ls
-echo "== serve iris:1 and ask it for a prediction (Open Inference Protocol v2)"
+echo "== package iris:1 into an image: base = Debian's python3 (scripts/base-image.sh), kept in $LEGION_HOME/images"
+base="oci:$(bash scripts/base-image.sh)"
+"$legion" package iris:1 --base "$base"
+"$legion" images ls
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$legion" serve iris:1 --port "$port" & server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
-# The first start makes the model's serving environment (pip), then loads it.
+podman=(podman --runtime /usr/sbin/runc --cgroup-manager=cgroupfs)
+if "${podman[@]}" info >/dev/null 2>&1; then
+  echo "== run the image with podman and ask it for a prediction (Open Inference Protocol v2)"
+  name="legion-demo-$$"
+  # Into podman's store under a name of our own (podman would derive one
+  # from the layout's path).
+  skopeo copy --quiet "oci:$LEGION_HOME/images:iris:1" "containers-storage:localhost/legion-demo/iris:1"
+  "${podman[@]}" run -d --rm --name "$name" --network=host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+    -e LEGION_SERVE_PORT="$port" localhost/legion-demo/iris:1 >/dev/null
+  trap '"${podman[@]}" rm -f -t 0 "$name" >/dev/null 2>&1 || true' EXIT
+  alive() { "${podman[@]}" container exists "$name"; }
+else
+  echo "== podman cannot run containers here: serving iris:1 with legion serve instead"
+  "$legion" serve iris:1 --port "$port" & server=$!
+  trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT
+  alive() { kill -0 "$server" 2>/dev/null; }
+fi
 for _ in $(seq 1 3000); do
   curl -sf -o /dev/null "http://127.0.0.1:$port/v2/health/ready" && break
-  kill -0 "$server" 2>/dev/null || { echo "the server stopped" >&2; exit 1; }
+  alive || { echo "the server stopped" >&2; exit 1; }
   sleep 0.2
 done
 curl -sf "http://127.0.0.1:$port/v2/models/iris" > /dev/null

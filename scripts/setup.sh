@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Legion needs on a fresh Debian 12 machine and builds it:
-# system packages (git, Python with venv, the OCI registry and skopeo used by
-# the tests), the wasm32-wasip2 and x86_64-unknown-linux-musl Rust targets,
-# the plugins, the release `legion` binary and the static `legion-serve`.
-# Idempotent; safe to run again.
+# system packages (git, Python with venv, the OCI registry, skopeo and umoci
+# that read images back, podman + runc that run them, debootstrap and
+# buildah for the base image and the packaging benchmark), the
+# wasm32-wasip2 and x86_64-unknown-linux-musl Rust targets, the plugins,
+# the release `legion` binary, the static `legion-serve`, and the Python
+# base image the demo and the tests package onto (scripts/base-image.sh,
+# cached). Idempotent; safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
@@ -21,6 +24,11 @@ want skopeo skopeo
 want hyperfine hyperfine
 want file file
 want curl curl
+want umoci umoci
+want podman podman
+want buildah buildah
+want debootstrap debootstrap
+[ -x /usr/sbin/runc ] || need_apt+=(runc)
 # `python3 -m venv` needs ensurepip, which Debian ships separately.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -37,5 +45,8 @@ bash scripts/build-plugins.sh
 cargo build --release -p legion
 # The model server on its own, statically linked: the entrypoint of images.
 cargo build --profile static --target x86_64-unknown-linux-musl -p legion-serve
+# The Python base image packaged models are built on (Debian's python3).
+bash scripts/base-image.sh >/dev/null
 echo "legion: $CARGO_TARGET_DIR/release/legion"
 echo "legion-serve: $CARGO_TARGET_DIR/x86_64-unknown-linux-musl/static/legion-serve"
+echo "base image: oci:$(bash scripts/base-image.sh)"

@@ -13,6 +13,10 @@ cargo fmt --all -- --check
 # features that pick each plugin's world.
 cargo clippy --release --all-targets -- -D warnings
 bash scripts/build-plugins.sh --clippy
+# The plugins' own unit tests run natively, one crate at a time (features).
+for p in legion-toolchain-python legion-toolchain-mlflow legion-toolchain-docker-rest; do
+  cargo test --quiet --release -p "$p"
+done
 # The benchmarks run once as smoke tests, so they cannot rot.
 cargo bench -p legion --bench plugin -- --test
 cargo bench -p legion-serve --bench protocols -- --test
