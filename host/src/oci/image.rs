@@ -652,4 +652,48 @@ mod tests {
         );
         assert!(parse_layout_reference("127.0.0.1:5000/x:y").is_none());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Manifests, indexes and configs come from registries: any bytes
+        /// give an answer or an error, never a panic.
+        #[test]
+        fn registry_documents_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+                                          json in "\\{(\"[a-zA-Z]{1,12}\":(\\[\\]|\\{\\}|\"[a-z0-9:.]{0,20}\"|[0-9]{1,3}|null),?){0,8}\\}") {
+            for input in [bytes.as_slice(), json.as_bytes()] {
+                let _ = normalise_manifest(input, "m");
+                let _ = pick_platform(input, "i");
+                let _ = serde_json::from_slice::<ImageConfig>(input);
+            }
+        }
+
+        /// Base layers are untrusted tarballs: garbage is an error.
+        #[test]
+        fn layer_scans_of_garbage_are_errors_not_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+            let dir = tempfile::tempdir().unwrap();
+            let blob = dir.path().join("blob");
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, &bytes).unwrap();
+            for contents in [bytes.clone(), gz.finish().unwrap()] {
+                std::fs::write(&blob, &contents).unwrap();
+                let _ = python_in_layers(std::slice::from_ref(&blob));
+            }
+        }
+    }
+
+    #[test]
+    fn python_is_found_in_a_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/local/lib/python3.12")).unwrap();
+        std::fs::write(tree.join("usr/local/lib/python3.12/os.py"), "").unwrap();
+        let blob = super::super::layer::build_layer(&tree, "", &dir.path().join("tmp")).unwrap();
+        assert_eq!(
+            python_in_layers(&[blob.file.path().to_path_buf()])
+                .unwrap()
+                .as_deref(),
+            Some("3.12")
+        );
+    }
 }

@@ -217,7 +217,7 @@ pub fn image_path(path: &str) -> Result<PathBuf, Error> {
         return Err(bad("it contains a NUL byte"));
     }
     let parts: Vec<&str> = rest.split('/').collect();
-    if parts.iter().any(|p| *p == "..") {
+    if parts.contains(&"..") {
         return Err(bad("it escapes the image root with '..'"));
     }
     if rest.is_empty() || parts.iter().any(|p| p.is_empty() || *p == ".") {
@@ -329,4 +329,79 @@ pub fn unpack_layer(blob: &Path, dest: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(blob: &Path) -> Vec<(String, u32, u64)> {
+        let f = File::open(blob).unwrap();
+        let mut a = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().display().to_string(),
+                    h.mode().unwrap(),
+                    h.mtime().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn files_layers_are_deterministic_with_every_parent_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = vec![
+            ImageFile {
+                path: "/opt/legion/bin/serve".into(),
+                contents: Contents::Bytes(b"#!".to_vec()),
+                mode: 0o700,
+            },
+            ImageFile {
+                path: "/legion-model.json".into(),
+                contents: Contents::Bytes(b"{}".to_vec()),
+                mode: 0o600,
+            },
+        ];
+        let one = build_files_layer(&files, tmp.path()).unwrap();
+        let mut reversed = files.clone();
+        reversed.reverse();
+        let two = build_files_layer(&reversed, tmp.path()).unwrap();
+        assert_eq!(one.digest, two.digest, "order of the plan does not matter");
+        assert_eq!(one.diff_id, two.diff_id);
+        assert_eq!(
+            entries(one.file.path()),
+            [
+                ("legion-model.json".to_string(), 0o644, 0),
+                ("opt".into(), 0o755, 0),
+                ("opt/legion".into(), 0o755, 0),
+                ("opt/legion/bin".into(), 0o755, 0),
+                ("opt/legion/bin/serve".into(), 0o755, 0),
+            ]
+        );
+        assert_eq!((one.files, one.content_bytes), (2, 4));
+    }
+
+    #[test]
+    fn paths_outside_the_image_root_are_refused() {
+        for bad in ["relative", "/", "/a/../../etc", "/a//b", "/a/./b", "/a\0b"] {
+            assert!(image_path(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(image_path("/opt/x").unwrap(), PathBuf::from("opt/x"));
+        let tmp = tempfile::tempdir().unwrap();
+        let twice = vec![
+            ImageFile {
+                path: "/a".into(),
+                contents: Contents::Bytes(vec![]),
+                mode: 0o644,
+            };
+            2
+        ];
+        let err = build_files_layer(&twice, tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+    }
 }
