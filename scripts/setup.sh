@@ -24,6 +24,7 @@ want skopeo skopeo
 want hyperfine hyperfine
 want file file
 want curl curl
+want bc bc
 want umoci umoci
 want podman podman
 want buildah buildah

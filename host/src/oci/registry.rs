@@ -92,6 +92,9 @@ impl Registry {
         }
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
+            // One streamed PUT per blob: chunked PATCHes cost a round trip per
+            // MiB (2.3x slower for a 100 MB model on loopback).
+            use_monolithic_push: true,
             ..ClientConfig::default()
         };
         let auth = match (
