@@ -48,7 +48,8 @@ pub struct Container {
 
 impl Container {
     /// Starts `image` (pulled from a loopback registry) detached on the
-    /// host network, with `env` on top of the image's.
+    /// host network with a read-only root file system, as a hardened
+    /// deployment runs it, with `env` on top of the image's.
     pub fn start(image: &str, env: &[(&str, String)]) -> Self {
         let name = format!("legion-test-{}-{}", std::process::id(), rand_suffix());
         let mut cmd = podman();
