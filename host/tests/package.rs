@@ -208,6 +208,51 @@ fn pushed_images_are_read_by_skopeo_and_umoci_repeat_their_digest_and_repackage_
         .unwrap()
         .contains(&json!("LEGION_SERVE_WORKERS=2")));
 
+    // The base's layers never came to this machine: the registry had them.
+    let base_manifest: Value =
+        serde_json::from_slice(&registry.raw_manifest("base/python:3")).unwrap();
+    for layer in base_manifest["layers"].as_array().unwrap() {
+        let hex = layer["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:");
+        assert!(
+            !l.home.path().join("images/blobs/sha256").join(hex).exists(),
+            "base layer {hex} was downloaded"
+        );
+    }
+
+    // A base with Docker v2 media types works the same; the image is OCI.
+    let docker_base =
+        registry.copy_in_as(&format!("oci:{}", base_layout()), "base/docker:3", "v2s2");
+    let docker_manifest: Value =
+        serde_json::from_slice(&registry.raw_manifest("base/docker:3")).unwrap();
+    assert_eq!(
+        docker_manifest["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    package(
+        &l,
+        &[
+            "iris:1",
+            "--base",
+            &docker_base,
+            "--push",
+            &format!("{target}:docker"),
+        ],
+    );
+    let m: Value = serde_json::from_slice(&registry.raw_manifest("models/iris:docker")).unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert!(m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"));
+    assert_eq!(
+        inspect_config(&format!("{target}:docker"))["config"]["User"],
+        "1000:1000"
+    );
+
     // Runs record the kind; images are listed.
     let runs = l.json(&["runs", "ls"]);
     let kinds: Vec<&str> = runs

@@ -64,9 +64,22 @@ impl Registry {
     /// Copies an image with skopeo (`SRC` in skopeo's transport syntax)
     /// into this registry as `repo_tag`; returns `ADDR/repo_tag`.
     pub fn copy_in(&self, src: &str, repo_tag: &str) -> String {
+        self.copy_in_as(src, repo_tag, "oci")
+    }
+
+    /// [`Self::copy_in`] with the manifest format skopeo writes: `oci` or
+    /// `v2s2` (Docker v2 media types).
+    pub fn copy_in_as(&self, src: &str, repo_tag: &str, format: &str) -> String {
         let dest = format!("{}/{repo_tag}", self.addr);
         let out = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false", src])
+            .args([
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--format",
+                format,
+                src,
+            ])
             .arg(format!("docker://{dest}"))
             .output()
             .expect("skopeo is not installed: run scripts/setup.sh");

@@ -327,6 +327,36 @@ mod tests {
     }
 
     #[test]
+    fn serving_plans_probe_the_oip_health_paths_on_the_packaged_port() {
+        let request = |port, args: Vec<KeyValue>, min, max| ServingRequest {
+            model: ModelId {
+                name: "wine".into(),
+                version: "1".into(),
+            },
+            image: "r/wine@sha256:0".into(),
+            manifest: ModelManifest::new("python_function", "model"),
+            port,
+            min_replicas: min,
+            max_replicas: max,
+            resources: Resources::none(),
+            arguments: args,
+        };
+        let plan = DockerRest::plan_serving(request(None, vec![kv("port", "9000")], 1, 3)).unwrap();
+        assert_eq!(plan.port, 9000);
+        assert_eq!(plan.health.readiness_path, "/v2/health/ready");
+        assert_eq!(plan.health.liveness_path, "/v2/health/live");
+        assert_eq!((plan.min_replicas, plan.max_replicas), (1, 3));
+        assert!(plan
+            .env
+            .iter()
+            .any(|e| e.key == "LEGION_SERVE_PORT" && e.value == "9000"));
+        let asked = DockerRest::plan_serving(request(Some(7000), vec![], 0, 1)).unwrap();
+        assert_eq!(asked.port, 7000);
+        assert!(DockerRest::plan_serving(request(None, vec![], 2, 1)).is_err());
+        assert!(DockerRest::plan_serving(request(None, vec![kv("nope", "1")], 1, 1)).is_err());
+    }
+
+    #[test]
     fn template_renders_model_names() {
         let model = ModelId {
             name: "Wine".into(),
