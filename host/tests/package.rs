@@ -298,6 +298,17 @@ fn a_local_package_lands_in_the_image_layout_from_a_layout_base() {
     let run = l.json(&["runs", "show", out["run"]["id"].as_str().unwrap()]);
     assert_eq!(run["kind"], "packaging");
     assert_eq!(run["plan"]["user"], "1000:1000");
+
+    // A model given as a registry reference is pulled, then packaged: on
+    // another data dir, the same model and base give the same image.
+    let registry = Registry::start();
+    let model = registry.copy_in(
+        &format!("oci:{}:iris:1", l.home.path().join("models").display()),
+        "models/iris-model:1",
+    );
+    let other = Legion::new();
+    let again = package(&other, &[&model, "--base", &base]);
+    assert_eq!(again["run"]["imageDigest"], out["run"]["imageDigest"]);
 }
 
 /// Polls `url` until it answers 200; a hang guard, not a timing check.
