@@ -407,11 +407,7 @@ pub struct ImageSettings {
 /// The creation time images carry: `SOURCE_DATE_EPOCH` (seconds), or the
 /// epoch, as RFC 3339.
 pub fn creation_time() -> String {
-    let secs = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(super::source_date_epoch());
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

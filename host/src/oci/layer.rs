@@ -1,7 +1,7 @@
 //! Deterministic image layers.
 //!
 //! The same files always give the same bytes: entries sorted by path,
-//! modification times zero, owner 0:0 without names, modes reduced to
+//! modification times `SOURCE_DATE_EPOCH` (or 0), owner 0:0 without names, modes reduced to
 //! 0755/0644 (by the owner's execute bit), no extended attributes, and a
 //! gzip header without time or name. The tar is written straight through a
 //! gzip encoder into a temporary file while both the uncompressed stream
@@ -276,7 +276,7 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h.set_entry_type(kind);
     h.set_mode(mode);
     h.set_size(size);
-    h.set_mtime(0);
+    h.set_mtime(super::source_date_epoch());
     h.set_uid(0);
     h.set_gid(0);
     h

@@ -30,3 +30,12 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
+
+/// The time reproducible artifacts carry, in seconds since the epoch:
+/// `SOURCE_DATE_EPOCH` (the reproducible-builds convention) or 0.
+pub fn source_date_epoch() -> u64 {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}

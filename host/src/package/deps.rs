@@ -4,7 +4,7 @@
 //! :all: --python-version …`), on the host.
 //!
 //! Layers are cached by (target folder, requirements, Python version,
-//! platform): an unchanged dependency set is never rebuilt, and since its
+//! platform, `SOURCE_DATE_EPOCH`): an unchanged dependency set is never rebuilt, and since its
 //! blob is the same, never re-uploaded either. pip installs without byte
 //! code (its `.pyc` files would embed the temporary folder it unpacks in);
 //! when the host has the base's Python minor version, `compileall` then
@@ -59,11 +59,13 @@ impl DepsRequest<'_> {
     /// The cache key.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
+        // File times come from SOURCE_DATE_EPOCH: part of the layer's bytes.
         h.update(format!(
-            "v{LAYER_FORMAT}\n{}\n{}\n{}",
+            "v{LAYER_FORMAT}\n{}\n{}\n{}\n{}",
             self.target,
             self.python_version,
-            self.platforms.join(",")
+            self.platforms.join(","),
+            crate::oci::source_date_epoch()
         ));
         for r in self.requirements {
             h.update(b"\n");
