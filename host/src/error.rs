@@ -195,6 +195,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A toolchain's answer is unusable (not a crash, not its own error).
+    #[error("toolchain '{toolchain}': {message}")]
+    BadOutput {
+        /// Toolchain.
+        toolchain: String,
+        /// What is wrong with the answer.
+        message: String,
+    },
     /// A base image cannot be used.
     #[error("base image {base}: {message}")]
     BaseImage {

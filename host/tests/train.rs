@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{example, repo_root, Legion};
+use common::{example, git, repo_root, Legion};
 use serde_json::Value;
 
 /// Runs `legion -o json train ARGS`, returning (exit code, run record).
@@ -601,28 +601,6 @@ fn data_local_path_may_not_escape() {
         .as_str()
         .unwrap()
         .contains("must be relative and stay inside the data folder"));
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn git_repo() -> (tempfile::TempDir, String, String) {

@@ -6,6 +6,7 @@ mod output;
 mod package;
 mod runs;
 mod serve;
+mod step;
 mod toolchain;
 mod train;
 
@@ -65,6 +66,9 @@ pub enum Command {
     Models(runs::ModelsCommand),
     /// Serve a stored model over REST (Open Inference Protocol v2, MLflow, Legion).
     Serve(serve::ServeArgs),
+    /// A phase of a training run inside a Kubernetes pod (fetch, collect).
+    #[command(subcommand, hide = true)]
+    Step(step::StepCommand),
 }
 
 impl Cli {
@@ -86,6 +90,7 @@ impl Cli {
             Command::Images(cmd) => package::images(cmd, &home, &toolchains, self.output)
                 .await
                 .map(|_| 0),
+            Command::Step(cmd) => step::run(cmd, &toolchains).await.map(|_| 0),
             Command::Runs(cmd) => runs::runs(cmd, toolchains.store(), self.output)
                 .await
                 .map(|_| 0),

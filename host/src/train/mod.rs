@@ -14,6 +14,8 @@
 //! a failure at any point marks the run failed with the reason, keeping its
 //! log and workspace.
 
+pub mod phases;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec::pyenv::PythonEnvs;
 use crate::exec::{Executor, Outcome, RunContext, RunEvents, RunLog, Workspace};
-use crate::fetch::{fetch_data, fetch_source, SourceSpec};
+use crate::fetch::SourceSpec;
 use crate::home::Home;
 use crate::names::{ModelName, ModelVersion};
 use crate::oci::layout::Layout;
-use crate::oci::model::{store_model, ModelConfig, ToolchainRef};
-use crate::oci::registry::{parse_reference, Registry};
+use crate::oci::model::ToolchainRef;
+use crate::oci::registry::parse_reference;
 use crate::plan::{DataBinding, ModelId, Pairs, Policy, Resources, TrainingRequest};
 use crate::plugin::{Plugin, Toolchains};
 use crate::store::{RunKind, RunPlan, RunRecord, RunRequest, RunState};
@@ -276,15 +278,11 @@ impl<'a> Trainer<'a> {
         run.started_at = Some(now_ms());
         store.update_run(run).await.map_err(Stop::from)?;
 
-        events.phase("fetch source");
-        let source = cancellable(cancel, fetch_source(spec, &ws.source(), log)).await?;
+        events.phase("fetch");
+        let source = cancellable(cancel, phases::fetch(spec, &request.data, ws, log)).await?;
         run.source_commit = source.commit.clone();
         request.source = source;
         run.request = RunRequest::Training(request.clone());
-        if !request.data.is_empty() {
-            events.phase("fetch data");
-            cancellable(cancel, fetch_data(&request.data, &ws.data(), log)).await?;
-        }
 
         events.phase("plan");
         let (p, req, source) = (plugin.clone(), request.clone(), ws.source());
@@ -342,27 +340,21 @@ impl<'a> Trainer<'a> {
         }
 
         events.phase("collect");
-        let (p, req, source, output) = (plugin.clone(), request.clone(), ws.source(), ws.output());
-        let manifest = blocking(move || p.collect_training(&req, &source, &output)).await?;
-        let model_dir = safe_model_dir(&ws.output(), &manifest.model_path)?;
+        let (p, req, w) = (plugin.clone(), request.clone(), ws.clone());
+        let (manifest, model_dir) = blocking(move || phases::collect(&p, &req, &w)).await?;
 
         events.phase("store model");
         let layout = Layout::open(self.home.models()).map_err(Stop::from)?;
-        let config = ModelConfig {
-            name: run.model.name.clone(),
-            version: run.model.version.clone(),
+        let provenance = phases::Provenance {
+            model: run.model.clone(),
             toolchain: ToolchainRef {
                 name: run.toolchain.clone(),
                 digest: run.toolchain_digest.clone(),
             },
-            source: request.source.clone(),
-            entrypoint: request.entrypoint.clone(),
-            parameters: request.hyper_parameters.clone(),
-            manifest,
-            layer_diff_id: String::new(),
+            request: request.clone(),
         };
-        let (l, dir) = (layout.clone(), model_dir.clone());
-        let stored = blocking(move || store_model(&l, &dir, config)).await?;
+        let l = layout.clone();
+        let stored = blocking(move || phases::store(&l, &model_dir, manifest, &provenance)).await?;
         log.note(&format!(
             "stored model {} as {} ({} files, {} bytes)",
             stored.reference, stored.digest, stored.files, stored.content_bytes
@@ -372,20 +364,9 @@ impl<'a> Trainer<'a> {
 
         if let Some(reference) = push {
             events.phase("push");
-            let report = cancellable(
-                cancel,
-                Registry::for_reference(reference).push(&layout, &stored.digest, reference),
-            )
-            .await?;
-            log.note(&format!(
-                "pushed {} ({} blobs, {} bytes; {} already there)",
-                report.reference, report.blobs_pushed, report.bytes_pushed, report.blobs_skipped
-            ));
-            run.pushed_ref = Some(format!(
-                "{}@{}",
-                reference.whole().split('@').next().unwrap_or_default(),
-                stored.digest
-            ));
+            let (_, pinned) =
+                cancellable(cancel, phases::push(&layout, &stored, reference, log)).await?;
+            run.pushed_ref = Some(pinned);
         }
         run.state = RunState::Succeeded;
         log.note(&format!(
@@ -474,27 +455,4 @@ pub(crate) async fn blocking<T: Send + 'static>(
             source: e.into(),
         })?
         .map_err(Stop::from)
-}
-
-fn safe_model_dir(output: &Path, model_path: &str) -> Result<std::path::PathBuf, Stop> {
-    let rel = Path::new(model_path);
-    let bad = || {
-        Stop::Failed { reason: format!("collect-training returned modelPath '{model_path}', which is not a folder inside the output"), exit_code: None }
-    };
-    if rel.components().any(|c| {
-        !matches!(
-            c,
-            std::path::Component::Normal(_) | std::path::Component::CurDir
-        )
-    }) {
-        return Err(bad());
-    }
-    let dir = output.join(rel);
-    // A symlink out of the output folder must not smuggle host files into the model.
-    let canon = std::fs::canonicalize(&dir).map_err(|_| bad())?;
-    let root = std::fs::canonicalize(output).map_err(|_| bad())?;
-    if !canon.starts_with(&root) || !canon.is_dir() {
-        return Err(bad());
-    }
-    Ok(canon)
 }

@@ -228,3 +228,27 @@ pub const IRIS_ROWS: [[f64; 4]; 3] = [
     [6.7, 3.0, 5.2, 2.3],
     [5.9, 3.0, 4.2, 1.5],
 ];
+
+/// Runs `git ARGS` in `dir` with a fixed identity and default branch;
+/// returns stdout, trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -1,0 +1,148 @@
+//! `legion step fetch|collect`: the host's own phases of a training, run
+//! inside a pod of the Kubernetes executor's Job (hidden from help: it is
+//! not for people). Each calls the very functions the local path calls
+//! (`train::phases`).
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::exec::{RunLog, Workspace};
+use crate::oci::layout::Layout;
+use crate::oci::registry::parse_reference;
+use crate::plugin::Toolchains;
+use crate::train::phases::{self, Collected, Provenance, StepSpec};
+use crate::Error;
+
+/// The phases a pod runs.
+#[derive(Debug, Subcommand)]
+pub enum StepCommand {
+    /// Fetches the source and the data into the workspace.
+    Fetch(StepArgs),
+    /// Collects, stores and pushes the model; writes the termination message.
+    Collect(CollectArgs),
+}
+
+/// Where the spec and the workspace are.
+#[derive(Debug, clap::Args)]
+pub struct StepArgs {
+    /// The step spec (JSON); without it, `LEGION_STEP_SPEC` holds the JSON.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// The run's workspace (`source/`, `data/`, `output/`).
+    #[arg(long, default_value = "/workspace")]
+    pub workspace: PathBuf,
+}
+
+/// `collect`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct CollectArgs {
+    #[command(flatten)]
+    pub step: StepArgs,
+    /// Where the result is written for Kubernetes to keep.
+    #[arg(long, default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
+}
+
+fn read_spec(args: &StepArgs) -> Result<StepSpec, Error> {
+    let (text, origin) = match &args.spec {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+            path.display().to_string(),
+        ),
+        None => (
+            std::env::var("LEGION_STEP_SPEC").map_err(|_| Error::InvalidArgument {
+                field: "--spec".into(),
+                message: "no step spec: pass --spec FILE or set LEGION_STEP_SPEC".into(),
+            })?,
+            "LEGION_STEP_SPEC".to_string(),
+        ),
+    };
+    crate::plan::parse_json(&text, &origin)
+}
+
+/// Runs a step; its log goes to stderr (the container's log).
+pub async fn run(cmd: StepCommand, toolchains: &Toolchains) -> Result<(), Error> {
+    match cmd {
+        StepCommand::Fetch(args) => {
+            let spec = read_spec(&args)?;
+            let ws = Workspace::new(&args.workspace);
+            ws.create()?;
+            let log = RunLog::open(std::path::Path::new("/dev/stderr"))?;
+            let source = phases::fetch(&spec.source()?, &spec.request.data, &ws, &log).await?;
+            log.note(&format!(
+                "run {}: fetched {}{}",
+                spec.run_id,
+                source.uri,
+                source
+                    .commit
+                    .map(|c| format!(" at {c}"))
+                    .unwrap_or_default()
+            ));
+            Ok(())
+        }
+        StepCommand::Collect(args) => {
+            let spec = read_spec(&args.step)?;
+            let push = spec
+                .push
+                .as_deref()
+                .map(|p| parse_reference(p, &spec.request.model.version))
+                .transpose()?;
+            let ws = Workspace::new(&args.step.workspace);
+            let log = RunLog::open(std::path::Path::new("/dev/stderr"))?;
+            // Only the digest the run was planned with may collect it.
+            let row = toolchains.get(&spec.toolchain.name).await?;
+            if row.digest != spec.toolchain.digest {
+                return Err(Error::DigestMismatch {
+                    toolchain: spec.toolchain.name.clone(),
+                    file: "the built-in toolchains of this legion".into(),
+                    actual: row.digest,
+                    expected: spec.toolchain.digest.clone(),
+                });
+            }
+            let plugin = toolchains.load(&spec.toolchain.name).await?;
+            let (p, req, w) = (plugin.clone(), spec.request.clone(), ws.clone());
+            let (manifest, model_dir) =
+                tokio::task::spawn_blocking(move || phases::collect(&p, &req, &w))
+                    .await
+                    .map_err(|e| Error::Engine {
+                        context: "collect",
+                        source: e.into(),
+                    })??;
+            let layout = Layout::open(args.step.workspace.join("store"))?;
+            let provenance = Provenance {
+                model: spec.request.model.clone(),
+                toolchain: spec.toolchain.clone(),
+                request: spec.request.clone(),
+            };
+            let l = layout.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                phases::store(&l, &model_dir, manifest, &provenance)
+            })
+            .await
+            .map_err(|e| Error::Engine {
+                context: "store",
+                source: e.into(),
+            })??;
+            log.note(&format!(
+                "run {}: stored model {} as {}",
+                spec.run_id, stored.reference, stored.digest
+            ));
+            let pushed_ref = match &push {
+                Some(reference) => Some(phases::push(&layout, &stored, reference, &log).await?.1),
+                None => None,
+            };
+            let collected = Collected {
+                model_digest: stored.digest.clone(),
+                model_ref: stored.reference.clone(),
+                pushed_ref,
+            };
+            let text = serde_json::to_string(&collected)
+                .map_err(|e| Error::json(&args.termination_log, e))?;
+            std::fs::write(&args.termination_log, &text)
+                .map_err(|e| Error::io(&args.termination_log, e))?;
+            println!("{text}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `legion step fetch|collect`: the phases a Kubernetes pod runs, here run
+//! as the pod would (a spec in `LEGION_STEP_SPEC`, a workspace folder, a
+//! termination-message file), against a real registry and git.
+
+mod common;
+
+use std::path::Path;
+
+use common::registry::Registry;
+use common::{git, Legion};
+use serde_json::{json, Value};
+
+fn digest_of(l: &Legion, toolchain: &str) -> String {
+    l.json(&["toolchain", "show", toolchain])["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn step(l: &Legion, spec: &Value, args: &[&str]) -> std::process::Output {
+    l.cmd()
+        .arg("step")
+        .args(args)
+        .env("LEGION_STEP_SPEC", spec.to_string())
+        .output()
+        .unwrap()
+}
+
+/// A `legion.python` model as a training step would have written it.
+fn write_model(ws: &Path) {
+    let model = ws.join("output/model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(
+        model.join("predict.py"),
+        "def load(d):\n    return None\ndef predict(m, frame):\n    return frame.iloc[:, 0]\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn fetch_at_the_recorded_commit_then_collect_pushes_and_reports_the_digest() {
+    let l = Legion::new();
+    let registry = Registry::start();
+    // A git source whose branch moved on after the run was planned.
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("train.py"), "print('one')\n").unwrap();
+    git(repo.path(), &["init", "-q"]);
+    git(repo.path(), &["add", "."]);
+    git(repo.path(), &["commit", "-qm", "one"]);
+    let recorded = git(repo.path(), &["rev-parse", "HEAD"]);
+    std::fs::write(repo.path().join("train.py"), "print('two')\n").unwrap();
+    git(repo.path(), &["commit", "-qam", "two"]);
+
+    let spec = json!({
+        "runId": "iris-0001",
+        "toolchain": {"name": "python", "digest": digest_of(&l, "python")},
+        "request": {
+            "model": {"name": "stepped", "version": "3"},
+            "source": {"uri": format!("file://{}", repo.path().display()), "commit": recorded},
+        },
+        "push": format!("{}/models/stepped", registry.addr),
+    });
+    let ws = tempfile::tempdir().unwrap();
+    let w = ws.path().to_str().unwrap();
+    let out = step(&l, &spec, &["fetch", "--workspace", w]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("source/train.py")).unwrap(),
+        "print('one')\n",
+        "the pod trains the commit the run recorded, not the branch's head"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&recorded));
+
+    write_model(ws.path());
+    let term = ws.path().join("termination-log");
+    let out = step(
+        &l,
+        &spec,
+        &[
+            "collect",
+            "--workspace",
+            w,
+            "--termination-log",
+            term.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reported: Value = serde_json::from_slice(&std::fs::read(&term).unwrap()).unwrap();
+    let digest = reported["modelDigest"].as_str().unwrap();
+    // The registry holds exactly that manifest under the model's version.
+    let raw = registry.raw_manifest("models/stepped:3");
+    use sha2::Digest as _;
+    assert_eq!(
+        digest,
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw)))
+    );
+    assert_eq!(
+        reported["pushedRef"],
+        format!("{}/models/stepped:3@{digest}", registry.addr)
+    );
+    assert_eq!(reported["modelRef"], "stepped:3");
+    let manifest: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(manifest["artifactType"], "application/vnd.legion.model.v1");
+}
+
+#[test]
+fn a_pod_refuses_a_toolchain_other_than_the_pinned_one_and_bad_specs() {
+    let l = Legion::new();
+    let ws = tempfile::tempdir().unwrap();
+    write_model(ws.path());
+    let w = ws.path().to_str().unwrap();
+    let pinned = format!("sha256:{}", "0".repeat(64));
+    let spec = json!({
+        "runId": "r",
+        "toolchain": {"name": "python", "digest": pinned},
+        "request": {"model": {"name": "m", "version": "1"}, "source": {"uri": w}},
+    });
+    let term = ws.path().join("term");
+    let out = step(
+        &l,
+        &spec,
+        &[
+            "collect",
+            "--workspace",
+            w,
+            "--termination-log",
+            term.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&pinned) && err.contains(&digest_of(&l, "python")),
+        "{err}"
+    );
+    assert!(!term.exists(), "a refused collect reports nothing");
+
+    let bad = json!({"runId": "r", "toolchain": {"name": "python", "digest": pinned}, "request": {"modle": {}}});
+    let out = step(&l, &bad, &["fetch", "--workspace", w]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("LEGION_STEP_SPEC") && err.contains("modle"),
+        "{err}"
+    );
+    let out = l
+        .cmd()
+        .args(["step", "fetch", "--workspace", w])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no step spec"));
+}
