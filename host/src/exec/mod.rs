@@ -5,6 +5,7 @@
 //! executor runs them as Jobs. Both get the same plan, the same workspace
 //! layout and the same event stream, and both keep the full log.
 
+pub mod kube;
 pub mod local;
 pub mod log;
 pub mod pyenv;

@@ -1,0 +1,406 @@
+//! A training run as one `batch/v1` Job (k8s-openapi types).
+//!
+//! ```text
+//! pod (restartPolicy Never, emptyDir /workspace and /tmp, non-root, no privilege, read-only root)
+//!   init  fetch        legion image: `legion step fetch` (git at the recorded commit; data)
+//!   init  step-<name>  one per plan step, in order, in its step image, LEGION_* set
+//!   main  collect      legion image: `legion step collect` (toolchain by digest; push;
+//!                      the model digest as the termination message)
+//! ```
+//!
+//! Every object is labelled `legion-platform.org/run-id`, `…/toolchain`
+//! and `…/kind`, so a restarted host finds its Jobs again.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::exec::{substitute, Workspace};
+use crate::plan::{Plan, Resources};
+use crate::train::phases::StepSpec;
+use crate::Error;
+
+/// Label: the run's id.
+pub const RUN_ID_LABEL: &str = "legion-platform.org/run-id";
+/// Label: the toolchain's name.
+pub const TOOLCHAIN_LABEL: &str = "legion-platform.org/toolchain";
+/// Label: `training` or `packaging`.
+pub const KIND_LABEL: &str = "legion-platform.org/kind";
+/// Where the workspace is mounted in every container.
+pub const WORKSPACE: &str = "/workspace";
+/// The user every container runs as.
+pub const RUN_AS: i64 = 1000;
+
+/// Settings of the Kubernetes executor that are not in a plan.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSettings {
+    /// Namespace the Job goes in.
+    pub namespace: String,
+    /// The `legion` image that runs fetch and collect.
+    pub legion_image: String,
+    /// Retries of a failed pod (policy; 0 by default: a training is not idempotent).
+    pub backoff_limit: i32,
+    /// Seconds a finished Job (and its pods) is kept; logs are stored apart.
+    pub ttl_seconds_after_finished: i32,
+    /// Node selector for the pod.
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations for the pod.
+    pub tolerations: Vec<Toleration>,
+}
+
+/// What one training Job is made from.
+#[derive(Debug, Clone)]
+pub struct TrainingJob<'a> {
+    /// The spec the fetch and collect containers get (run, toolchain, request, push).
+    pub spec: &'a StepSpec,
+    /// The plan.
+    pub plan: &'a Plan,
+    /// The image each step runs in, in plan order: the plan's own, or the
+    /// step image made for its Python environment.
+    pub step_images: &'a [String],
+    /// The run's time limit, in seconds (`activeDeadlineSeconds`).
+    pub deadline_seconds: i64,
+}
+
+/// A name Kubernetes accepts as a DNS label (lower case, digits, `-`,
+/// at most `max` characters, starting and ending alphanumeric).
+pub fn dns_label(text: &str, max: usize) -> String {
+    let mut s: String = text
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    s.truncate(max);
+    let s = s.trim_matches('-').to_string();
+    if s.is_empty() {
+        "x".into()
+    } else {
+        s
+    }
+}
+
+/// A label value: at most 63 of `[A-Za-z0-9_.-]`, alphanumeric at both ends.
+pub fn label_value(text: &str) -> String {
+    let mut s: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.truncate(63);
+    s.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+/// The Job's name for a run.
+pub fn job_name(run_id: &str) -> String {
+    dns_label(&format!("legion-{run_id}"), 63)
+}
+
+fn quantity(r: &Resources) -> Option<ResourceRequirements> {
+    let mut map = BTreeMap::new();
+    if let Some(c) = r.cpu_millis {
+        map.insert("cpu".to_string(), Quantity(format!("{c}m")));
+    }
+    if let Some(m) = r.memory_bytes {
+        map.insert("memory".to_string(), Quantity(m.to_string()));
+    }
+    let mut limits = map.clone();
+    if let Some(g) = r.gpus.filter(|g| *g > 0) {
+        // Extended resources are set as limits (requests default to them).
+        limits.insert("nvidia.com/gpu".to_string(), Quantity(g.to_string()));
+    }
+    (!limits.is_empty()).then(|| ResourceRequirements {
+        requests: (!map.is_empty()).then_some(map),
+        limits: Some(limits),
+        ..Default::default()
+    })
+}
+
+fn hardened() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn mounts() -> Vec<VolumeMount> {
+    vec![
+        VolumeMount {
+            name: "workspace".into(),
+            mount_path: WORKSPACE.into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ]
+}
+
+fn env(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<EnvVar> {
+    pairs
+        .into_iter()
+        .map(|(name, value)| EnvVar {
+            name,
+            value: Some(value),
+            value_from: None,
+        })
+        .collect()
+}
+
+/// The Job that runs a training's plan on a cluster.
+pub fn training_job(job: &TrainingJob<'_>, settings: &ClusterSettings) -> Result<Job, Error> {
+    let spec = job.spec;
+    if job.step_images.len() != job.plan.steps.len() {
+        return Err(Error::InvalidArgument {
+            field: "step images".into(),
+            message: format!(
+                "{} images for {} steps",
+                job.step_images.len(),
+                job.plan.steps.len()
+            ),
+        });
+    }
+    let spec_json = serde_json::to_string(spec).map_err(|e| Error::InvalidArgument {
+        field: "step spec".into(),
+        message: e.to_string(),
+    })?;
+    let labels = BTreeMap::from([
+        (RUN_ID_LABEL.to_string(), label_value(&spec.run_id)),
+        (
+            TOOLCHAIN_LABEL.to_string(),
+            label_value(&spec.toolchain.name),
+        ),
+        (KIND_LABEL.to_string(), "training".to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "legion".to_string(),
+        ),
+    ]);
+    let annotations = BTreeMap::from([
+        (
+            "legion-platform.org/toolchain-digest".to_string(),
+            spec.toolchain.digest.clone(),
+        ),
+        (
+            "legion-platform.org/model".to_string(),
+            format!("{}:{}", spec.request.model.name, spec.request.model.version),
+        ),
+    ]);
+    let legion_container = |name: &str, args: Vec<&str>| Container {
+        name: name.to_string(),
+        image: Some(settings.legion_image.clone()),
+        command: Some(vec!["legion".to_string()]),
+        args: Some(args.into_iter().map(str::to_string).collect()),
+        env: Some(env([
+            ("LEGION_STEP_SPEC".to_string(), spec_json.clone()),
+            ("LEGION_HOME".to_string(), "/tmp/legion".to_string()),
+            ("HOME".to_string(), "/tmp".to_string()),
+        ])),
+        volume_mounts: Some(mounts()),
+        security_context: Some(hardened()),
+        termination_message_policy: Some("File".into()),
+        ..Default::default()
+    };
+
+    let ws = Workspace::new(WORKSPACE);
+    let vars = ws.variables(&spec.run_id, &spec.request.model);
+    let mut init = vec![legion_container(
+        "fetch",
+        vec!["step", "fetch", "--workspace", WORKSPACE],
+    )];
+    let mut used = std::collections::BTreeSet::from(["fetch".to_string(), "collect".to_string()]);
+    for (i, (step, image)) in job.plan.steps.iter().zip(job.step_images).enumerate() {
+        let mut name = dns_label(&format!("step-{}", step.name), 63);
+        if !used.insert(name.clone()) {
+            name = dns_label(&format!("step-{i}-{}", step.name), 63);
+            used.insert(name.clone());
+        }
+        let mut step_env = vars.clone();
+        step_env.push(("HOME".into(), "/tmp".into()));
+        step_env.extend(
+            step.env
+                .iter()
+                .map(|e| (e.name.clone(), substitute(&e.value, &vars))),
+        );
+        let working_dir = match &step.working_dir {
+            Some(d) => ws.source().join(d),
+            None => ws.source(),
+        };
+        init.push(Container {
+            name,
+            image: Some(image.clone()),
+            command: Some(step.command.iter().map(|c| substitute(c, &vars)).collect()),
+            args: Some(step.args.iter().map(|a| substitute(a, &vars)).collect()),
+            env: Some(env(step_env)),
+            working_dir: Some(working_dir.display().to_string()),
+            resources: quantity(&step.resources),
+            volume_mounts: Some(mounts()),
+            security_context: Some(hardened()),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Default::default()
+        });
+    }
+    let collect = legion_container("collect", vec!["step", "collect", "--workspace", WORKSPACE]);
+
+    let empty = |name: &str| Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&spec.run_id)),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(labels.clone()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(settings.backoff_limit),
+            active_deadline_seconds: Some(job.deadline_seconds.max(1)),
+            ttl_seconds_after_finished: Some(settings.ttl_seconds_after_finished),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(RUN_AS),
+                        run_as_group: Some(RUN_AS),
+                        fs_group: Some(RUN_AS),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    init_containers: Some(init),
+                    containers: vec![collect],
+                    volumes: Some(vec![empty("workspace"), empty("tmp")]),
+                    node_selector: (!settings.node_selector.is_empty())
+                        .then(|| settings.node_selector.clone()),
+                    tolerations: (!settings.tolerations.is_empty())
+                        .then(|| settings.tolerations.clone()),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::model::ToolchainRef;
+    use crate::plan::{ModelId, Step, TrainingRequest};
+
+    fn spec() -> StepSpec {
+        StepSpec {
+            run_id: "Wine_Quality-0a1b2c3d".into(),
+            toolchain: ToolchainRef {
+                name: "mlflow".into(),
+                digest: "sha256:ab".into(),
+            },
+            request: TrainingRequest {
+                model: ModelId {
+                    name: "wine".into(),
+                    version: "1".into(),
+                },
+                ..Default::default()
+            },
+            push: Some("registry.local/models/wine".into()),
+        }
+    }
+
+    #[test]
+    fn names_are_dns_labels_and_steps_keep_their_order() {
+        assert_eq!(dns_label("Step_One!!", 63), "step-one");
+        assert_eq!(dns_label(&"a".repeat(100), 63).len(), 63);
+        assert_eq!(label_value("-x y-"), "x_y");
+        let plan = Plan {
+            steps: vec![
+                Step {
+                    name: "Prep".into(),
+                    command: vec!["python".into(), "${LEGION_SOURCE_DIR}/prep.py".into()],
+                    ..Default::default()
+                },
+                Step {
+                    name: "prep".into(),
+                    command: vec!["python".into()],
+                    resources: Resources {
+                        gpus: Some(1),
+                        cpu_millis: Some(500),
+                        memory_bytes: None,
+                    },
+                    ..Default::default()
+                },
+            ],
+            python: None,
+        };
+        let s = spec();
+        let images = vec!["img:a".to_string(), "img:b".to_string()];
+        let job = training_job(
+            &TrainingJob {
+                spec: &s,
+                plan: &plan,
+                step_images: &images,
+                deadline_seconds: 3600,
+            },
+            &ClusterSettings {
+                namespace: "ml".into(),
+                legion_image: "legion:1".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            job.metadata.name.as_deref(),
+            Some("legion-wine-quality-0a1b2c3d")
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let names: Vec<_> = pod
+            .init_containers
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.name, c.image.unwrap(), c.command.unwrap()))
+            .collect();
+        assert_eq!(names[0].0, "fetch");
+        assert_eq!(names[1].0, "step-prep");
+        assert_eq!(
+            names[1].2[1], "/workspace/source/prep.py",
+            "variables are substituted"
+        );
+        assert_eq!(names[2].0, "step-1-prep", "a clashing name is made unique");
+        assert_eq!(names[2].1, "img:b");
+        assert_eq!(pod.containers[0].name, "collect");
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    }
+}
