@@ -183,6 +183,35 @@ impl Registry {
         layout.put_blob_file(tmp, &blob.digest)
     }
 
+    /// The digest of the manifest `reference` names, or `None` when the
+    /// registry has no such tag (the manifest's bytes are hashed here).
+    pub async fn manifest_digest(&self, reference: &Reference) -> Result<Option<String>, Error> {
+        self.client
+            .auth(reference, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| Self::err(reference, e))?;
+        match self
+            .client
+            .pull_manifest_raw(reference, &self.auth, &[MANIFEST_MEDIA_TYPE])
+            .await
+        {
+            Ok((bytes, _)) => Ok(Some(super::sha256_digest(&bytes))),
+            Err(OciDistributionError::ImageManifestNotFoundError(_)) => Ok(None),
+            Err(OciDistributionError::RegistryError { envelope, .. })
+                if envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        oci_client::errors::OciErrorCode::ManifestUnknown
+                            | oci_client::errors::OciErrorCode::NameUnknown
+                    )
+                }) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Self::err(reference, e)),
+        }
+    }
+
     /// Resolves a base image in this registry to a digest: its manifest
     /// (the linux/amd64 one of an index) and config; no layer is fetched.
     pub async fn resolve_image(

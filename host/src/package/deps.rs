@@ -31,7 +31,7 @@ use crate::Error;
 
 /// Bump when the way layers are made changes, so old cache entries are
 /// not reused.
-const LAYER_FORMAT: u32 = 1;
+const LAYER_FORMAT: u32 = 2;
 
 /// A cached layer's facts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +163,7 @@ pub async fn python_layer(
                 req.platforms.join(", ")
             ),
         })?;
+    fix_shebangs(&install.join("bin"))?;
     if compile {
         let mut cc = Command::new(&python);
         cc.args([
@@ -203,6 +204,33 @@ pub async fn python_layer(
     Ok((layer(cached, created_by), false))
 }
 
+/// pip writes console scripts (`bin/mlflow`, …) with the host's own
+/// interpreter in their `#!` line; in the image that path does not exist.
+/// They get `#!/usr/bin/env python3` instead.
+fn fix_shebangs(bin: &Path) -> Result<(), Error> {
+    let Ok(entries) = std::fs::read_dir(bin) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(bin, e))?.path();
+        if !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let Some(rest) = bytes.strip_prefix(b"#!") else {
+            continue;
+        };
+        let end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+        if !String::from_utf8_lossy(&rest[..end]).contains("python") {
+            continue;
+        }
+        let mut fixed = b"#!/usr/bin/env python3".to_vec();
+        fixed.extend_from_slice(&rest[end..]);
+        std::fs::write(&path, fixed).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
 fn layer(c: Cached, created_by: String) -> NewLayer {
     NewLayer {
         desc: OciDescriptor {
@@ -221,6 +249,28 @@ fn layer(c: Cached, created_by: String) -> NewLayer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_scripts_run_with_the_images_python() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path();
+        std::fs::write(
+            bin.join("mlflow"),
+            "#!/root/.pyenv/versions/3.11.7/bin/python3.11\nimport sys\n",
+        )
+        .unwrap();
+        std::fs::write(bin.join("tool.sh"), "#!/bin/sh\necho\n").unwrap();
+        fix_shebangs(bin).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(bin.join("mlflow")).unwrap(),
+            "#!/usr/bin/env python3\nimport sys\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(bin.join("tool.sh")).unwrap(),
+            "#!/bin/sh\necho\n"
+        );
+        assert!(fix_shebangs(&bin.join("missing")).is_ok());
+    }
 
     #[test]
     fn the_key_changes_with_every_input() {

@@ -312,25 +312,11 @@ impl Job<'_> {
                 images.link_blob_from(from, &l.digest)?;
             }
         }
-        let python = match base.python_from_config() {
-            Some(v) => v,
-            None => {
-                self.events
-                    .phase("base image: looking for Python in its layers");
-                self.fetch_base_layers(&base, &images).await?;
-                let paths: Vec<_> = base
-                    .layers
-                    .iter()
-                    .map(|l| images.blob_path(&l.digest))
-                    .collect();
-                blocking(move || python_in_layers(&paths))
-                    .await?
-                    .ok_or_else(|| Error::BaseImage {
-                        base: base.name.clone(),
-                        message: "it has no Python: its config names no PYTHON_VERSION and no layer holds a usr/lib/python3.N or usr/local/lib/python3.N standard library".into(),
-                    })?
-            }
-        };
+        if base.python_from_config().is_none() {
+            self.events
+                .phase("base image: looking for Python in its layers");
+        }
+        let python = cancellable(self.cancel, base_python(&base, &images)).await?;
         self.log.note(&format!("base image Python: {python}"));
         out.layers.extend(base.layers.iter().map(|l| LayerReport {
             kind: "base".into(),
@@ -453,16 +439,8 @@ impl Job<'_> {
         }
     }
 
-    /// Makes every base layer present in `images`: fetched from the base's
-    /// registry (digest checked) when it is not there yet.
     async fn fetch_base_layers(&self, base: &BaseImage, images: &Layout) -> Result<(), Stop> {
-        if let BaseSource::Registry(r) = &base.source {
-            let registry = Registry::for_reference(r);
-            for l in &base.layers {
-                cancellable(self.cancel, registry.fetch_blob(images, r, l)).await?;
-            }
-        }
-        Ok(())
+        cancellable(self.cancel, fetch_base_layers(base, images)).await
     }
 
     /// The layers one plan layer becomes, with whether each was reused and
@@ -628,6 +606,50 @@ impl Job<'_> {
             user: plan.user.clone(),
         }
     }
+}
+
+/// Makes every base layer present in `images`: linked from a base layout,
+/// or fetched from the base's registry (digest checked).
+pub async fn fetch_base_layers(base: &BaseImage, images: &Layout) -> Result<(), Error> {
+    match &base.source {
+        BaseSource::Registry(r) => {
+            let registry = Registry::for_reference(r);
+            for l in &base.layers {
+                registry.fetch_blob(images, r, l).await?;
+            }
+        }
+        BaseSource::Layout(from) => {
+            for l in &base.layers {
+                images.link_blob_from(from, &l.digest)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The base's Python as `major.minor`: from its config's `PYTHON_VERSION`,
+/// else from the standard library found in its layers (fetched into
+/// `images` for that). A base with neither has no Python.
+pub async fn base_python(base: &BaseImage, images: &Layout) -> Result<String, Error> {
+    if let Some(v) = base.python_from_config() {
+        return Ok(v);
+    }
+    fetch_base_layers(base, images).await?;
+    let paths: Vec<_> = base
+        .layers
+        .iter()
+        .map(|l| images.blob_path(&l.digest))
+        .collect();
+    tokio::task::spawn_blocking(move || python_in_layers(&paths))
+        .await
+        .map_err(|e| Error::Engine {
+            context: "scanning base layers",
+            source: e.into(),
+        })??
+        .ok_or_else(|| Error::BaseImage {
+            base: base.name.clone(),
+            message: "it has no Python: its config names no PYTHON_VERSION and no layer holds a usr/lib/python3.N or usr/local/lib/python3.N standard library".into(),
+        })
 }
 
 /// Resolves a base: `oci:DIR:NAME` in a local layout, else a registry
