@@ -203,6 +203,14 @@ pub enum Error {
         /// What is wrong with the answer.
         message: String,
     },
+    /// The Kubernetes API refused or could not be reached.
+    #[error("kubernetes (namespace {namespace}): {message}")]
+    Kubernetes {
+        /// The namespace worked in.
+        namespace: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A base image cannot be used.
     #[error("base image {base}: {message}")]
     BaseImage {

@@ -1,0 +1,166 @@
+//! The Kubernetes API emulator (`tests/kube/emulator.py`, on kmock) on a
+//! free loopback port, with a kubeconfig pointing at it; stopped on drop.
+//! Tests play the Job controller and the kubelet through its HTTP API.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// kmock in a venv beside the other test environments, made once.
+fn python() -> PathBuf {
+    let dir = super::env_dir().join("test-kmock");
+    std::fs::create_dir_all(super::env_dir()).unwrap();
+    let lock = std::fs::File::create(super::env_dir().join("test-kmock.lock")).unwrap();
+    lock.lock().unwrap();
+    if !dir.join(".ready").is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+            && Command::new(dir.join("bin/pip"))
+                .args(["install", "-q", "kmock==0.8"])
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "cannot install kmock");
+        std::fs::write(dir.join(".ready"), "").unwrap();
+    }
+    dir.join("bin/python")
+}
+
+pub struct Emulator {
+    child: Child,
+    pub url: String,
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Emulator {
+    /// Starts an emulator in which only `namespaces` exist.
+    pub fn start(namespaces: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = super::repo_root().join("host/tests/kube/emulator.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .arg(port.to_string())
+            .args(namespaces)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // It prints `ready` once it listens (or exits, closing stdout).
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "the emulator did not start");
+        let url = format!("http://127.0.0.1:{port}");
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: emu\n  cluster:\n    server: {url}\nusers:\n- name: emu\n  user: {{}}\ncontexts:\n- name: emu\n  context:\n    cluster: emu\n    user: emu\n    namespace: {}\ncurrent-context: emu\n",
+                namespaces.first().unwrap_or(&"default")
+            ),
+        )
+        .unwrap();
+        Emulator {
+            child,
+            url,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// A kube client for the emulator, through its kubeconfig.
+    pub async fn client(&self) -> kube::Client {
+        legion::exec::kube::client(Some(&self.kubeconfig))
+            .await
+            .unwrap()
+    }
+
+    fn http() -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    /// GET `path`; `None` on 404.
+    pub async fn get(&self, path: &str) -> Option<Value> {
+        let r = Self::http()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            return None;
+        }
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        Some(r.json().await.unwrap())
+    }
+
+    /// POST `body` to `path`.
+    pub async fn post(&self, path: &str, body: &Value) -> Value {
+        let r = Self::http()
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "POST {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Merge-patches `path` with `body`.
+    pub async fn patch(&self, path: &str, body: &Value) -> Value {
+        let r = Self::http()
+            .patch(format!("{}{path}", self.url))
+            .header("Content-Type", "application/merge-patch+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "PATCH {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) {
+        let r = Self::http()
+            .delete(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "DELETE {path}: {}", r.status());
+    }
+
+    /// Waits (a hang guard, not a timing check) until `path` exists.
+    pub async fn wait_for(&self, path: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            if let Some(v) = self.get(path).await {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} never appeared"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
