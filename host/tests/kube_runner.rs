@@ -270,10 +270,20 @@ async fn the_deadline_a_cancel_and_a_deleted_job_each_end_the_run() {
         "/apis/batch/v1/namespaces/{NS}/jobs/{}",
         job_name("slow-00000003")
     );
-    emu.wait_for(&path).await;
+    // The controller kills the running step and marks the Job: the step's
+    // exit code and the Job's condition arrive in either order; the
+    // deadline is the reason.
+    let pod = pod_for(&emu, "slow-00000003", &[]).await;
     emu.patch(&format!("{path}/status"), &json!({"status": {"conditions": [
         {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}}))
         .await;
+    kubelet(
+        &emu,
+        &pod,
+        json!({"phase": "Failed", "initContainerStatuses": [
+        status("fetch", done(0, "Completed", "")), status("step-train", done(137, "Error", ""))]}),
+    )
+    .await;
     let end = tokio::time::timeout(Duration::from_secs(300), task)
         .await
         .expect("hang guard")

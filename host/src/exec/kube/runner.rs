@@ -295,6 +295,16 @@ impl JobRunner {
                         }
                     }
                     if let PodVerdict::Ended(end) = analyze(&p) {
+                        // A step killed at the deadline may show up as its
+                        // exit code before the Job's condition arrives:
+                        // the Job's word wins.
+                        if matches!(end, JobEnd::Failed { .. }) {
+                            if let Ok(j) = jobs.get(name).await {
+                                if deadline_exceeded(&j) {
+                                    break JobEnd::DeadlineExceeded;
+                                }
+                            }
+                        }
                         break end;
                     }
                 }
