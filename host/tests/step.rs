@@ -158,3 +158,85 @@ fn a_pod_refuses_a_toolchain_other_than_the_pinned_one_and_bad_specs() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no step spec"));
 }
+
+#[test]
+fn a_local_folder_travels_as_an_oci_source_artifact() {
+    let l = Legion::new();
+    let registry = Registry::start();
+    let example = std::path::PathBuf::from(common::example("python-iris"));
+    let layout = tempfile::tempdir().unwrap();
+    let reference =
+        oci_client::Reference::try_from(format!("{}/legion/sources:iris", registry.addr)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pinned = rt
+        .block_on(legion::oci::source::push_source(
+            &example,
+            &legion::oci::layout::Layout::open(layout.path()).unwrap(),
+            &reference,
+        ))
+        .unwrap();
+    assert!(
+        pinned.starts_with(&format!("{}/legion/sources@sha256:", registry.addr)),
+        "{pinned}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&registry.raw_manifest("legion/sources:iris")).unwrap();
+    assert_eq!(manifest["artifactType"], "application/vnd.legion.source.v1");
+
+    // A pod fetches it by digest.
+    let spec = json!({
+        "runId": "iris-0002",
+        "toolchain": {"name": "python", "digest": digest_of(&l, "python")},
+        "request": {"model": {"name": "iris", "version": "1"}, "source": {"uri": format!("oci://{pinned}")}},
+    });
+    let ws = tempfile::tempdir().unwrap();
+    let out = step(
+        &l,
+        &spec,
+        &["fetch", "--workspace", ws.path().to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["train.py", "requirements.txt"] {
+        assert_eq!(
+            std::fs::read(ws.path().join("source").join(file)).unwrap(),
+            std::fs::read(example.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+
+    // And a training can start from it anywhere.
+    let run = common::train(
+        &l,
+        &[
+            &format!("oci://{pinned}"),
+            "--toolchain",
+            "python",
+            "--name",
+            "fromoci",
+        ],
+    );
+    assert_eq!(run["request"]["source"]["uri"], format!("oci://{pinned}"));
+
+    // Something that is not a source artifact is refused, naming it.
+    l.ok(&[
+        "train",
+        example.to_str().unwrap(),
+        "--toolchain",
+        "python",
+        "--name",
+        "m",
+        "--push",
+        &format!("{}/models/m", registry.addr),
+    ]);
+    let not_source = format!("oci://{}/models/m:1", registry.addr);
+    let out = l.run(&["train", &not_source, "--toolchain", "python", "--name", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not a Legion source artifact"),
+        "{err}"
+    );
+}

@@ -19,6 +19,8 @@ use crate::Error;
 pub enum SourceSpec {
     /// A local folder.
     Local(PathBuf),
+    /// A source folder pushed as an OCI artifact (`oci://REGISTRY/REPO@DIGEST`).
+    Oci(String),
     /// A git repository and an optional reference (`URL#REF`).
     Git {
         /// Clone URL (https, ssh, file, or a path to a repository).
@@ -33,6 +35,9 @@ impl SourceSpec {
     /// `ssh://`, `git@…`, `file://`, or anything ending in `.git`), with
     /// `#REF`, is a git source; anything else is a local folder.
     pub fn parse(text: &str) -> Result<Self, Error> {
+        if let Some(reference) = text.strip_prefix("oci://") {
+            return Ok(SourceSpec::Oci(reference.to_string()));
+        }
         let (base, reference) = match text.split_once('#') {
             Some((b, r)) if !r.is_empty() => (b, Some(r.to_string())),
             Some((b, _)) => (b, None),
@@ -70,6 +75,14 @@ impl SourceSpec {
                 .ok()
                 .and_then(|p| p.file_name().map(|s| s.to_string_lossy().into_owned()))
                 .unwrap_or_default(),
+            SourceSpec::Oci(r) => r
+                .split(['@', ':'])
+                .next()
+                .unwrap_or_default()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
             SourceSpec::Git { url, .. } => url
                 .trim_end_matches('/')
                 .rsplit(['/', ':'])
@@ -104,6 +117,26 @@ impl SourceSpec {
 /// Puts the source into `dest` (an empty folder) and says where it came from.
 pub async fn fetch_source(spec: &SourceSpec, dest: &Path, log: &RunLog) -> Result<Source, Error> {
     match spec {
+        SourceSpec::Oci(text) => {
+            let bad = |message: String| Error::Source {
+                source_uri: format!("oci://{text}"),
+                message,
+            };
+            let reference = crate::oci::registry::parse_reference(text, "latest")
+                .map_err(|e| bad(e.to_string()))?;
+            log.note(&format!("pulling source oci://{text}"));
+            let parent = dest.parent().unwrap_or(dest);
+            let layout = crate::oci::layout::Layout::open(parent.join(".source-oci"))?;
+            let digest = crate::oci::source::pull_source(&reference, &layout, dest)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+            let _ = std::fs::remove_dir_all(layout.root());
+            Ok(Source {
+                uri: format!("oci://{text}"),
+                reference: Some(digest),
+                commit: None,
+            })
+        }
         SourceSpec::Local(path) => {
             let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
             log.note(&format!("copying source {}", abs.display()));

@@ -8,6 +8,7 @@
 //!   packaging reuses unchanged;
 //! - [`image`]: runnable images — a base resolved to a digest, layers on
 //!   top, a deterministic config and manifest;
+//! - [`source`]: a training's source folder as an artifact a pod fetches;
 //! - [`registry`]: pushing and pulling through a registry (oci-client).
 
 pub mod image;
@@ -15,6 +16,7 @@ pub mod layer;
 pub mod layout;
 pub mod model;
 pub mod registry;
+pub mod source;
 
 /// OCI image manifest media type.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -1,0 +1,113 @@
+//! A training's source folder as an OCI artifact, so a pod on a cluster can
+//! fetch a folder that only exists on the machine that started the run:
+//!
+//! ```text
+//! manifest (artifactType application/vnd.legion.source.v1)
+//!  ├─ config  application/vnd.legion.source.config.v1+json   {"files": N, "bytes": N}
+//!  └─ layer   application/vnd.oci.image.layer.v1.tar+gzip    the folder's files, deterministic
+//! ```
+//!
+//! Pushed by the host, pulled by `legion step fetch` (`oci://REF` sources),
+//! always by digest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::Reference;
+
+use super::layer::{build_layer, unpack_layer};
+use super::layout::Layout;
+use super::registry::Registry;
+use super::{LAYER_GZIP_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use crate::Error;
+
+/// `artifactType` of a source artifact.
+pub const SOURCE_ARTIFACT_TYPE: &str = "application/vnd.legion.source.v1";
+/// Media type of its config.
+pub const SOURCE_CONFIG_MEDIA_TYPE: &str = "application/vnd.legion.source.config.v1+json";
+
+/// Packs `dir` into `layout` and pushes it to `reference`; returns
+/// `REGISTRY/REPO@sha256:…`.
+pub async fn push_source(
+    dir: &Path,
+    layout: &Layout,
+    reference: &Reference,
+) -> Result<String, Error> {
+    let (d, tmp) = (dir.to_path_buf(), layout.root().join("tmp"));
+    let layer = tokio::task::spawn_blocking(move || build_layer(&d, "", &tmp))
+        .await
+        .map_err(|e| Error::Engine {
+            context: "packing the source",
+            source: e.into(),
+        })??;
+    let config = serde_json::to_vec(
+        &serde_json::json!({"files": layer.files, "bytes": layer.content_bytes}),
+    )
+    .map_err(|e| Error::json(dir, e))?;
+    let config_digest = layout.put_blob(&config)?;
+    let (digest, size) = (layer.digest.clone(), layer.size);
+    layout.put_blob_file(layer.file, &digest)?;
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
+        config: OciDescriptor {
+            media_type: SOURCE_CONFIG_MEDIA_TYPE.to_string(),
+            digest: config_digest,
+            size: config.len() as i64,
+            ..Default::default()
+        },
+        layers: vec![OciDescriptor {
+            media_type: LAYER_GZIP_MEDIA_TYPE.to_string(),
+            digest,
+            size: size as i64,
+            ..Default::default()
+        }],
+        subject: None,
+        artifact_type: Some(SOURCE_ARTIFACT_TYPE.to_string()),
+        annotations: None,
+    };
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::json(dir, e))?;
+    let desc = layout.put_manifest(&bytes, &reference.whole(), BTreeMap::new())?;
+    Registry::for_reference(reference)
+        .push(layout, &desc.digest, reference)
+        .await?;
+    Ok(format!(
+        "{}/{}@{}",
+        reference.resolve_registry(),
+        reference.repository(),
+        desc.digest
+    ))
+}
+
+/// Pulls the source artifact `reference` (digests checked) through
+/// `layout` and unpacks it into `dest`; returns the manifest digest.
+pub async fn pull_source(
+    reference: &Reference,
+    layout: &Layout,
+    dest: &Path,
+) -> Result<String, Error> {
+    let digest = Registry::for_reference(reference)
+        .pull(layout, reference)
+        .await?;
+    let bytes = layout.read_blob(&digest)?;
+    let manifest: OciImageManifest =
+        serde_json::from_slice(&bytes).map_err(|source| Error::NotOci {
+            path: layout.blob_path(&digest),
+            what: "a source artifact manifest",
+            source,
+        })?;
+    if manifest.artifact_type.as_deref() != Some(SOURCE_ARTIFACT_TYPE) {
+        return Err(Error::Registry {
+            reference: reference.whole(),
+            message: format!(
+                "not a Legion source artifact (artifactType {:?})",
+                manifest.artifact_type
+            ),
+        });
+    }
+    for l in &manifest.layers {
+        unpack_layer(&layout.blob_path(&l.digest), dest)?;
+    }
+    Ok(digest)
+}
