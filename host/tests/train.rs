@@ -775,11 +775,18 @@ fn a_run_whose_host_died_is_marked_failed() {
             "orphan",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(pidfile.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(600);
     let id = loop {
+        // A host that ended on its own cannot be killed mid-run: say why.
+        if let Some(status) = proc.try_wait().unwrap() {
+            panic!(
+                "legion train ended before its step ran ({status}): {}",
+                std::fs::read_to_string(pidfile.path().join("stderr")).unwrap_or_default()
+            );
+        }
         let runs = l.json(&["runs", "ls"]);
         if runs[0]["state"] == "running"
             && std::fs::read_to_string(&pid_path).is_ok_and(|p| !p.is_empty())

@@ -79,11 +79,27 @@ class Emulator(kmock.KubernetesEmulator):
         return {"apiVersion": "v1", "kind": "List", **res, "metadata": {"resourceVersion": str(next(RV))}, "items": items}
 
     async def _serve_watch(self, req):
-        async for event in super()._serve_watch(req):
-            if isinstance(event, dict) and not selected(req, event["object"]):
-                yield None
-            else:
-                yield event
+        # kmock snapshots the objects and only then subscribes to the event
+        # bus, so a change between the two is lost (a Job deleted right
+        # after a watch connects would never be reported). Here the bus
+        # position is marked first: a change may be seen twice, never lost.
+        yield b""
+        bus = self._buses[req.resource]
+        mark = await bus.mark()
+        try:
+            async with self._lock:
+                objs = self._KubernetesEmulator__get_objs(req, strict=False)
+                events = [{"type": "ADDED", "object": o.raw} for o in objs if not o.deleted]
+            for event in events:
+                yield event if selected(req, event["object"]) else None
+            async for event in bus.stream(since=mark):
+                md = event.get("object", {}).get("metadata", {})
+                wanted = self._KubernetesEmulator__check(
+                    req, req.resource, md.get("namespace"), md.get("name"), strict=False
+                )
+                yield event if wanted and selected(req, event["object"]) else None
+        finally:
+            await bus.unmark(mark)
 
     async def _serve_fetch(self, req):
         # Pod logs: the test writes each container's log into the pod's
