@@ -86,6 +86,7 @@ pub fn model_spec(config: &ModelConfig, digest: &str) -> Result<ModelSpec, Error
 }
 
 /// A stored model found by [`find_model`].
+#[derive(Debug, Clone)]
 pub struct FoundModel {
     /// The models layout.
     pub layout: Layout,

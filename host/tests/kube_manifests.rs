@@ -17,33 +17,10 @@ use serde_json::{json, Value};
 
 const KUBERNETES: &str = "1.37.0";
 
-/// `kubernetes-validate` in a venv, made once (under a lock: tests run in
-/// parallel processes).
+/// `kubernetes-validate` in a venv beside the other test environments.
 fn validator() -> PathBuf {
-    let dir = common::env_dir().join("test-kubernetes-validate");
-    let bin = dir.join("bin/kubernetes-validate");
-    std::fs::create_dir_all(common::env_dir()).unwrap();
-    let lock =
-        std::fs::File::create(common::env_dir().join("test-kubernetes-validate.lock")).unwrap();
-    lock.lock().unwrap();
-    if !dir.join(".ready").is_file() {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(common::env_dir()).unwrap();
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status()
-            .unwrap()
-            .success()
-            && Command::new(dir.join("bin/pip"))
-                .args(["install", "-q", "kubernetes-validate==1.37.0"])
-                .status()
-                .unwrap()
-                .success();
-        assert!(ok, "cannot install kubernetes-validate");
-        std::fs::write(dir.join(".ready"), "").unwrap();
-    }
-    bin
+    common::test_venv("test-kubernetes-validate", &["kubernetes-validate==1.37.0"])
+        .join("bin/kubernetes-validate")
 }
 
 /// Validates `object`; returns (passed, output).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::podman::{self, Container};
 use common::registry::{base_layout, Registry};
-use common::{train_iris, train_wine, Legion, IRIS_COLS, IRIS_ROWS};
+use common::{free_port, train_iris, train_wine, Legion, IRIS_COLS, IRIS_ROWS};
 use serde_json::{json, Value};
 
 fn package(l: &Legion, args: &[&str]) -> Value {
@@ -327,14 +327,6 @@ fn wait_ready(client: &reqwest::blocking::Client, url: &str, c: &Container) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn post(client: &reqwest::blocking::Client, url: &str, body: &Value) -> Value {

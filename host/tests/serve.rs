@@ -14,17 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{example, train, train_iris, train_wine, Legion, IRIS_COLS, IRIS_ROWS};
+use common::{example, free_port, train, train_iris, train_wine, Legion, IRIS_COLS, IRIS_ROWS};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A guard against a hang: generous, so a busy machine never trips it.
 const PATIENCE: Duration = Duration::from_secs(300);
@@ -428,26 +420,7 @@ fn iris_every_protocol_gives_the_models_own_predictions() {
 /// A venv with NVIDIA's Triton HTTP client, a standard Open Inference
 /// Protocol v2 client, made once beside the other test environments.
 fn triton_client_python() -> PathBuf {
-    let dir = common::env_dir().join("test-tritonclient");
-    let py = dir.join("bin/python");
-    if !dir.join(".ready").is_file() {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(common::env_dir()).unwrap();
-        let ok = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status()
-            .unwrap()
-            .success()
-            && std::process::Command::new(dir.join("bin/pip"))
-                .args(["install", "-q", "tritonclient[http]", "numpy"])
-                .status()
-                .unwrap()
-                .success();
-        assert!(ok, "cannot install tritonclient");
-        std::fs::write(dir.join(".ready"), "").unwrap();
-    }
-    py
+    common::test_venv("test-tritonclient", &["tritonclient[http]", "numpy"]).join("bin/python")
 }
 
 /// Trains the wine example (an MLflow scikit-learn regressor whose

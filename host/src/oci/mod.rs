@@ -41,3 +41,55 @@ pub fn source_date_epoch() -> u64 {
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(0)
 }
+
+/// A one-layer artifact (a model, a source folder): its `artifactType`,
+/// a config blob and one gzip'd layer.
+pub struct Artifact<'a> {
+    /// `artifactType` of the manifest.
+    pub artifact_type: &'a str,
+    /// Media type of the config.
+    pub config_media_type: &'a str,
+    /// The config's bytes.
+    pub config: &'a [u8],
+    /// The layer.
+    pub layer: layer::LayerBlob,
+    /// Annotations of the layer's descriptor.
+    pub layer_annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// Annotations of the manifest.
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Stores `artifact`'s blobs and manifest in `layout`, named `name`;
+/// returns the manifest's descriptor.
+pub fn store_artifact(
+    layout: &layout::Layout,
+    artifact: Artifact<'_>,
+    name: &str,
+) -> Result<oci_client::manifest::OciDescriptor, crate::Error> {
+    use oci_client::manifest::{OciDescriptor, OciImageManifest};
+    let config_digest = layout.put_blob(artifact.config)?;
+    let layer = OciDescriptor {
+        media_type: LAYER_GZIP_MEDIA_TYPE.to_string(),
+        digest: artifact.layer.digest.clone(),
+        size: artifact.layer.size as i64,
+        annotations: artifact.layer_annotations,
+        ..Default::default()
+    };
+    layout.put_blob_file(artifact.layer.file, &layer.digest)?;
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
+        config: OciDescriptor {
+            media_type: artifact.config_media_type.to_string(),
+            digest: config_digest,
+            size: artifact.config.len() as i64,
+            ..Default::default()
+        },
+        layers: vec![layer],
+        subject: None,
+        artifact_type: Some(artifact.artifact_type.to_string()),
+        annotations: artifact.annotations,
+    };
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| crate::Error::json(layout.root(), e))?;
+    layout.put_manifest(&bytes, name, Default::default())
+}

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layer::build_layer;
 use super::layout::Layout;
-use super::{LAYER_GZIP_MEDIA_TYPE, MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION};
+use super::{store_artifact, Artifact, TITLE_ANNOTATION};
 use crate::plan::{ModelManifest, Pairs, Source};
 use crate::Error;
 
@@ -93,50 +93,34 @@ pub fn store_model(
     let layer = build_layer(model_dir, MODEL_LAYER_PREFIX, &tmp)?;
     config.layer_diff_id = layer.diff_id.clone();
     let config_bytes = serde_json::to_vec(&config).map_err(|e| Error::json(model_dir, e))?;
-    let config_digest = layout.put_blob(&config_bytes)?;
     let (layer_digest, layer_size, content_bytes, files) = (
         layer.digest.clone(),
         layer.size,
         layer.content_bytes,
         layer.files,
     );
-    layout.put_blob_file(layer.file, &layer_digest)?;
-
     let reference = format!("{}:{}", config.name, config.version);
-    let manifest = OciImageManifest {
-        schema_version: 2,
-        media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
-        config: OciDescriptor {
-            media_type: MODEL_CONFIG_MEDIA_TYPE.to_string(),
-            digest: config_digest,
-            size: config_bytes.len() as i64,
-            urls: None,
-            annotations: None,
-            artifact_type: None,
-        },
-        layers: vec![OciDescriptor {
-            media_type: LAYER_GZIP_MEDIA_TYPE.to_string(),
-            digest: layer_digest.clone(),
-            size: layer_size as i64,
-            urls: None,
-            annotations: Some(BTreeMap::from([(
+    let desc = store_artifact(
+        layout,
+        Artifact {
+            artifact_type: MODEL_ARTIFACT_TYPE,
+            config_media_type: MODEL_CONFIG_MEDIA_TYPE,
+            config: &config_bytes,
+            layer,
+            layer_annotations: Some(BTreeMap::from([(
                 TITLE_ANNOTATION.to_string(),
                 MODEL_LAYER_PREFIX.to_string(),
             )])),
-            artifact_type: None,
-        }],
-        subject: None,
-        artifact_type: Some(MODEL_ARTIFACT_TYPE.to_string()),
-        annotations: Some(BTreeMap::from([
-            ("dev.legion.model.name".to_string(), config.name.clone()),
-            (
-                "dev.legion.model.version".to_string(),
-                config.version.clone(),
-            ),
-        ])),
-    };
-    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::json(model_dir, e))?;
-    let desc = layout.put_manifest(&manifest_bytes, &reference, BTreeMap::new())?;
+            annotations: Some(BTreeMap::from([
+                ("dev.legion.model.name".to_string(), config.name.clone()),
+                (
+                    "dev.legion.model.version".to_string(),
+                    config.version.clone(),
+                ),
+            ])),
+        },
+        &reference,
+    )?;
     Ok(StoredModel {
         reference,
         digest: desc.digest,

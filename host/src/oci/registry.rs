@@ -42,17 +42,20 @@ pub struct PushReport {
     pub bytes_skipped: u64,
 }
 
+/// Whether `REGISTRY/REPO[:TAG|@DIGEST]` text names a tag or digest itself.
+pub fn names_tag(text: &str) -> bool {
+    text.rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':') || last.contains('@'))
+}
+
 /// Parses `REGISTRY/REPO[:TAG]`, with `default_tag` when none is given.
 pub fn parse_reference(text: &str, default_tag: &str) -> Result<Reference, Error> {
     let bad = |message: String| Error::InvalidArgument {
         field: "--push".into(),
         message,
     };
-    let has_tag = text
-        .rsplit('/')
-        .next()
-        .is_some_and(|last| last.contains(':') || last.contains('@'));
-    let full = if has_tag {
+    let full = if names_tag(text) {
         text.to_string()
     } else {
         format!("{text}:{default_tag}")

@@ -10,16 +10,15 @@
 //! Pushed by the host, pulled by `legion step fetch` (`oci://REF` sources),
 //! always by digest.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::manifest::OciImageManifest;
 use oci_client::Reference;
 
 use super::layer::{build_layer, unpack_layer};
 use super::layout::Layout;
 use super::registry::Registry;
-use super::{LAYER_GZIP_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+use super::{store_artifact, Artifact};
 use crate::Error;
 
 /// `artifactType` of a source artifact.
@@ -45,30 +44,18 @@ pub async fn push_source(
         &serde_json::json!({"files": layer.files, "bytes": layer.content_bytes}),
     )
     .map_err(|e| Error::json(dir, e))?;
-    let config_digest = layout.put_blob(&config)?;
-    let (digest, size) = (layer.digest.clone(), layer.size);
-    layout.put_blob_file(layer.file, &digest)?;
-    let manifest = OciImageManifest {
-        schema_version: 2,
-        media_type: Some(MANIFEST_MEDIA_TYPE.to_string()),
-        config: OciDescriptor {
-            media_type: SOURCE_CONFIG_MEDIA_TYPE.to_string(),
-            digest: config_digest,
-            size: config.len() as i64,
-            ..Default::default()
+    let desc = store_artifact(
+        layout,
+        Artifact {
+            artifact_type: SOURCE_ARTIFACT_TYPE,
+            config_media_type: SOURCE_CONFIG_MEDIA_TYPE,
+            config: &config,
+            layer,
+            layer_annotations: None,
+            annotations: None,
         },
-        layers: vec![OciDescriptor {
-            media_type: LAYER_GZIP_MEDIA_TYPE.to_string(),
-            digest,
-            size: size as i64,
-            ..Default::default()
-        }],
-        subject: None,
-        artifact_type: Some(SOURCE_ARTIFACT_TYPE.to_string()),
-        annotations: None,
-    };
-    let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::json(dir, e))?;
-    let desc = layout.put_manifest(&bytes, &reference.whole(), BTreeMap::new())?;
+        &reference.whole(),
+    )?;
     Registry::for_reference(reference)
         .push(layout, &desc.digest, reference)
         .await?;

@@ -34,7 +34,7 @@ use crate::oci::image::{
 use crate::oci::layer::{build_files_layer, Contents, ImageFile, LayerBlob};
 use crate::oci::layout::Layout;
 use crate::oci::registry::{
-    parse_reference, BaseBlobs, BlobOutcome, BlobPushed, PushReport, Registry,
+    names_tag, parse_reference, BaseBlobs, BlobOutcome, BlobPushed, PushReport, Registry,
 };
 use crate::oci::LAYER_GZIP_MEDIA_TYPE;
 use crate::plan::{ImagePlan, ImageTarget, Layer, ModelId, PackagingRequest, Pairs, Policy};
@@ -142,7 +142,7 @@ impl<'a> Packager<'a> {
             Some(r) => ImageTarget {
                 registry: r.resolve_registry().to_string(),
                 repository: r.repository().to_string(),
-                tag: has_tag(opts.push.as_deref().unwrap_or_default())
+                tag: names_tag(opts.push.as_deref().unwrap_or_default())
                     .then(|| r.tag().unwrap_or_default().to_string()),
             },
             None => ImageTarget {
@@ -219,19 +219,7 @@ impl<'a> Packager<'a> {
         };
         match job.drive(&mut run, &mut out).await {
             Ok(()) => run.state = RunState::Succeeded,
-            Err(Stop::Cancelled(_)) => {
-                run.state = RunState::Cancelled;
-                run.reason = Some("cancelled".into());
-            }
-            Err(Stop::Failed { reason, exit_code }) => {
-                run.state = RunState::Failed;
-                run.reason = Some(reason);
-                run.exit_code = exit_code;
-            }
-            Err(Stop::Error(e)) => {
-                run.state = RunState::Failed;
-                run.reason = Some(e.to_string());
-            }
+            Err(stop) => stop.record(&mut run),
         }
         log.note(&format!(
             "run {} {}{}",
@@ -252,13 +240,6 @@ impl<'a> Packager<'a> {
 /// A model version as an image tag (a tag has no `+`).
 fn tag_of(version: &str) -> String {
     version.replace('+', "_")
-}
-
-/// Whether a `--push` text names a tag (or digest) itself.
-fn has_tag(text: &str) -> bool {
-    text.rsplit('/')
-        .next()
-        .is_some_and(|last| last.contains(':') || last.contains('@'))
 }
 
 /// One packaging's inputs while it runs.
@@ -283,7 +264,7 @@ impl Job<'_> {
         self.store.update_run(run).await?;
 
         self.events.phase("unpack model");
-        let (home, found) = (self.home.clone(), self.found_clone());
+        let (home, found) = (self.home.clone(), self.found.clone());
         let root = blocking(move || unpack_model(&home, &found)).await?;
 
         self.events.phase("plan");
@@ -307,11 +288,7 @@ impl Job<'_> {
             base.digest,
             base.layers.len()
         ));
-        if let BaseSource::Layout(from) = &base.source {
-            for l in &base.layers {
-                images.link_blob_from(from, &l.digest)?;
-            }
-        }
+        let base_blobs = push_sources(&base, &images)?;
         if base.python_from_config().is_none() {
             self.events
                 .phase("base image: looking for Python in its layers");
@@ -375,13 +352,6 @@ impl Job<'_> {
                         skipped.load(Ordering::Relaxed)
                     ));
                 };
-                let base_blobs = match &base.source {
-                    BaseSource::Registry(r) => Some(BaseBlobs {
-                        reference: r.clone(),
-                        layers: base.layers.iter().map(|l| l.digest.clone()).collect(),
-                    }),
-                    BaseSource::Layout(_) => None,
-                };
                 let report = cancellable(
                     self.cancel,
                     Registry::for_reference(target).push_manifest(
@@ -428,15 +398,6 @@ impl Job<'_> {
         }
         run.image_digest = Some(image.digest.clone());
         Ok(())
-    }
-
-    fn found_clone(&self) -> FoundModel {
-        FoundModel {
-            layout: self.found.layout.clone(),
-            desc: self.found.desc.clone(),
-            manifest: self.found.manifest.clone(),
-            config: self.found.config.clone(),
-        }
     }
 
     async fn fetch_base_layers(&self, base: &BaseImage, images: &Layout) -> Result<(), Stop> {
@@ -604,6 +565,24 @@ impl Job<'_> {
             labels,
             working_dir: plan.working_dir.clone(),
             user: plan.user.clone(),
+        }
+    }
+}
+
+/// Where a push finds the base's layers: a base in a layout is linked into
+/// `images` (cheap, local); a base in a registry is named, so its layers
+/// are mounted or skipped there and fetched only if they must travel.
+pub fn push_sources(base: &BaseImage, images: &Layout) -> Result<Option<BaseBlobs>, Error> {
+    match &base.source {
+        BaseSource::Registry(r) => Ok(Some(BaseBlobs {
+            reference: r.clone(),
+            layers: base.layers.iter().map(|l| l.digest.clone()).collect(),
+        })),
+        BaseSource::Layout(from) => {
+            for l in &base.layers {
+                images.link_blob_from(from, &l.digest)?;
+            }
+            Ok(None)
         }
     }
 }

@@ -93,17 +93,8 @@ impl Policy {
                     ));
                 }
             }
-            if !self.allowed_images.is_empty()
-                && !self
-                    .allowed_images
-                    .iter()
-                    .any(|p| image_matches(p, &s.image))
-            {
-                v.push(format!(
-                    "{at}: image '{}' is not in the allowed images ({})",
-                    s.image,
-                    self.allowed_images.join(", ")
-                ));
+            if let Some(why) = self.refused_image(&s.image) {
+                v.push(format!("{at}: {why}"));
             }
             let r = &s.resources;
             if let (Some(max), Some(asked)) = (self.max_cpu_millis, r.cpu_millis) {
@@ -125,24 +116,22 @@ impl Policy {
             }
         }
         if let Some(py) = &plan.python {
-            for r in &py.requirements {
-                // Options (`--index-url`, `-e`, `-r`) would let a plan choose
-                // where code comes from; only plain requirement lines pass.
-                if r.trim_start().starts_with('-') {
-                    v.push(format!(
-                        "python requirement '{r}': pip options are not allowed in a plan"
-                    ));
-                }
-            }
+            refuse_pip_options("", &py.requirements, &mut v);
         }
-        if v.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Policy {
-                toolchain: toolchain.to_string(),
-                violations: v,
-            })
-        }
+        verdict(toolchain, v)
+    }
+
+    /// Why `image` may not be used, when an allow-list is set and it is
+    /// not on it.
+    fn refused_image(&self, image: &str) -> Option<String> {
+        (!self.allowed_images.is_empty()
+            && !self.allowed_images.iter().any(|p| image_matches(p, image)))
+        .then(|| {
+            format!(
+                "image '{image}' is not in the allowed images ({})",
+                self.allowed_images.join(", ")
+            )
+        })
     }
 }
 
@@ -155,17 +144,8 @@ impl Policy {
         let mut v = Vec::new();
         if plan.base.trim().is_empty() {
             v.push("the base image is empty".to_string());
-        } else if !self.allowed_images.is_empty()
-            && !self
-                .allowed_images
-                .iter()
-                .any(|p| image_matches(p, &plan.base))
-        {
-            v.push(format!(
-                "base image '{}' is not in the allowed images ({})",
-                plan.base,
-                self.allowed_images.join(", ")
-            ));
+        } else if let Some(why) = self.refused_image(&plan.base) {
+            v.push(format!("base {why}"));
         }
         let (mut models, mut servers) = (0, 0);
         let check_path = |at: String, path: &str, v: &mut Vec<String>| {
@@ -190,13 +170,7 @@ impl Policy {
                     requirements,
                 } => {
                     check_path(format!("layers[{i}] pythonPackages"), target, &mut v);
-                    for r in requirements {
-                        if r.trim_start().starts_with('-') {
-                            v.push(format!(
-                                "layers[{i}] python requirement '{r}': pip options are not allowed in a plan"
-                            ));
-                        }
-                    }
+                    refuse_pip_options(&format!("layers[{i}] "), requirements, &mut v);
                 }
             }
         }
@@ -218,14 +192,31 @@ impl Policy {
             }
             Some(_) => {}
         }
-        if v.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Policy {
-                toolchain: toolchain.to_string(),
-                violations: v,
-            })
+        verdict(toolchain, v)
+    }
+}
+
+/// Pip options (`--index-url`, `-e`, `-r`) would let a plan choose where
+/// code comes from; only plain requirement lines pass.
+fn refuse_pip_options(at: &str, requirements: &[String], v: &mut Vec<String>) {
+    for r in requirements {
+        if r.trim_start().starts_with('-') {
+            v.push(format!(
+                "{at}python requirement '{r}': pip options are not allowed in a plan"
+            ));
         }
+    }
+}
+
+/// The plan passes when nothing was found; else every violation is listed.
+fn verdict(toolchain: &str, violations: Vec<String>) -> Result<(), Error> {
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Policy {
+            toolchain: toolchain.to_string(),
+            violations,
+        })
     }
 }
 

@@ -225,25 +225,8 @@ impl<'a> Trainer<'a> {
                 &cancel,
             )
             .await;
-        match result {
-            Ok(()) => {}
-            Err(Stop::Cancelled(step)) => {
-                run.state = RunState::Cancelled;
-                run.reason = Some(match step {
-                    Some(s) => format!("cancelled during step '{s}'"),
-                    None => "cancelled".to_string(),
-                });
-            }
-            Err(Stop::Failed { reason, exit_code }) => {
-                run.state = RunState::Failed;
-                run.reason = Some(reason);
-                run.exit_code = exit_code;
-            }
-            Err(Stop::Error(e)) => {
-                tracing::debug!(run = %run.id, error = ?e, "run failed");
-                run.state = RunState::Failed;
-                run.reason = Some(e.to_string());
-            }
+        if let Err(stop) = result {
+            stop.record(&mut run);
         }
         if run.state != RunState::Succeeded {
             log.note(&format!(
@@ -425,6 +408,31 @@ pub(crate) enum Stop {
     },
     /// The host's own work failed: the error itself, until it is recorded.
     Error(Error),
+}
+
+impl Stop {
+    /// Writes how the run ended into it: state, reason, exit code.
+    pub(crate) fn record(self, run: &mut RunRecord) {
+        match self {
+            Stop::Cancelled(step) => {
+                run.state = RunState::Cancelled;
+                run.reason = Some(match step {
+                    Some(s) => format!("cancelled during step '{s}'"),
+                    None => "cancelled".to_string(),
+                });
+            }
+            Stop::Failed { reason, exit_code } => {
+                run.state = RunState::Failed;
+                run.reason = Some(reason);
+                run.exit_code = exit_code;
+            }
+            Stop::Error(e) => {
+                tracing::debug!(run = %run.id, error = ?e, "run failed");
+                run.state = RunState::Failed;
+                run.reason = Some(e.to_string());
+            }
+        }
+    }
 }
 
 impl From<Error> for Stop {

@@ -8,29 +8,9 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-/// kmock in a venv beside the other test environments, made once.
+/// kmock in a venv beside the other test environments.
 fn python() -> PathBuf {
-    let dir = super::env_dir().join("test-kmock");
-    std::fs::create_dir_all(super::env_dir()).unwrap();
-    let lock = std::fs::File::create(super::env_dir().join("test-kmock.lock")).unwrap();
-    lock.lock().unwrap();
-    if !dir.join(".ready").is_file() {
-        let _ = std::fs::remove_dir_all(&dir);
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .status()
-            .unwrap()
-            .success()
-            && Command::new(dir.join("bin/pip"))
-                .args(["install", "-q", "kmock==0.8"])
-                .status()
-                .unwrap()
-                .success();
-        assert!(ok, "cannot install kmock");
-        std::fs::write(dir.join(".ready"), "").unwrap();
-    }
-    dir.join("bin/python")
+    super::test_venv("test-kmock", &["kmock==0.8"]).join("bin/python")
 }
 
 pub struct Emulator {
@@ -43,11 +23,7 @@ pub struct Emulator {
 impl Emulator {
     /// Starts an emulator in which only `namespaces` exist.
     pub fn start(namespaces: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let script = super::repo_root().join("host/tests/kube/emulator.py");
         let mut child = Command::new(python())
             .arg(script)

@@ -253,3 +253,40 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A free loopback port (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Python venv for a test tool, `<env dir>/<name>` with `packages`,
+/// made once under a lock (tests run in parallel processes); returns its
+/// folder.
+pub fn test_venv(name: &str, packages: &[&str]) -> PathBuf {
+    let dir = env_dir().join(name);
+    std::fs::create_dir_all(env_dir()).unwrap();
+    let lock = std::fs::File::create(env_dir().join(format!("{name}.lock"))).unwrap();
+    lock.lock().unwrap();
+    if !dir.join(".ready").is_file() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success()
+            && Command::new(dir.join("bin/pip"))
+                .args(["install", "-q"])
+                .args(packages)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "cannot install {packages:?} for {name}");
+        std::fs::write(dir.join(".ready"), "").unwrap();
+    }
+    dir
+}

@@ -14,11 +14,11 @@ use sha2::{Digest, Sha256};
 
 use crate::exec::RunLog;
 use crate::home::Home;
-use crate::oci::image::{compose, BaseImage, BaseSource, ImageSettings};
+use crate::oci::image::{compose, BaseImage, ImageSettings};
 use crate::oci::layout::Layout;
-use crate::oci::registry::{parse_reference, BaseBlobs, Registry};
+use crate::oci::registry::{parse_reference, Registry};
 use crate::package::deps::{python_layer, DepsRequest};
-use crate::package::{base_python, resolve_base};
+use crate::package::{base_python, push_sources, resolve_base};
 use crate::plan::PythonEnvironment;
 use crate::Error;
 
@@ -122,18 +122,7 @@ pub async fn step_image(
     };
     let image = compose(&base, &[layer], &settings)?;
     images.put_blob(&image.config)?;
-    let base_blobs = match &base.source {
-        BaseSource::Registry(r) => Some(BaseBlobs {
-            reference: r.clone(),
-            layers: base.layers.iter().map(|l| l.digest.clone()).collect(),
-        }),
-        BaseSource::Layout(from) => {
-            for l in &base.layers {
-                images.link_blob_from(from, &l.digest)?;
-            }
-            None
-        }
-    };
+    let base_blobs = push_sources(&base, &images)?;
     let report = registry
         .push_manifest(
             &images,
