@@ -86,6 +86,21 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // Turning a new database into WAL mode takes an exclusive lock
+        // that SQLite's busy timeout does not wait for, so two processes
+        // opening a new database at once could fail with "database is
+        // locked". Opening (and migrating) is serialised by a lock file.
+        let lock_path = path.with_extension("db.lock");
+        let lock = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+            file.lock().map_err(|e| Error::io(&lock_path, e))?;
+            Ok::<_, Error>(file)
+        })
+        .await
+        .map_err(|e| Error::Database {
+            path: path.to_path_buf(),
+            message: format!("waiting for the open lock: {e}"),
+        })??;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -95,7 +110,9 @@ impl Store {
             pool,
             path: path.to_path_buf(),
         };
-        store.migrate().await?;
+        let migrated = store.migrate().await;
+        let _ = lock.unlock();
+        migrated?;
         Ok(store)
     }
 
