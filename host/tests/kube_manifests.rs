@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use common::{example, Legion};
 use legion::exec::kube::job::{training_job, ClusterSettings, TrainingJob};
 use legion::oci::model::ToolchainRef;
@@ -15,31 +12,7 @@ use legion::plan::{Plan, TrainingRequest};
 use legion::train::phases::StepSpec;
 use serde_json::{json, Value};
 
-const KUBERNETES: &str = "1.37.0";
-
-/// `kubernetes-validate` in a venv beside the other test environments.
-fn validator() -> PathBuf {
-    common::test_venv("test-kubernetes-validate", &["kubernetes-validate==1.37.0"])
-        .join("bin/kubernetes-validate")
-}
-
-/// Validates `object`; returns (passed, output).
-fn validate(object: &Value) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("object.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(object).unwrap()).unwrap();
-    let out = Command::new(validator())
-        .args(["--strict", "-k", KUBERNETES])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use common::kube_validate as validate;
 
 /// The plan a built-in toolchain makes for `request` over `source`.
 fn plan_of(l: &Legion, toolchain: &str, request: &Value, source: &str) -> Plan {

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::emulator::Emulator;
+use common::emulator::{done, status, Emulator};
 use legion::exec::kube::job::{job_name, training_job, ClusterSettings, TrainingJob};
 use legion::exec::kube::runner::{JobEnd, JobRunner};
 use legion::exec::RunLog;
@@ -57,16 +57,7 @@ fn job(run_id: &str) -> k8s_openapi::api::batch::v1::Job {
     .unwrap()
 }
 
-fn status(name: &str, state: Value) -> Value {
-    json!({"name": name, "image": format!("{name}-image"), "imageID": "", "ready": false, "restartCount": 0, "state": state})
-}
-
-fn done(code: i32, reason: &str, message: &str) -> Value {
-    json!({"terminated": {"exitCode": code, "reason": reason, "message": message}})
-}
-
-/// Plays the Job controller: waits for the Job, creates its pod (with the
-/// Job's labels and the containers' logs as annotations).
+/// Plays the Job controller for the run's Job.
 async fn pod_for(emu: &Emulator, run_id: &str, logs: &[(&str, &str)]) -> String {
     let job = emu
         .wait_for(&format!(
@@ -74,29 +65,11 @@ async fn pod_for(emu: &Emulator, run_id: &str, logs: &[(&str, &str)]) -> String 
             job_name(run_id)
         ))
         .await;
-    let labels = job["spec"]["template"]["metadata"]["labels"].clone();
-    let pod = format!("{}-abcde", job_name(run_id));
-    let notes: serde_json::Map<String, Value> = logs
-        .iter()
-        .map(|(c, text)| (format!("legion.test/log.{c}"), json!(text)))
-        .collect();
-    emu.post(
-        &format!("/api/v1/namespaces/{NS}/pods"),
-        &json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod, "namespace": NS, "labels": labels, "annotations": notes},
-                "spec": job["spec"]["template"]["spec"].clone(),
-                "status": {"phase": "Pending"}}),
-    )
-    .await;
-    pod
+    emu.pod_for_job(&job, logs).await
 }
 
 async fn kubelet(emu: &Emulator, pod: &str, status: Value) {
-    emu.patch(
-        &format!("/api/v1/namespaces/{NS}/pods/{pod}/status"),
-        &json!({ "status": status }),
-    )
-    .await;
+    emu.kubelet(NS, pod, status).await
 }
 
 struct Run {
@@ -410,4 +383,53 @@ async fn an_unreachable_api_server_is_a_clear_error() {
         err.contains("kubernetes (namespace legion): creating the Job"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_unschedulable_past_the_limit_fails_the_run_and_its_job_is_deleted() {
+    let emu = Emulator::start(&[NS]);
+    // The limit is what is under test: nothing else races it.
+    let runner = JobRunner::new(emu.client().await, NS).unschedulable_after(Duration::from_secs(1));
+    let run = run_log();
+    let (log, j) = (run.log.clone(), job("gpu-00000009"));
+    let task = tokio::spawn(async move {
+        runner
+            .run(&j, "gpu-00000009", &log, CancellationToken::new())
+            .await
+    });
+    let pod = pod_for(&emu, "gpu-00000009", &[]).await;
+    kubelet(
+        &emu,
+        &pod,
+        json!({"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}),
+    )
+    .await;
+    let end = tokio::time::timeout(Duration::from_secs(300), task)
+        .await
+        .expect("hang guard")
+        .unwrap()
+        .unwrap();
+    let JobEnd::Failed {
+        container, message, ..
+    } = end
+    else {
+        panic!("{end:?}")
+    };
+    assert_eq!(container, "pod");
+    assert_eq!(
+        message,
+        "the pod could not be scheduled for 1s: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    );
+    assert!(
+        emu.get(&format!(
+            "/apis/batch/v1/namespaces/{NS}/jobs/{}",
+            job_name("gpu-00000009")
+        ))
+        .await
+        .is_none(),
+        "the Job is deleted so it cannot start unwatched later"
+    );
+    assert!(log_text(&run).contains("cannot be scheduled: 0/3 nodes"));
 }

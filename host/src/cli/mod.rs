@@ -2,6 +2,7 @@
 //! library. Commands print tables for people and, with `--output json`, JSON
 //! for scripts.
 
+mod cluster;
 mod output;
 mod package;
 mod runs;
@@ -52,7 +53,9 @@ pub enum Command {
     #[command(subcommand)]
     Toolchain(toolchain::ToolchainCommand),
     /// Train a model with a toolchain.
-    Train(train::TrainArgs),
+    // `--version` is the model's version here, not legion's.
+    #[command(disable_version_flag = true)]
+    Train(Box<train::TrainArgs>),
     /// Package a stored model into a runnable OCI image.
     Package(package::PackageArgs),
     /// List packaged images.
@@ -85,7 +88,7 @@ impl Cli {
             Command::Toolchain(cmd) => toolchain::run(cmd, &toolchains, self.output)
                 .await
                 .map(|_| 0),
-            Command::Train(args) => train::run(args, &home, &toolchains, self.output).await,
+            Command::Train(args) => train::run(*args, &home, &toolchains, self.output).await,
             Command::Package(args) => package::run(args, &home, &toolchains, self.output).await,
             Command::Images(cmd) => package::images(cmd, &home, &toolchains, self.output)
                 .await

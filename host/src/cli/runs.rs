@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use super::output;
 use super::Format;
+use crate::exec::kube::executor::ClusterOptions;
 use crate::home::Home;
 use crate::oci::layout::Layout;
 use crate::oci::model::read_model;
@@ -35,6 +36,17 @@ pub enum RunsCommand {
         /// Keep printing until the run ends.
         #[arg(long, short = 'f')]
         follow: bool,
+    },
+    /// Follow a cluster run whose legion process is gone (a restarted
+    /// machine, a closed terminal) to its end: its Job is found again, its
+    /// containers' logs keep going into the run's log, and its outcome is
+    /// recorded.
+    Attach {
+        /// Run id.
+        id: String,
+        /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<std::path::PathBuf>,
     },
 }
 
@@ -164,6 +176,9 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
             if let Some(i) = &r.image_ref {
                 pairs.push(("image", i.clone()));
             }
+            if let Some(j) = &r.job {
+                pairs.push(("job", format!("{}/{}", j.namespace, j.name)));
+            }
             pairs.push(("workspace", r.workspace.clone()));
             pairs.push(("log", r.log_path.clone()));
             output::fields(format, &r, pairs);
@@ -199,6 +214,27 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
                 file.seek(SeekFrom::Start(pos))
                     .map_err(|e| Error::io(&path, e))?;
             }
+        }
+        RunsCommand::Attach { id, kubeconfig } => {
+            let r = get(store, &id).await?;
+            let Some(job) = &r.job else {
+                return Err(Error::InvalidArgument {
+                    field: "RUN".into(),
+                    message: format!(
+                        "run '{id}' has no Kubernetes Job: it runs, or ran, on this machine"
+                    ),
+                });
+            };
+            let cluster = crate::exec::kube::executor::ClusterExecutor::connect(ClusterOptions {
+                kubeconfig,
+                namespace: Some(job.namespace.clone()),
+                ..ClusterOptions::default()
+            })
+            .await?;
+            let (cancel, watcher) = super::train::cancel_on_ctrl_c();
+            let run = crate::train::attach(store, &cluster, &id, cancel).await;
+            watcher.abort();
+            super::train::report(&run?, format);
         }
     }
     Ok(())

@@ -8,9 +8,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::ClusterArgs;
 use super::output;
 use super::toolchain::parse_key_value;
 use super::Format;
+use crate::exec::kube::executor::yaml_documents;
 use crate::exec::local::LocalExecutor;
 use crate::exec::{RunEvents, Stream};
 use crate::home::Home;
@@ -67,6 +69,11 @@ pub struct TrainArgs {
     /// Memory for the steps, in bytes.
     #[arg(long)]
     pub memory_bytes: Option<u64>,
+    /// GPUs for the steps (on a cluster: `nvidia.com/gpu`).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Arguments passed to the entry point (after `--`).
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -105,17 +112,25 @@ pub async fn run(
         resources: Resources {
             cpu_millis: args.cpu_millis,
             memory_bytes: args.memory_bytes,
-            gpus: None,
+            gpus: args.gpus,
         },
         push: args.push,
         timeout: args.timeout,
     };
+    let cluster = args.cluster.connect().await?;
+    let executor = LocalExecutor;
+    let trainer = match &cluster {
+        Some(c) => Trainer::on_cluster(toolchains, home, c),
+        None => Trainer::new(toolchains, home, &executor),
+    };
+    if args.cluster.dry_run {
+        let prepared = trainer.dry_run(opts).await?;
+        print!("{}", yaml_documents(&[&prepared.job])?);
+        return Ok(0);
+    }
     let (cancel, watcher) = cancel_on_ctrl_c();
     let progress = Progress::new();
-    let executor = LocalExecutor;
-    let run = Trainer::new(toolchains, home, &executor)
-        .train(opts, &progress, cancel)
-        .await;
+    let run = trainer.train(opts, &progress, cancel).await;
     progress.finish();
     watcher.abort();
     let run = run?;
@@ -144,7 +159,7 @@ pub(super) fn cancel_on_ctrl_c() -> (CancellationToken, tokio::task::JoinHandle<
     (cancel, watcher)
 }
 
-fn report(run: &RunRecord, format: Format) {
+pub(super) fn report(run: &RunRecord, format: Format) {
     if format == Format::Json {
         return output::json(run);
     }

@@ -26,13 +26,10 @@ pub const SOURCE_ARTIFACT_TYPE: &str = "application/vnd.legion.source.v1";
 /// Media type of its config.
 pub const SOURCE_CONFIG_MEDIA_TYPE: &str = "application/vnd.legion.source.config.v1+json";
 
-/// Packs `dir` into `layout` and pushes it to `reference`; returns
-/// `REGISTRY/REPO@sha256:…`.
-pub async fn push_source(
-    dir: &Path,
-    layout: &Layout,
-    reference: &Reference,
-) -> Result<String, Error> {
+/// Packs `dir` into `layout` as a source artifact named `name`; returns
+/// its manifest digest. Deterministic: the same files give the same digest,
+/// so a dry run can name the artifact a real run would push.
+pub async fn pack_source(dir: &Path, layout: &Layout, name: &str) -> Result<String, Error> {
     let (d, tmp) = (dir.to_path_buf(), layout.root().join("tmp"));
     let layer = tokio::task::spawn_blocking(move || build_layer(&d, "", &tmp))
         .await
@@ -54,17 +51,32 @@ pub async fn push_source(
             layer_annotations: None,
             annotations: None,
         },
-        &reference.whole(),
+        name,
     )?;
-    Registry::for_reference(reference)
-        .push(layout, &desc.digest, reference)
-        .await?;
-    Ok(format!(
-        "{}/{}@{}",
+    Ok(desc.digest)
+}
+
+/// `REGISTRY/REPO@DIGEST` for `reference`'s repository.
+pub fn pinned(reference: &Reference, digest: &str) -> String {
+    format!(
+        "{}/{}@{digest}",
         reference.resolve_registry(),
-        reference.repository(),
-        desc.digest
-    ))
+        reference.repository()
+    )
+}
+
+/// Packs `dir` into `layout` and pushes it to `reference`; returns
+/// `REGISTRY/REPO@sha256:…`.
+pub async fn push_source(
+    dir: &Path,
+    layout: &Layout,
+    reference: &Reference,
+) -> Result<String, Error> {
+    let digest = pack_source(dir, layout, &reference.whole()).await?;
+    Registry::for_reference(reference)
+        .push(layout, &digest, reference)
+        .await?;
+    Ok(pinned(reference, &digest))
 }
 
 /// Pulls the source artifact `reference` (digests checked) through

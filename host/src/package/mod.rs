@@ -192,6 +192,7 @@ impl<'a> Packager<'a> {
             workspace: workspace.root.display().to_string(),
             log_path: log.path().display().to_string(),
             pid: Some(std::process::id()),
+            job: None,
         };
         let store = self.toolchains.store();
         store.insert_run(&run).await?;

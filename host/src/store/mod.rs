@@ -14,7 +14,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use runs::{RunKind, RunPlan, RunRecord, RunRequest, RunState};
+pub use runs::{JobRef, RunKind, RunPlan, RunRecord, RunRequest, RunState};
 pub use toolchains::ToolchainRow;
 
 use crate::Error;
@@ -59,6 +59,7 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'training'",
     "ALTER TABLE runs ADD COLUMN image_ref TEXT",
     "ALTER TABLE runs ADD COLUMN image_digest TEXT",
+    "ALTER TABLE runs ADD COLUMN job TEXT",
 ];
 
 /// The state database.

@@ -165,6 +165,19 @@ pub struct RunRecord {
     /// Process id of the host running it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// The Kubernetes Job running it, for a run on a cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobRef>,
+}
+
+/// Where a cluster run's Job is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -177,8 +190,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO runs (id, toolchain, toolchain_digest, model_name, model_version, state, request, plan,
                 exit_code, reason, created_at, started_at, finished_at, model_digest, model_ref, pushed_ref,
-                source_commit, workspace, log_path, pid, kind, image_ref, image_digest)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                source_commit, workspace, log_path, pid, kind, image_ref, image_digest, job)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&r.id)
         .bind(&r.toolchain)
@@ -203,6 +216,7 @@ impl Store {
         .bind(r.kind.as_str())
         .bind(&r.image_ref)
         .bind(&r.image_digest)
+        .bind(r.job.as_ref().map(json))
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
@@ -214,7 +228,7 @@ impl Store {
         sqlx::query(
             "UPDATE runs SET state = ?, request = ?, plan = ?, exit_code = ?, reason = ?, started_at = ?,
                 finished_at = ?, model_digest = ?, model_ref = ?, pushed_ref = ?, source_commit = ?, pid = ?,
-                image_ref = ?, image_digest = ?
+                image_ref = ?, image_digest = ?, job = ?
              WHERE id = ?",
         )
         .bind(r.state.as_str())
@@ -231,6 +245,7 @@ impl Store {
         .bind(r.pid.map(i64::from))
         .bind(&r.image_ref)
         .bind(&r.image_digest)
+        .bind(r.job.as_ref().map(json))
         .bind(&r.id)
         .execute(&self.pool)
         .await
@@ -320,6 +335,10 @@ impl Store {
             workspace: get_s("workspace")?,
             log_path: get_s("log_path")?,
             pid: get_oi("pid")?.map(|p| p as u32),
+            job: get_os("job")?
+                .map(|j| serde_json::from_str(&j))
+                .transpose()
+                .map_err(|e| corrupt("job", e.to_string()))?,
         })
     }
 }

@@ -22,6 +22,8 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::exec::kube::executor::{ClusterExecutor, PreparedJob};
+use crate::exec::kube::runner::JobEnd;
 use crate::exec::pyenv::PythonEnvs;
 use crate::exec::{Executor, Outcome, RunContext, RunEvents, RunLog, Workspace};
 use crate::fetch::SourceSpec;
@@ -32,7 +34,9 @@ use crate::oci::model::ToolchainRef;
 use crate::oci::registry::parse_reference;
 use crate::plan::{DataBinding, ModelId, Pairs, Policy, Resources, TrainingRequest};
 use crate::plugin::{Plugin, Toolchains};
-use crate::store::{RunKind, RunPlan, RunRecord, RunRequest, RunState};
+use crate::store::{
+    JobRef, RunKind, RunPlan, RunRecord, RunRequest, RunState, Store, ToolchainRow,
+};
 use crate::Error;
 
 /// Default time a training may run (ODAHU's default too).
@@ -92,11 +96,30 @@ impl Default for TrainOptions {
     }
 }
 
+/// Where a training's steps (and, on a cluster, its collect and store) run.
+#[derive(Clone, Copy)]
+pub enum Placement<'a> {
+    /// Steps as processes through an executor; collect and store here.
+    Local(&'a dyn Executor),
+    /// One Kubernetes Job for steps, collect, store and push.
+    Cluster(&'a ClusterExecutor),
+}
+
 /// Runs trainings for one data directory.
 pub struct Trainer<'a> {
     toolchains: &'a Toolchains,
     home: &'a Home,
-    executor: &'a dyn Executor,
+    placement: Placement<'a>,
+}
+
+/// What the checks before a run exists found.
+struct Checked {
+    spec: SourceSpec,
+    model: ModelId,
+    push: Option<oci_client::Reference>,
+    row: ToolchainRow,
+    plugin: Plugin,
+    policy: Policy,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -113,20 +136,25 @@ impl<'a> Trainer<'a> {
         Trainer {
             toolchains,
             home,
-            executor,
+            placement: Placement::Local(executor),
         }
     }
 
-    /// Trains. Returns `Err` only for input refused before the run was
-    /// recorded; once recorded, the run comes back in whatever state it
-    /// ended (succeeded, failed, cancelled).
-    pub async fn train(
-        &self,
-        opts: TrainOptions,
-        events: &dyn RunEvents,
-        cancel: CancellationToken,
-    ) -> Result<RunRecord, Error> {
-        // --- checks that leave no trace ---
+    /// A trainer that runs each training as a Job on `cluster`.
+    pub fn on_cluster(
+        toolchains: &'a Toolchains,
+        home: &'a Home,
+        cluster: &'a ClusterExecutor,
+    ) -> Self {
+        Trainer {
+            toolchains,
+            home,
+            placement: Placement::Cluster(cluster),
+        }
+    }
+
+    /// Everything that can be checked before a run exists.
+    async fn check(&self, opts: &TrainOptions) -> Result<Checked, Error> {
         let spec = SourceSpec::parse(&opts.source)?;
         let name = match &opts.name {
             Some(n) => n.clone(),
@@ -150,20 +178,34 @@ impl<'a> Trainer<'a> {
             .as_deref()
             .map(|p| parse_reference(p, &model.version))
             .transpose()?;
+        if let Placement::Cluster(cluster) = self.placement {
+            cluster.check_registry()?;
+            crate::exec::kube::executor::check_data(&opts.data)?;
+        }
         let row = self.toolchains.get(&opts.toolchain).await?;
+        if matches!(self.placement, Placement::Cluster(_)) && !row.builtin {
+            return Err(Error::InvalidArgument {
+                field: "--toolchain".into(),
+                message: format!(
+                    "toolchain '{}' was registered from a file on this machine; a pod runs only the toolchains built into the legion image",
+                    row.name
+                ),
+            });
+        }
         let plugin = self.toolchains.load(&opts.toolchain).await?;
         let policy = Policy::load(&self.home.policy())?;
+        Ok(Checked {
+            spec,
+            model,
+            push,
+            row,
+            plugin,
+            policy,
+        })
+    }
 
-        // --- the run exists from here on ---
-        let id = format!(
-            "{}-{:08x}",
-            model.name.chars().take(40).collect::<String>(),
-            rand::rng().random::<u32>()
-        );
-        let workspace = Workspace::new(self.home.run_dir(&id));
-        workspace.create()?;
-        let log = RunLog::open(&workspace.root.join("legion.log"))?;
-        let request = TrainingRequest {
+    fn request(opts: &TrainOptions, model: &ModelId) -> TrainingRequest {
+        TrainingRequest {
             model: model.clone(),
             entrypoint: opts.entrypoint.clone(),
             args: opts.args.clone(),
@@ -178,7 +220,81 @@ impl<'a> Trainer<'a> {
             },
             data: opts.data.clone(),
             work_dir: opts.work_dir.clone(),
+        }
+    }
+
+    /// What a cluster run would create, without creating it or recording a
+    /// run: fetches and plans as a run would, checks the policy, and makes
+    /// the Job (nothing is pushed; a step image not built yet is named by
+    /// the tag a run would push).
+    pub async fn dry_run(&self, opts: TrainOptions) -> Result<PreparedJob, Error> {
+        let Placement::Cluster(cluster) = self.placement else {
+            return Err(Error::InvalidArgument {
+                field: "--dry-run".into(),
+                message: "a dry run shows the objects of a cluster run: add --executor kube".into(),
+            });
         };
+        let c = self.check(&opts).await?;
+        let dir = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+        let ws = Workspace::new(dir.path());
+        ws.create()?;
+        let log = RunLog::open(&dir.path().join("legion.log"))?;
+        let mut request = Self::request(&opts, &c.model);
+        request.source = phases::fetch(&c.spec, &[], &ws, &log).await?;
+        let (p, req, source) = (c.plugin.clone(), request.clone(), ws.source());
+        let plan = blocking(move || p.plan_training(&req, &source))
+            .await
+            .map_err(|stop| match stop {
+                Stop::Error(e) => e,
+                _ => Error::InvalidArgument {
+                    field: "--dry-run".into(),
+                    message: "planning stopped".into(),
+                },
+            })?;
+        c.policy.check(c.plugin.name(), &plan)?;
+        let id = format!("{}-dryrun", run_prefix(&c.model));
+        cluster
+            .prepare_training(
+                self.home,
+                &id,
+                ToolchainRef {
+                    name: c.row.name.clone(),
+                    digest: c.row.digest.clone(),
+                },
+                &request,
+                &plan,
+                &ws,
+                c.push.as_ref(),
+                opts.timeout,
+                &log,
+            )
+            .await
+    }
+
+    /// Trains. Returns `Err` only for input refused before the run was
+    /// recorded; once recorded, the run comes back in whatever state it
+    /// ended (succeeded, failed, cancelled).
+    pub async fn train(
+        &self,
+        opts: TrainOptions,
+        events: &dyn RunEvents,
+        cancel: CancellationToken,
+    ) -> Result<RunRecord, Error> {
+        let Checked {
+            spec,
+            model,
+            push,
+            row,
+            plugin,
+            policy,
+        } = self.check(&opts).await?;
+
+        // --- the run exists from here on ---
+        let id = format!("{}-{:08x}", run_prefix(&model), rand::rng().random::<u32>());
+        let workspace = Workspace::new(self.home.run_dir(&id));
+        workspace.create()?;
+        let log = RunLog::open(&workspace.root.join("legion.log"))?;
+        let request = Self::request(&opts, &model);
         let mut run = RunRecord {
             id: id.clone(),
             toolchain: row.name.clone(),
@@ -202,6 +318,7 @@ impl<'a> Trainer<'a> {
             workspace: workspace.root.display().to_string(),
             log_path: log.path().display().to_string(),
             pid: Some(std::process::id()),
+            job: None,
         };
         let store = self.toolchains.store();
         store.insert_run(&run).await?;
@@ -278,6 +395,17 @@ impl<'a> Trainer<'a> {
         store.update_run(run).await.map_err(Stop::from)?;
         policy.check(plugin.name(), &plan)?;
 
+        if let Placement::Cluster(cluster) = self.placement {
+            return self
+                .drive_on_cluster(
+                    cluster, run, &request, &plan, ws, log, push, opts, events, cancel,
+                )
+                .await;
+        }
+        let Placement::Local(executor) = self.placement else {
+            unreachable!("the cluster placement returned above")
+        };
+
         let python_env = match &plan.python {
             Some(py) => {
                 events.phase("python environment");
@@ -295,8 +423,7 @@ impl<'a> Trainer<'a> {
             python_env,
             log: log.clone(),
         };
-        match self
-            .executor
+        match executor
             .run(&plan, &ctx, events, cancel.clone())
             .await
             .map_err(Stop::from)?
@@ -363,11 +490,183 @@ impl<'a> Trainer<'a> {
     }
 }
 
+impl Trainer<'_> {
+    /// A planned, policy-checked training as one Job on `cluster`: the
+    /// pod fetches, runs the steps, collects, stores and pushes; the host
+    /// follows it, keeping every container's log in the run's log.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive_on_cluster(
+        &self,
+        cluster: &ClusterExecutor,
+        run: &mut RunRecord,
+        request: &TrainingRequest,
+        plan: &crate::plan::Plan,
+        ws: &Workspace,
+        log: &RunLog,
+        push: Option<&oci_client::Reference>,
+        opts: &TrainOptions,
+        events: &dyn RunEvents,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        events.phase("prepare the Job (source, step images)");
+        let toolchain = ToolchainRef {
+            name: run.toolchain.clone(),
+            digest: run.toolchain_digest.clone(),
+        };
+        let prepared = cancellable(
+            cancel,
+            cluster.prepare_training(
+                self.home,
+                &run.id,
+                toolchain,
+                request,
+                plan,
+                ws,
+                push,
+                opts.timeout,
+                log,
+            ),
+        )
+        .await?;
+        let name = prepared.job.metadata.name.clone().unwrap_or_default();
+        run.job = Some(JobRef {
+            namespace: cluster.namespace().to_string(),
+            name: name.clone(),
+        });
+        let store = self.toolchains.store();
+        store.update_run(run).await.map_err(Stop::from)?;
+        events.phase(&format!("Job {}/{name}", cluster.namespace()));
+        let end = cluster
+            .run(&prepared.job, &run.id, log, cancel.clone())
+            .await
+            .map_err(Stop::from)?;
+        let _ = std::fs::remove_dir_all(ws.source());
+        let _ = std::fs::remove_dir_all(ws.data());
+        job_ended(run, end, log)
+    }
+}
+
+/// Writes how a run's Job ended into the run.
+fn job_ended(run: &mut RunRecord, end: JobEnd, log: &RunLog) -> Result<(), Stop> {
+    let job = run
+        .job
+        .as_ref()
+        .map(|j| format!("{}/{}", j.namespace, j.name))
+        .unwrap_or_default();
+    match end {
+        JobEnd::Succeeded(c) => {
+            log.note(&format!(
+                "run {} succeeded: {} {}",
+                run.id, c.model_ref, c.model_digest
+            ));
+            run.model_digest = Some(c.model_digest);
+            run.model_ref = Some(c.model_ref);
+            run.pushed_ref = c.pushed_ref;
+            run.state = RunState::Succeeded;
+            Ok(())
+        }
+        JobEnd::Failed {
+            container,
+            exit_code,
+            message,
+        } => {
+            let tail = log.failure_tail(12).join("\n  ");
+            let what = if container == "pod" {
+                message
+            } else {
+                format!("container '{container}' {message}")
+            };
+            Err(Stop::Failed {
+                reason: format!("{what}; last log lines:\n  {tail}"),
+                exit_code,
+            })
+        }
+        JobEnd::DeadlineExceeded => Err(Stop::Failed {
+            reason: format!(
+                "deadline exceeded: Job {job} ran past its activeDeadlineSeconds (the run's timeout)"
+            ),
+            exit_code: None,
+        }),
+        JobEnd::Deleted => Err(Stop::Failed {
+            reason: format!("Job {job} was deleted before it finished"),
+            exit_code: None,
+        }),
+        JobEnd::Cancelled => Err(Stop::Cancelled(None)),
+    }
+}
+
+/// Follows a cluster run whose host process is gone (a restarted host, a
+/// closed terminal) to its end: finds its Job again, keeps appending the
+/// containers' logs, and writes the outcome. A run already over is
+/// returned as it is.
+pub async fn attach(
+    store: &Store,
+    cluster: &ClusterExecutor,
+    id: &str,
+    cancel: CancellationToken,
+) -> Result<RunRecord, Error> {
+    let mut run = store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| Error::InvalidArgument {
+            field: "RUN".into(),
+            message: format!("no run '{id}' (legion runs ls)"),
+        })?;
+    if run.state.is_final() {
+        return Ok(run);
+    }
+    let Some(job) = run.job.clone() else {
+        return Err(Error::InvalidArgument {
+            field: "RUN".into(),
+            message: format!("run '{id}' has no Kubernetes Job: it runs, or ran, on this machine"),
+        });
+    };
+    if job.namespace != cluster.namespace() {
+        return Err(Error::Kubernetes {
+            namespace: cluster.namespace().to_string(),
+            message: format!(
+                "run '{id}' runs in namespace '{}': pass --namespace {}",
+                job.namespace, job.namespace
+            ),
+        });
+    }
+    let log = RunLog::open(Path::new(&run.log_path))?;
+    log.note(&format!(
+        "following Job {}/{} again",
+        job.namespace, job.name
+    ));
+    run.pid = Some(std::process::id());
+    store.update_run(&run).await?;
+    let ended = match cluster.follow(&job.name, &run.id, &log, cancel).await {
+        Ok(end) => job_ended(&mut run, end, &log),
+        Err(e) => Err(Stop::from(e)),
+    };
+    if let Err(stop) = ended {
+        stop.record(&mut run);
+    }
+    if run.state != RunState::Succeeded {
+        log.note(&format!(
+            "run {} {}: {}",
+            run.id,
+            run.state.as_str(),
+            run.reason.as_deref().unwrap_or("")
+        ));
+    }
+    run.finished_at = Some(now_ms());
+    store.update_run(&run).await?;
+    Ok(run)
+}
+
+fn run_prefix(model: &ModelId) -> String {
+    model.name.chars().take(40).collect()
+}
+
 /// Marks runs whose host process is gone (killed, machine restarted) as
-/// failed, so no run stays `running` forever. Local runs are not resumed.
+/// failed, so no run stays `running` forever. Local runs are not resumed;
+/// a cluster run goes on in its Job, and `legion runs attach` follows it.
 pub async fn reconcile_orphans(store: &crate::store::Store) -> Result<(), Error> {
     for mut run in store.list_runs(1000).await? {
-        if run.state.is_final() {
+        if run.state.is_final() || run.job.is_some() {
             continue;
         }
         let Some(pid) = run.pid else { continue };

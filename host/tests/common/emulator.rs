@@ -134,6 +134,48 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    /// Plays the Job controller: creates the pod of `job` (with the Job's
+    /// labels, and the containers' logs as annotations the emulator serves).
+    pub async fn pod_for_job(&self, job: &Value, logs: &[(&str, &str)]) -> String {
+        let ns = job["metadata"]["namespace"].as_str().unwrap();
+        let labels = job["spec"]["template"]["metadata"]["labels"].clone();
+        let pod = format!("{}-abcde", job["metadata"]["name"].as_str().unwrap());
+        let notes: serde_json::Map<String, Value> = logs
+            .iter()
+            .map(|(c, text)| (format!("legion.test/log.{c}"), serde_json::json!(text)))
+            .collect();
+        self.post(
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            &serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod, "namespace": ns, "labels": labels, "annotations": notes},
+                    "spec": job["spec"]["template"]["spec"].clone(),
+                    "status": {"phase": "Pending"}}),
+        )
+        .await;
+        pod
+    }
+
+    /// Plays the kubelet: merge-patches the pod's status.
+    pub async fn kubelet(&self, ns: &str, pod: &str, status: Value) {
+        self.patch(
+            &format!("/api/v1/namespaces/{ns}/pods/{pod}/status"),
+            &serde_json::json!({ "status": status }),
+        )
+        .await;
+    }
+}
+
+/// A container status as the kubelet reports it.
+pub fn status(name: &str, state: Value) -> Value {
+    serde_json::json!({"name": name, "image": format!("{name}-image"), "imageID": "", "ready": false, "restartCount": 0, "state": state})
+}
+
+/// A terminated container state.
+pub fn done(code: i32, reason: &str, message: &str) -> Value {
+    serde_json::json!({"terminated": {"exitCode": code, "reason": reason, "message": message}})
+}
+
 impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -290,3 +290,28 @@ pub fn test_venv(name: &str, packages: &[&str]) -> PathBuf {
     }
     dir
 }
+
+/// The Kubernetes version objects are validated against.
+pub const KUBERNETES: &str = "1.37.0";
+
+/// Validates a Kubernetes object with `kubernetes-validate --strict`
+/// (PyPI, in a venv beside the other test environments) against
+/// [`KUBERNETES`]'s schemas; returns (passed, output).
+pub fn kube_validate(object: &serde_json::Value) -> (bool, String) {
+    let validator = test_venv("test-kubernetes-validate", &["kubernetes-validate==1.37.0"])
+        .join("bin/kubernetes-validate");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("object.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(object).unwrap()).unwrap();
+    let out = Command::new(validator)
+        .args(["--strict", "-k", KUBERNETES])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

@@ -6,7 +6,8 @@ and vanilla kmock lacks (../../../../shared/notes/kube-emulator.md):
 resourceVersion, uid and creationTimestamp on objects and events; standard
 error reasons (NotFound, AlreadyExists); equality label and field selectors
 on lists and watches; a `List` kind; the core group's discovery version;
-namespaces that must exist before namespaced objects are created in them.
+namespaces that must exist before namespaced objects are created in them
+(and that a client can GET).
 
 Nothing runs here: the test plays the Job controller and the kubelet by
 creating pods and patching statuses through the same HTTP API, and serves
@@ -21,6 +22,7 @@ import sys
 import time
 import uuid
 
+import aiohttp.web
 import attrs
 import kmock
 
@@ -50,6 +52,15 @@ NAMESPACES: set = set()
 
 class Emulator(kmock.KubernetesEmulator):
     async def _handle(self, req):
+        # GET /api/v1/namespaces/NAME: kmock reads the path as a namespace
+        # scope with no resource; answer with the Namespace, if it exists.
+        if req.namespace and req.resource and req.resource.plural is None and req.method == kmock.method.GET:
+            if NAMESPACES and req.namespace not in NAMESPACES:
+                raise kmock.KubernetesError(status=404, message=f'namespaces "{req.namespace}" not found')
+            return aiohttp.web.json_response({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": stamp(name=req.namespace, resourceVersion="1"),
+                "status": {"phase": "Active"}})
         data = req.data
         if req.resource and req.action == kmock.action.CREATE and isinstance(data, dict):
             md = data.setdefault("metadata", {})

@@ -316,6 +316,74 @@ pub fn training_job(job: &TrainingJob<'_>, settings: &ClusterSettings) -> Result
     })
 }
 
+/// Checks a Job's pod against what Legion promises every cluster run,
+/// before it is created: no privileged or escalating container, no added
+/// capabilities, a non-root user, no host paths, host network, PID or IPC.
+/// Legion's own manifests always pass; this guards every later change to
+/// them (and anything that edits a Job on its way out) from loosening it.
+pub fn check_pod(job: &Job) -> Result<(), Error> {
+    let mut v = Vec::new();
+    let Some(pod) = job.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        v.push("the Job has no pod template".to_string());
+        return pod_verdict(job, v);
+    };
+    if pod.host_network == Some(true) || pod.host_pid == Some(true) || pod.host_ipc == Some(true) {
+        v.push("the pod shares the host's network, PIDs or IPC".into());
+    }
+    for vol in pod.volumes.iter().flatten() {
+        if vol.host_path.is_some() {
+            v.push(format!("volume '{}' is a host path", vol.name));
+        }
+    }
+    if pod
+        .security_context
+        .as_ref()
+        .and_then(|c| c.run_as_non_root)
+        != Some(true)
+    {
+        v.push("the pod does not require a non-root user".into());
+    }
+    let containers = pod.init_containers.iter().flatten().chain(&pod.containers);
+    for c in containers {
+        let sc = c.security_context.clone().unwrap_or_default();
+        if sc.privileged == Some(true) {
+            v.push(format!("container '{}' is privileged", c.name));
+        }
+        if sc.allow_privilege_escalation != Some(false) {
+            v.push(format!("container '{}' may escalate privileges", c.name));
+        }
+        if sc
+            .capabilities
+            .as_ref()
+            .and_then(|k| k.add.as_ref())
+            .is_some_and(|a| !a.is_empty())
+        {
+            v.push(format!("container '{}' adds capabilities", c.name));
+        }
+        if sc.run_as_user == Some(0) {
+            v.push(format!("container '{}' runs as root", c.name));
+        }
+    }
+    pod_verdict(job, v)
+}
+
+fn pod_verdict(job: &Job, violations: Vec<String>) -> Result<(), Error> {
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let toolchain = job
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(TOOLCHAIN_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    Err(Error::Policy {
+        toolchain,
+        violations,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,5 +470,61 @@ mod tests {
         assert_eq!(names[2].1, "img:b");
         assert_eq!(pod.containers[0].name, "collect");
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn a_loosened_pod_is_refused_before_it_exists() {
+        let plan = Plan {
+            steps: vec![Step {
+                name: "train".into(),
+                command: vec!["python".into()],
+                ..Default::default()
+            }],
+            python: None,
+        };
+        let s = spec();
+        let images = vec!["img:a".to_string()];
+        let job = training_job(
+            &TrainingJob {
+                spec: &s,
+                plan: &plan,
+                step_images: &images,
+                deadline_seconds: 60,
+            },
+            &ClusterSettings::default(),
+        )
+        .unwrap();
+        check_pod(&job).expect("Legion's own Job passes");
+        let loosen = |f: &dyn Fn(&mut PodSpec)| {
+            let mut j = job.clone();
+            f(j.spec.as_mut().unwrap().template.spec.as_mut().unwrap());
+            match check_pod(&j) {
+                Err(Error::Policy { violations, .. }) => violations.join("; "),
+                other => panic!("not refused: {other:?}"),
+            }
+        };
+        assert!(loosen(&|p| p.host_network = Some(true)).contains("host's network"));
+        assert!(loosen(&|p| p.volumes.as_mut().unwrap().push(Volume {
+            name: "root".into(),
+            host_path: Some(Default::default()),
+            ..Default::default()
+        }))
+        .contains("volume 'root' is a host path"));
+        assert!(loosen(&|p| p.init_containers.as_mut().unwrap()[1]
+            .security_context
+            .as_mut()
+            .unwrap()
+            .privileged = Some(true))
+        .contains("container 'step-train' is privileged"));
+        assert!(loosen(&|p| p.containers[0]
+            .security_context
+            .as_mut()
+            .unwrap()
+            .capabilities = Some(Capabilities {
+            add: Some(vec!["SYS_ADMIN".into()]),
+            drop: None
+        }))
+        .contains("container 'collect' adds capabilities"));
+        assert!(loosen(&|p| p.security_context = None).contains("non-root"));
     }
 }

@@ -5,11 +5,11 @@
 //! - [`step_image`]: the image a step with a Python environment runs in,
 //!   built once per environment and reused by hash;
 //! - [`runner`]: creating a Job and following it by watches to its end,
-//!   with every container's log kept in the run's log.
-//!
-//! The executor that creates the Job, follows it by a watch and keeps its
-//! logs builds on these manifests.
+//!   with every container's log kept in the run's log;
+//! - [`executor`]: a planned training to its Job (source and step images
+//!   pushed where the pod reaches them), created and followed.
 
+pub mod executor;
 pub mod job;
 pub mod runner;
 pub mod step_image;

@@ -178,11 +178,27 @@ fn started(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
+/// Why a pod cannot be scheduled, if its `PodScheduled` condition says
+/// `Unschedulable` (not enough CPU, memory or GPUs; no node matching the
+/// selector or tolerating the taints).
+pub fn unschedulable(pod: &Pod) -> Option<String> {
+    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
+    conditions
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        })
+        .map(|c| c.message.clone().unwrap_or_else(|| "no message".into()))
+}
+
 /// Runs Jobs in one namespace.
 #[derive(Clone)]
 pub struct JobRunner {
     client: Client,
     namespace: String,
+    unschedulable_after: std::time::Duration,
 }
 
 impl JobRunner {
@@ -191,7 +207,15 @@ impl JobRunner {
         JobRunner {
             client,
             namespace: namespace.into(),
+            unschedulable_after: std::time::Duration::from_secs(600),
         }
+    }
+
+    /// Fails a run whose pod stays unschedulable for `after` (and deletes
+    /// its Job, so it does not start unwatched later). Ten minutes unless set.
+    pub fn unschedulable_after(mut self, after: std::time::Duration) -> Self {
+        self.unschedulable_after = after;
+        self
     }
 
     fn err(&self, what: &str, e: kube::Error) -> Error {
@@ -244,15 +268,29 @@ impl JobRunner {
         let mut followed: BTreeSet<(String, String)> = BTreeSet::new();
         let mut readers = Vec::new();
         let mut seen_job = false;
+        // Since when, and why, the pod cannot be scheduled.
+        let mut pending: Option<(tokio::time::Instant, String)> = None;
         let end = loop {
+            let give_up = pending
+                .as_ref()
+                .map(|(since, _)| *since + self.unschedulable_after);
             let next = tokio::select! {
                 e = events.next() => e,
-                _ = cancel.cancelled() => {
-                    let dp = DeleteParams {
-                        propagation_policy: Some(PropagationPolicy::Background),
-                        ..DeleteParams::default()
+                _ = sleep_until(give_up) => {
+                    let why = pending.take().map(|(_, w)| w).unwrap_or_default();
+                    self.delete(&jobs, name).await?;
+                    log.note(&format!("unschedulable: deleted Job {}/{name}", self.namespace));
+                    break JobEnd::Failed {
+                        container: "pod".into(),
+                        exit_code: None,
+                        message: format!(
+                            "the pod could not be scheduled for {}s: {why}",
+                            self.unschedulable_after.as_secs()
+                        ),
                     };
-                    jobs.delete(name, &dp).await.map_err(|e| self.err("deleting the Job", e))?;
+                }
+                _ = cancel.cancelled() => {
+                    self.delete(&jobs, name).await?;
                     log.note(&format!("cancelled: deleted Job {}/{name}", self.namespace));
                     break JobEnd::Cancelled;
                 }
@@ -284,6 +322,14 @@ impl JobRunner {
                         continue;
                     };
                     let pod_name = p.metadata.name.clone().unwrap_or_default();
+                    match (unschedulable(&p), &pending) {
+                        (Some(why), None) => {
+                            log.note(&format!("pod {pod_name} cannot be scheduled: {why}"));
+                            pending = Some((tokio::time::Instant::now(), why));
+                        }
+                        (Some(why), Some((since, _))) => pending = Some((*since, why)),
+                        (None, _) => pending = None,
+                    }
                     for c in started(&p) {
                         if followed.insert((pod_name.clone(), c.clone())) {
                             readers.push(tokio::spawn(copy_log(
@@ -316,6 +362,28 @@ impl JobRunner {
             let _ = r.await;
         }
         Ok(end)
+    }
+}
+
+impl JobRunner {
+    async fn delete(&self, jobs: &Api<Job>, name: &str) -> Result<(), Error> {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match jobs.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.err("deleting the Job", e)),
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -60,6 +60,30 @@ pub async fn step_image(
     repository: &str,
     log: &RunLog,
 ) -> Result<StepImage, Error> {
+    find_or_build(home, step_base, env, repository, log, true).await
+}
+
+/// The step image a run would use, without building or pushing anything:
+/// pinned by digest when the registry has it, else by the tag a run would
+/// push (`reused: false`). The base is still resolved (a registry read).
+pub async fn planned_step_image(
+    home: &Home,
+    step_base: &str,
+    env: &PythonEnvironment,
+    repository: &str,
+    log: &RunLog,
+) -> Result<StepImage, Error> {
+    find_or_build(home, step_base, env, repository, log, false).await
+}
+
+async fn find_or_build(
+    home: &Home,
+    step_base: &str,
+    env: &PythonEnvironment,
+    repository: &str,
+    log: &RunLog,
+    build: bool,
+) -> Result<StepImage, Error> {
     let base = resolve_base(step_base).await?;
     let images = Layout::open(home.images())?;
     let python = match &env.python_version {
@@ -82,6 +106,13 @@ pub async fn step_image(
             reference: format!("{repository}@{digest}"),
             tag: target.whole(),
             reused: true,
+        });
+    }
+    if !build {
+        return Ok(StepImage {
+            reference: target.whole(),
+            tag: target.whole(),
+            reused: false,
         });
     }
     log.note(&format!(

@@ -1,0 +1,361 @@
+//! The Kubernetes executor: turns a planned, policy-checked training into
+//! the one Job that runs it (its source reachable from the pod, its Python
+//! environment baked into step images), creates it, and follows it to its
+//! end. On one machine the steps run as processes; here the pod runs the
+//! steps *and* the host's own collect/store/push phases (`legion step`).
+//!
+//! Everything a pod needs that only exists on this machine goes through
+//! the configured registry: a local source folder (or a git repository
+//! only this machine can reach) as a source artifact, step images, and
+//! the model the Job pushes back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use super::job::{training_job, ClusterSettings, TrainingJob};
+use super::runner::{JobEnd, JobRunner};
+use super::step_image::{planned_step_image, step_image};
+use crate::exec::{RunLog, Workspace};
+use crate::home::Home;
+use crate::oci::layout::Layout;
+use crate::oci::model::ToolchainRef;
+use crate::oci::registry::parse_reference;
+use crate::oci::source::{pack_source, pinned};
+use crate::plan::{DataBinding, Plan, Source, TrainingRequest};
+use crate::train::phases::StepSpec;
+use crate::Error;
+
+/// The `legion` image that runs a pod's own phases, unless configured.
+pub fn default_legion_image() -> String {
+    format!(
+        "ghcr.io/legion-platform/legion:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// How runs reach a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// A kubeconfig file; `None` is the usual places (`KUBECONFIG`,
+    /// `~/.kube/config`, the in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace; `None` is the kubeconfig context's (else `default`).
+    pub namespace: Option<String>,
+    /// `REGISTRY/PREFIX` the cluster pulls from and the Job pushes to:
+    /// sources go to `PREFIX/sources`, step images to `PREFIX/steps`,
+    /// models to `PREFIX/models/NAME` (unless `--push` names a place).
+    pub registry: String,
+    /// Image of the fetch and collect containers.
+    pub legion_image: String,
+    /// Seconds a finished Job is kept before Kubernetes deletes it.
+    pub ttl_seconds_after_finished: i32,
+    /// Retries of a failed pod.
+    pub backoff_limit: i32,
+    /// How long a pod may stay unschedulable before the run fails.
+    pub unschedulable_timeout: Duration,
+    /// Print the objects instead of creating them.
+    pub dry_run: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            kubeconfig: None,
+            namespace: None,
+            registry: String::new(),
+            legion_image: default_legion_image(),
+            ttl_seconds_after_finished: 24 * 3600,
+            backoff_limit: 0,
+            unschedulable_timeout: Duration::from_secs(600),
+            dry_run: false,
+        }
+    }
+}
+
+/// Runs trainings as Jobs in one namespace of one cluster.
+pub struct ClusterExecutor {
+    opts: ClusterOptions,
+    client: Option<Client>,
+    namespace: String,
+}
+
+/// What the pod will run, ready to be created.
+#[derive(Debug, Clone)]
+pub struct PreparedJob {
+    /// The Job.
+    pub job: Job,
+    /// Where the model will be pushed (`REGISTRY/REPO:TAG`).
+    pub model_target: String,
+    /// The request as the pod gets it (its source reachable from there).
+    pub request: TrainingRequest,
+}
+
+impl ClusterExecutor {
+    /// Connects to the cluster (checking the namespace exists), or, for a
+    /// dry run, to nothing at all.
+    pub async fn connect(opts: ClusterOptions) -> Result<Self, Error> {
+        if opts.dry_run {
+            let namespace = opts.namespace.clone().unwrap_or_else(|| "default".into());
+            return Ok(ClusterExecutor {
+                opts,
+                client: None,
+                namespace,
+            });
+        }
+        let client = super::client(opts.kubeconfig.as_deref()).await?;
+        let namespace = opts
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        match namespaces.get(&namespace).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(Error::Kubernetes {
+                    namespace: namespace.clone(),
+                    message: format!("the namespace '{namespace}' does not exist"),
+                })
+            }
+            // Allowed to create Jobs but not to read namespaces: the
+            // create will say if it is missing.
+            Err(kube::Error::Api(s)) if s.code == 403 => {}
+            Err(e) => {
+                return Err(Error::Kubernetes {
+                    namespace: namespace.clone(),
+                    message: format!("cannot reach the API server: {e}"),
+                })
+            }
+        }
+        Ok(ClusterExecutor {
+            opts,
+            client: Some(client),
+            namespace,
+        })
+    }
+
+    /// The namespace Jobs go in.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Whether this is a dry run.
+    pub fn dry_run(&self) -> bool {
+        self.opts.dry_run
+    }
+
+    /// Checks the registry is set and well-formed (trainings and
+    /// packagings need it; following a Job does not).
+    pub fn check_registry(&self) -> Result<(), Error> {
+        let opts = &self.opts;
+        if opts.registry.trim().is_empty() {
+            return Err(Error::InvalidArgument {
+                field: "--registry".into(),
+                message: "a cluster run needs a registry the cluster can pull from and push to (REGISTRY/PREFIX)".into(),
+            });
+        }
+        parse_reference(&format!("{}/sources", opts.registry), "x").map_err(|e| {
+            Error::InvalidArgument {
+                field: "--registry".into(),
+                message: format!("'{}' is not REGISTRY/PREFIX: {e}", opts.registry),
+            }
+        })?;
+        Ok(())
+    }
+
+    fn repository(&self, what: &str) -> String {
+        format!("{}/{what}", self.opts.registry.trim_end_matches('/'))
+    }
+
+    /// Where a model goes when `--push` names no place.
+    pub fn model_repository(&self, model_name: &str) -> String {
+        self.repository(&format!(
+            "models/{}",
+            super::job::dns_label(model_name, 100)
+        ))
+    }
+
+    /// Makes the Job for a planned training: the source reachable from the
+    /// pod, a step image per step (built and pushed unless this is a dry
+    /// run), the model's push target.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn prepare_training(
+        &self,
+        home: &Home,
+        run_id: &str,
+        toolchain: ToolchainRef,
+        request: &TrainingRequest,
+        plan: &Plan,
+        ws: &Workspace,
+        push: Option<&oci_client::Reference>,
+        timeout: Duration,
+        log: &RunLog,
+    ) -> Result<PreparedJob, Error> {
+        self.check_registry()?;
+        check_data(&request.data)?;
+        let mut request = request.clone();
+        request.source = self
+            .reachable_source(&request.source, run_id, ws, log)
+            .await?;
+
+        let mut images = Vec::with_capacity(plan.steps.len());
+        for step in &plan.steps {
+            let image = match &plan.python {
+                // Nothing to install: the step's own image as it is.
+                Some(env) if !env.requirements.is_empty() => {
+                    let repo = self.repository("steps");
+                    let found = if self.opts.dry_run {
+                        planned_step_image(home, &step.image, env, &repo, log).await?
+                    } else {
+                        step_image(home, &step.image, env, &repo, log).await?
+                    };
+                    found.reference
+                }
+                _ => step.image.clone(),
+            };
+            images.push(image);
+        }
+        let model_target = match push {
+            Some(r) => r.whole(),
+            None => format!(
+                "{}:{}",
+                self.model_repository(&request.model.name),
+                request.model.version
+            ),
+        };
+        let spec = StepSpec {
+            run_id: run_id.to_string(),
+            toolchain,
+            request: request.clone(),
+            push: Some(model_target.clone()),
+        };
+        let settings = ClusterSettings {
+            namespace: self.namespace.clone(),
+            legion_image: self.opts.legion_image.clone(),
+            backoff_limit: self.opts.backoff_limit,
+            ttl_seconds_after_finished: self.opts.ttl_seconds_after_finished,
+            ..Default::default()
+        };
+        let job = training_job(
+            &TrainingJob {
+                spec: &spec,
+                plan,
+                step_images: &images,
+                deadline_seconds: timeout.as_secs().min(i64::MAX as u64) as i64,
+            },
+            &settings,
+        )?;
+        super::job::check_pod(&job)?;
+        Ok(PreparedJob {
+            job,
+            model_target,
+            request,
+        })
+    }
+
+    /// The source as a pod can fetch it: a remote git repository at its
+    /// recorded commit stays as it is; a folder (or a repository only this
+    /// machine reaches) goes to the registry as a source artifact, pinned
+    /// by digest (packed but not pushed on a dry run).
+    async fn reachable_source(
+        &self,
+        source: &Source,
+        run_id: &str,
+        ws: &Workspace,
+        log: &RunLog,
+    ) -> Result<Source, Error> {
+        let remote = ["https://", "http://", "ssh://", "git@", "git://"]
+            .iter()
+            .any(|p| source.uri.starts_with(p));
+        if remote || source.uri.starts_with("oci://") {
+            return Ok(source.clone());
+        }
+        let target = parse_reference(&format!("{}:{run_id}", self.repository("sources")), "x")?;
+        let layout_dir = ws.root.join("source-artifact");
+        let layout = Layout::open(&layout_dir)?;
+        let digest = pack_source(&ws.source(), &layout, &target.whole()).await?;
+        if !self.opts.dry_run {
+            crate::oci::registry::Registry::for_reference(&target)
+                .push(&layout, &digest, &target)
+                .await?;
+            log.note(&format!(
+                "pushed the source {} as {}",
+                source.uri,
+                pinned(&target, &digest)
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&layout_dir);
+        Ok(Source {
+            uri: format!("oci://{}", pinned(&target, &digest)),
+            reference: source.reference.clone(),
+            commit: source.commit.clone(),
+        })
+    }
+
+    fn runner(&self) -> Result<JobRunner, Error> {
+        let client = self.client.clone().ok_or_else(|| Error::Kubernetes {
+            namespace: self.namespace.clone(),
+            message: "a dry run creates nothing".into(),
+        })?;
+        Ok(JobRunner::new(client, self.namespace.clone())
+            .unschedulable_after(self.opts.unschedulable_timeout))
+    }
+
+    /// Creates the Job and follows it to its end.
+    pub async fn run(
+        &self,
+        job: &Job,
+        run_id: &str,
+        log: &RunLog,
+        cancel: CancellationToken,
+    ) -> Result<JobEnd, Error> {
+        self.runner()?.run(job, run_id, log, cancel).await
+    }
+
+    /// Follows the Job `name` (created by an earlier process) to its end.
+    pub async fn follow(
+        &self,
+        name: &str,
+        run_id: &str,
+        log: &RunLog,
+        cancel: CancellationToken,
+    ) -> Result<JobEnd, Error> {
+        self.runner()?.follow(name, run_id, log, cancel).await
+    }
+}
+
+/// Refuses data bindings a pod cannot reach: files on this machine.
+pub fn check_data(data: &[DataBinding]) -> Result<(), Error> {
+    for d in data {
+        if d.uri.starts_with("file://") || !d.uri.contains("://") {
+            return Err(Error::InvalidArgument {
+                field: "--data".into(),
+                message: format!(
+                    "'{}' is on this machine, which a pod cannot read: use s3://, gs://, az:// or http(s):// data on a cluster",
+                    d.uri
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Objects as YAML documents (`---` between them), as `kubectl apply -f`
+/// takes them.
+pub fn yaml_documents<T: serde::Serialize>(objects: &[T]) -> Result<String, Error> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(
+            &serde_norway::to_string(o).map_err(|e| Error::InvalidArgument {
+                field: "--dry-run".into(),
+                message: format!("cannot write YAML: {e}"),
+            })?,
+        );
+    }
+    Ok(out)
+}
