@@ -57,7 +57,7 @@ pub enum Command {
     #[command(disable_version_flag = true)]
     Train(Box<train::TrainArgs>),
     /// Package a stored model into a runnable OCI image.
-    Package(package::PackageArgs),
+    Package(Box<package::PackageArgs>),
     /// List packaged images.
     #[command(subcommand)]
     Images(package::ImagesCommand),
@@ -89,11 +89,11 @@ impl Cli {
                 .await
                 .map(|_| 0),
             Command::Train(args) => train::run(*args, &home, &toolchains, self.output).await,
-            Command::Package(args) => package::run(args, &home, &toolchains, self.output).await,
+            Command::Package(args) => package::run(*args, &home, &toolchains, self.output).await,
             Command::Images(cmd) => package::images(cmd, &home, &toolchains, self.output)
                 .await
                 .map(|_| 0),
-            Command::Step(cmd) => step::run(cmd, &toolchains).await.map(|_| 0),
+            Command::Step(cmd) => step::run(cmd, &home, &toolchains).await.map(|_| 0),
             Command::Runs(cmd) => runs::runs(cmd, toolchains.store(), self.output)
                 .await
                 .map(|_| 0),

@@ -37,6 +37,11 @@ pub struct PackageArgs {
     /// lists them.
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = super::toolchain::parse_key_value)]
     pub args: Vec<(String, String)>,
+    /// Time a packaging on a cluster may run, e.g. 30m.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub cluster: super::cluster::ClusterArgs,
 }
 
 /// `legion images …`.
@@ -69,12 +74,21 @@ pub async fn run(
         base: args.base,
         push: args.push,
         arguments,
+        timeout: args.timeout,
     };
+    let cluster = args.cluster.connect().await?;
+    let packager = match &cluster {
+        Some(c) => Packager::on_cluster(toolchains, home, c),
+        None => Packager::new(toolchains, home),
+    };
+    if args.cluster.dry_run {
+        let job = packager.dry_run(opts).await?;
+        print!("{}", crate::exec::kube::executor::yaml_documents(&[&job])?);
+        return Ok(0);
+    }
     let (cancel, watcher) = cancel_on_ctrl_c();
     let progress = Progress::new();
-    let result = Packager::new(toolchains, home)
-        .package(opts, &progress, cancel)
-        .await;
+    let result = packager.package(opts, &progress, cancel).await;
     progress.finish();
     watcher.abort();
     let packaged = result?;

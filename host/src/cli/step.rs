@@ -8,10 +8,13 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use crate::exec::{RunLog, Workspace};
+use crate::home::Home;
 use crate::oci::layout::Layout;
+use crate::oci::model::ToolchainRef;
 use crate::oci::registry::parse_reference;
+use crate::package::{PackageOptions, Packager};
 use crate::plugin::Toolchains;
-use crate::train::phases::{self, Collected, Provenance, StepSpec};
+use crate::train::phases::{self, Collected, PackageSpec, PackagedImage, Provenance, StepSpec};
 use crate::Error;
 
 /// The phases a pod runs.
@@ -21,6 +24,20 @@ pub enum StepCommand {
     Fetch(StepArgs),
     /// Collects, stores and pushes the model; writes the termination message.
     Collect(CollectArgs),
+    /// Packages a model from a registry and pushes the image; writes the
+    /// termination message.
+    Package(PackageStepArgs),
+}
+
+/// `package`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct PackageStepArgs {
+    /// The package spec (JSON); without it, `LEGION_STEP_SPEC` holds the JSON.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// Where the result is written for Kubernetes to keep.
+    #[arg(long, default_value = "/dev/termination-log")]
+    pub termination_log: PathBuf,
 }
 
 /// Where the spec and the workspace are.
@@ -45,7 +62,11 @@ pub struct CollectArgs {
 }
 
 fn read_spec(args: &StepArgs) -> Result<StepSpec, Error> {
-    let (text, origin) = match &args.spec {
+    read_spec_from(args.spec.as_ref())
+}
+
+fn read_spec_from<T: serde::de::DeserializeOwned>(spec: Option<&PathBuf>) -> Result<T, Error> {
+    let (text, origin) = match spec {
         Some(path) => (
             std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
             path.display().to_string(),
@@ -61,9 +82,72 @@ fn read_spec(args: &StepArgs) -> Result<StepSpec, Error> {
     crate::plan::parse_json(&text, &origin)
 }
 
+/// Only the digest the run was planned with may run in the pod.
+async fn pinned(toolchains: &Toolchains, toolchain: &ToolchainRef) -> Result<(), Error> {
+    let row = toolchains.get(&toolchain.name).await?;
+    if row.digest != toolchain.digest {
+        return Err(Error::DigestMismatch {
+            toolchain: toolchain.name.clone(),
+            file: "the built-in toolchains of this legion".into(),
+            actual: row.digest,
+            expected: toolchain.digest.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes a step's report where Kubernetes keeps it, and to stdout.
+fn report<T: serde::Serialize>(path: &std::path::Path, value: &T) -> Result<(), Error> {
+    let text = serde_json::to_string(value).map_err(|e| Error::json(path, e))?;
+    std::fs::write(path, &text).map_err(|e| Error::io(path, e))?;
+    println!("{text}");
+    Ok(())
+}
+
 /// Runs a step; its log goes to stderr (the container's log).
-pub async fn run(cmd: StepCommand, toolchains: &Toolchains) -> Result<(), Error> {
+pub async fn run(cmd: StepCommand, home: &Home, toolchains: &Toolchains) -> Result<(), Error> {
     match cmd {
+        StepCommand::Package(args) => {
+            let spec: PackageSpec = read_spec_from(args.spec.as_ref())?;
+            pinned(toolchains, &spec.toolchain).await?;
+            let opts = PackageOptions {
+                model: spec.model.clone(),
+                toolchain: spec.toolchain.name.clone(),
+                base: spec.base.clone(),
+                push: Some(spec.push.clone()),
+                arguments: spec.arguments.clone(),
+                ..PackageOptions::default()
+            };
+            let packaged = Packager::new(toolchains, home)
+                .package(
+                    opts,
+                    &StderrEvents,
+                    tokio_util::sync::CancellationToken::new(),
+                )
+                .await?;
+            let run = packaged.run;
+            // The packaging's own log, for the container's log.
+            if let Ok(text) = std::fs::read_to_string(&run.log_path) {
+                eprint!("{text}");
+            }
+            match (run.state, run.image_ref, run.image_digest) {
+                (crate::store::RunState::Succeeded, Some(image_ref), Some(image_digest)) => report(
+                    &args.termination_log,
+                    &PackagedImage {
+                        image_ref,
+                        image_digest,
+                    },
+                ),
+                (state, ..) => Err(Error::Package {
+                    message: format!(
+                        "run {} {}: {}",
+                        run.id,
+                        state.as_str(),
+                        run.reason.unwrap_or_default()
+                    ),
+                }),
+            }
+        }
         StepCommand::Fetch(args) => {
             let spec = read_spec(&args)?;
             let ws = Workspace::new(&args.workspace);
@@ -90,16 +174,7 @@ pub async fn run(cmd: StepCommand, toolchains: &Toolchains) -> Result<(), Error>
                 .transpose()?;
             let ws = Workspace::new(&args.step.workspace);
             let log = RunLog::open(std::path::Path::new("/dev/stderr"))?;
-            // Only the digest the run was planned with may collect it.
-            let row = toolchains.get(&spec.toolchain.name).await?;
-            if row.digest != spec.toolchain.digest {
-                return Err(Error::DigestMismatch {
-                    toolchain: spec.toolchain.name.clone(),
-                    file: "the built-in toolchains of this legion".into(),
-                    actual: row.digest,
-                    expected: spec.toolchain.digest.clone(),
-                });
-            }
+            pinned(toolchains, &spec.toolchain).await?;
             let plugin = toolchains.load(&spec.toolchain.name).await?;
             let (p, req, w) = (plugin.clone(), spec.request.clone(), ws.clone());
             let (manifest, model_dir) =
@@ -137,12 +212,16 @@ pub async fn run(cmd: StepCommand, toolchains: &Toolchains) -> Result<(), Error>
                 model_ref: stored.reference.clone(),
                 pushed_ref,
             };
-            let text = serde_json::to_string(&collected)
-                .map_err(|e| Error::json(&args.termination_log, e))?;
-            std::fs::write(&args.termination_log, &text)
-                .map_err(|e| Error::io(&args.termination_log, e))?;
-            println!("{text}");
-            Ok(())
+            report(&args.termination_log, &collected)
         }
+    }
+}
+
+/// A pod's progress: each phase as a line on stderr (the container's log).
+struct StderrEvents;
+
+impl crate::exec::RunEvents for StderrEvents {
+    fn phase(&self, name: &str) {
+        eprintln!("==> {name}");
     }
 }

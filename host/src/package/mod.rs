@@ -25,6 +25,7 @@ use oci_client::Reference;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
+use crate::exec::kube::executor::ClusterExecutor;
 use crate::exec::{RunEvents, RunLog, Workspace};
 use crate::home::Home;
 use crate::oci::image::{
@@ -33,6 +34,7 @@ use crate::oci::image::{
 };
 use crate::oci::layer::{build_files_layer, Contents, ImageFile, LayerBlob};
 use crate::oci::layout::Layout;
+use crate::oci::model::ToolchainRef;
 use crate::oci::registry::{
     names_tag, parse_reference, BaseBlobs, BlobOutcome, BlobPushed, PushReport, Registry,
 };
@@ -40,15 +42,18 @@ use crate::oci::LAYER_GZIP_MEDIA_TYPE;
 use crate::plan::{ImagePlan, ImageTarget, Layer, ModelId, PackagingRequest, Pairs, Policy};
 use crate::plugin::{Interface, Plugin, Toolchains};
 use crate::serve::{find_model, model_spec, serving_requirements, unpack_model, FoundModel};
-use crate::store::{RunKind, RunPlan, RunRecord, RunRequest, RunState};
-use crate::train::{blocking, cancellable, now_ms, Stop};
+use crate::store::{JobRef, RunKind, RunPlan, RunRecord, RunRequest, RunState};
+use crate::train::{blocking, cancellable, job_ended, now_ms, Stop};
 use crate::Error;
 
 /// The packager used when none is named.
 pub const DEFAULT_PACKAGER: &str = "docker-rest";
 
+/// Default time a packaging on a cluster may run.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What `legion package` asks for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PackageOptions {
     /// `name:version`, a digest, or a registry reference.
     pub model: String,
@@ -60,6 +65,21 @@ pub struct PackageOptions {
     pub push: Option<String>,
     /// Packager arguments.
     pub arguments: Pairs,
+    /// Time a packaging on a cluster may run.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for PackageOptions {
+    fn default() -> Self {
+        PackageOptions {
+            model: String::new(),
+            toolchain: String::new(),
+            base: None,
+            push: None,
+            arguments: Pairs::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
 }
 
 /// One layer of the built image, for the report.
@@ -94,24 +114,93 @@ pub struct Packaged {
 pub struct Packager<'a> {
     toolchains: &'a Toolchains,
     home: &'a Home,
+    cluster: Option<&'a ClusterExecutor>,
 }
 
 impl<'a> Packager<'a> {
     /// A packager over `toolchains` in `home`.
     pub fn new(toolchains: &'a Toolchains, home: &'a Home) -> Self {
-        Packager { toolchains, home }
+        Packager {
+            toolchains,
+            home,
+            cluster: None,
+        }
     }
 
-    /// Packages. Returns `Err` only for input refused before the run was
-    /// recorded; once recorded, the run comes back in whatever state it
-    /// ended.
-    pub async fn package(
+    /// A packager that builds each image in a Job on `cluster`.
+    pub fn on_cluster(
+        toolchains: &'a Toolchains,
+        home: &'a Home,
+        cluster: &'a ClusterExecutor,
+    ) -> Self {
+        Packager {
+            toolchains,
+            home,
+            cluster: Some(cluster),
+        }
+    }
+
+    /// What a cluster packaging would create, without creating it or
+    /// recording a run (the model is not pushed; the Job names the
+    /// reference it would have).
+    pub async fn dry_run(
         &self,
         opts: PackageOptions,
-        events: &dyn RunEvents,
-        cancel: CancellationToken,
-    ) -> Result<Packaged, Error> {
-        // --- checks that leave no trace ---
+    ) -> Result<k8s_openapi::api::batch::v1::Job, Error> {
+        let Some(cluster) = self.cluster else {
+            return Err(Error::InvalidArgument {
+                field: "--dry-run".into(),
+                message: "a dry run shows the objects of a cluster run: add --executor kube".into(),
+            });
+        };
+        let c = self.check(&opts).await?;
+        let dir = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+        let log = RunLog::open(&dir.path().join("legion.log"))?;
+        let cancel = CancellationToken::new();
+        let job = Job {
+            home: self.home,
+            store: self.toolchains.store(),
+            packager_digest: &c.row.digest,
+            plugin: &c.plugin,
+            policy: &c.policy,
+            found: &c.found,
+            request: c.request.clone(),
+            push: c.push.as_ref(),
+            log: &log,
+            events: &crate::exec::Quiet,
+            cancel: &cancel,
+            cluster: self.cluster,
+            timeout: opts.timeout,
+        };
+        let plan = job.plan().await.map_err(Stop::into_error)?;
+        c.policy.check_image(c.plugin.name(), &plan)?;
+        let toolchain = ToolchainRef {
+            name: c.row.name.clone(),
+            digest: c.row.digest.clone(),
+        };
+        let (job, _) = cluster
+            .prepare_packaging(
+                &format!(
+                    "{}-dryrun",
+                    c.model.name.chars().take(36).collect::<String>()
+                ),
+                toolchain,
+                &c.found,
+                c.request.base_image.clone(),
+                c.push.as_ref(),
+                c.request.arguments.clone(),
+                opts.timeout,
+                &log,
+            )
+            .await?;
+        Ok(job)
+    }
+
+    /// Everything that can be checked before a run exists.
+    async fn check(&self, opts: &PackageOptions) -> Result<Checked, Error> {
+        if let Some(cluster) = self.cluster {
+            cluster.check_registry()?;
+        }
         let row = self.toolchains.get(&opts.toolchain).await?;
         let plugin = self.toolchains.load(&opts.toolchain).await?;
         if !plugin.interfaces().contains(&Interface::Packager) {
@@ -127,7 +216,6 @@ impl<'a> Packager<'a> {
             .map(|p| parse_reference(p, "latest"))
             .transpose()?;
         let policy = Policy::load(&self.home.policy())?;
-        events.phase("find model");
         let found = find_model(self.home, &opts.model, "MODEL").await?;
         let model = ModelId {
             name: found.config.name.clone(),
@@ -159,6 +247,38 @@ impl<'a> Packager<'a> {
             base_image: opts.base.clone(),
             arguments: opts.arguments.clone(),
         };
+
+        Ok(Checked {
+            row,
+            plugin,
+            push,
+            policy,
+            found,
+            model,
+            request,
+        })
+    }
+
+    /// Packages. Returns `Err` only for input refused before the run was
+    /// recorded; once recorded, the run comes back in whatever state it
+    /// ended.
+    pub async fn package(
+        &self,
+        opts: PackageOptions,
+        events: &dyn RunEvents,
+        cancel: CancellationToken,
+    ) -> Result<Packaged, Error> {
+        // --- checks that leave no trace ---
+        events.phase("find model");
+        let Checked {
+            row,
+            plugin,
+            push,
+            policy,
+            found,
+            model,
+            request,
+        } = self.check(&opts).await?;
 
         // --- the run exists from here on ---
         let id = format!(
@@ -217,6 +337,8 @@ impl<'a> Packager<'a> {
             log: &log,
             events,
             cancel: &cancel,
+            cluster: self.cluster,
+            timeout: opts.timeout,
         };
         match job.drive(&mut run, &mut out).await {
             Ok(()) => run.state = RunState::Succeeded,
@@ -238,9 +360,17 @@ impl<'a> Packager<'a> {
     }
 }
 
-/// A model version as an image tag (a tag has no `+`).
-fn tag_of(version: &str) -> String {
-    version.replace('+', "_")
+use crate::exec::kube::executor::tag_of;
+
+/// What the checks before a run exists found.
+struct Checked {
+    row: crate::store::ToolchainRow,
+    plugin: Plugin,
+    push: Option<Reference>,
+    policy: Policy,
+    found: FoundModel,
+    model: ModelId,
+    request: PackagingRequest,
 }
 
 /// One packaging's inputs while it runs.
@@ -256,6 +386,8 @@ struct Job<'a> {
     log: &'a RunLog,
     events: &'a dyn RunEvents,
     cancel: &'a CancellationToken,
+    cluster: Option<&'a ClusterExecutor>,
+    timeout: std::time::Duration,
 }
 
 impl Job<'_> {
@@ -264,21 +396,14 @@ impl Job<'_> {
         run.started_at = Some(now_ms());
         self.store.update_run(run).await?;
 
-        self.events.phase("unpack model");
-        let (home, found) = (self.home.clone(), self.found.clone());
-        let root = blocking(move || unpack_model(&home, &found)).await?;
-
-        self.events.phase("plan");
-        let (p, req, dir) = (
-            self.plugin.clone(),
-            self.request.clone(),
-            root.join(legion_serve::model::FILES_DIR),
-        );
-        let plan = blocking(move || p.plan_packaging(&req, &dir)).await?;
-        self.log.note(&format!("plan: {}", plan_summary(&plan)));
+        let plan = self.plan().await?;
         run.plan = Some(RunPlan::Packaging(plan.clone()));
         self.store.update_run(run).await?;
         self.policy.check_image(self.plugin.name(), &plan)?;
+
+        if let Some(cluster) = self.cluster {
+            return self.drive_on_cluster(cluster, run).await;
+        }
 
         let images = Layout::open(self.home.images())?;
         self.events.phase("base image");
@@ -399,6 +524,64 @@ impl Job<'_> {
         }
         run.image_digest = Some(image.digest.clone());
         Ok(())
+    }
+
+    /// Unpacks the model and asks the packager for its plan.
+    async fn plan(&self) -> Result<ImagePlan, Stop> {
+        self.events.phase("unpack model");
+        let (home, found) = (self.home.clone(), self.found.clone());
+        let root = blocking(move || unpack_model(&home, &found)).await?;
+
+        self.events.phase("plan");
+        let (p, req, dir) = (
+            self.plugin.clone(),
+            self.request.clone(),
+            root.join(legion_serve::model::FILES_DIR),
+        );
+        let plan = blocking(move || p.plan_packaging(&req, &dir)).await?;
+        self.log.note(&format!("plan: {}", plan_summary(&plan)));
+        Ok(plan)
+    }
+
+    /// The planned, policy-checked packaging as a Job on `cluster`: the
+    /// pod runs this very packaging (`legion step package`) and pushes the
+    /// image; the host follows it.
+    async fn drive_on_cluster(
+        &self,
+        cluster: &ClusterExecutor,
+        run: &mut RunRecord,
+    ) -> Result<(), Stop> {
+        self.events.phase("prepare the Job (push the model)");
+        let toolchain = ToolchainRef {
+            name: run.toolchain.clone(),
+            digest: run.toolchain_digest.clone(),
+        };
+        let (job, _target) = cancellable(
+            self.cancel,
+            cluster.prepare_packaging(
+                &run.id,
+                toolchain,
+                self.found,
+                self.request.base_image.clone(),
+                self.push,
+                self.request.arguments.clone(),
+                self.timeout,
+                self.log,
+            ),
+        )
+        .await?;
+        let name = job.metadata.name.clone().unwrap_or_default();
+        run.job = Some(JobRef {
+            namespace: cluster.namespace().to_string(),
+            name: name.clone(),
+        });
+        self.store.update_run(run).await?;
+        self.events
+            .phase(&format!("Job {}/{name}", cluster.namespace()));
+        let end = cluster
+            .run(&job, &run.id, self.log, self.cancel.clone())
+            .await?;
+        job_ended(run, end, self.log)
     }
 
     async fn fetch_base_layers(&self, base: &BaseImage, images: &Layout) -> Result<(), Stop> {

@@ -244,13 +244,7 @@ impl<'a> Trainer<'a> {
         let (p, req, source) = (c.plugin.clone(), request.clone(), ws.source());
         let plan = blocking(move || p.plan_training(&req, &source))
             .await
-            .map_err(|stop| match stop {
-                Stop::Error(e) => e,
-                _ => Error::InvalidArgument {
-                    field: "--dry-run".into(),
-                    message: "planning stopped".into(),
-                },
-            })?;
+            .map_err(Stop::into_error)?;
         c.policy.check(c.plugin.name(), &plan)?;
         let id = format!("{}-dryrun", run_prefix(&c.model));
         cluster
@@ -547,7 +541,7 @@ impl Trainer<'_> {
 }
 
 /// Writes how a run's Job ended into the run.
-fn job_ended(run: &mut RunRecord, end: JobEnd, log: &RunLog) -> Result<(), Stop> {
+pub(crate) fn job_ended(run: &mut RunRecord, end: JobEnd, log: &RunLog) -> Result<(), Stop> {
     let job = run
         .job
         .as_ref()
@@ -562,6 +556,14 @@ fn job_ended(run: &mut RunRecord, end: JobEnd, log: &RunLog) -> Result<(), Stop>
             run.model_digest = Some(c.model_digest);
             run.model_ref = Some(c.model_ref);
             run.pushed_ref = c.pushed_ref;
+            run.state = RunState::Succeeded;
+            Ok(())
+        }
+        JobEnd::Packaged(p) => {
+            log.note(&format!("run {} succeeded: {}", run.id, p.image_ref));
+            run.image_ref = Some(p.image_ref.clone());
+            run.pushed_ref = Some(p.image_ref);
+            run.image_digest = Some(p.image_digest);
             run.state = RunState::Succeeded;
             Ok(())
         }
@@ -730,6 +732,23 @@ impl Stop {
                 run.state = RunState::Failed;
                 run.reason = Some(e.to_string());
             }
+        }
+    }
+}
+
+impl Stop {
+    /// The stop as an error, for paths that record no run (a dry run).
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            Stop::Error(e) => e,
+            Stop::Cancelled(_) => Error::InvalidArgument {
+                field: "run".into(),
+                message: "cancelled".into(),
+            },
+            Stop::Failed { reason, .. } => Error::InvalidArgument {
+                field: "run".into(),
+                message: reason,
+            },
         }
     }
 }

@@ -182,3 +182,35 @@ pub struct Collected {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_ref: Option<String>,
 }
+
+/// What `legion step package` is told: the run, the packager pinned by
+/// digest, the model (a registry reference pinned by digest, which the pod
+/// pulls), and where the image goes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PackageSpec {
+    /// The run's id.
+    pub run_id: String,
+    /// The packager, by name and pinned digest.
+    pub toolchain: ToolchainRef,
+    /// `REGISTRY/REPO@sha256:…` of the model.
+    pub model: String,
+    /// Base image override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// `REGISTRY/REPO:TAG` the image is pushed to.
+    pub push: String,
+    /// Packager arguments.
+    #[serde(default)]
+    pub arguments: crate::plan::Pairs,
+}
+
+/// What `package` reports as its termination message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackagedImage {
+    /// `REGISTRY/REPO:TAG@sha256:…`.
+    pub image_ref: String,
+    /// The image manifest's digest.
+    pub image_digest: String,
+}

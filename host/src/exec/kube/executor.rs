@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use super::job::{training_job, ClusterSettings, TrainingJob};
+use super::job::{packaging_job, training_job, ClusterSettings, TrainingJob};
 use super::runner::{JobEnd, JobRunner};
 use super::step_image::{planned_step_image, step_image};
 use crate::exec::{RunLog, Workspace};
@@ -27,7 +27,8 @@ use crate::oci::model::ToolchainRef;
 use crate::oci::registry::parse_reference;
 use crate::oci::source::{pack_source, pinned};
 use crate::plan::{DataBinding, Plan, Source, TrainingRequest};
-use crate::train::phases::StepSpec;
+use crate::serve::FoundModel;
+use crate::train::phases::{PackageSpec, StepSpec};
 use crate::Error;
 
 /// The `legion` image that runs a pod's own phases, unless configured.
@@ -233,13 +234,7 @@ impl ClusterExecutor {
             request: request.clone(),
             push: Some(model_target.clone()),
         };
-        let settings = ClusterSettings {
-            namespace: self.namespace.clone(),
-            legion_image: self.opts.legion_image.clone(),
-            backoff_limit: self.opts.backoff_limit,
-            ttl_seconds_after_finished: self.opts.ttl_seconds_after_finished,
-            ..Default::default()
-        };
+        let settings = self.settings();
         let job = training_job(
             &TrainingJob {
                 spec: &spec,
@@ -255,6 +250,72 @@ impl ClusterExecutor {
             model_target,
             request,
         })
+    }
+
+    /// Makes the Job for a planned, policy-checked packaging: the model
+    /// pushed where the pod pulls it (unless this is a dry run: its pinned
+    /// reference is named all the same), the image's push target.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn prepare_packaging(
+        &self,
+        run_id: &str,
+        toolchain: ToolchainRef,
+        found: &FoundModel,
+        base: Option<String>,
+        push: Option<&oci_client::Reference>,
+        arguments: crate::plan::Pairs,
+        timeout: Duration,
+        log: &RunLog,
+    ) -> Result<(Job, String), Error> {
+        self.check_registry()?;
+        let model = &found.config;
+        let repo = self.model_repository(&model.name);
+        let target = parse_reference(&format!("{repo}:{}", tag_of(&model.version)), "x")?;
+        if !self.opts.dry_run {
+            crate::oci::registry::Registry::for_reference(&target)
+                .push(&found.layout, &found.desc.digest, &target)
+                .await?;
+            log.note(&format!(
+                "pushed the model to {}",
+                pinned(&target, &found.desc.digest)
+            ));
+        }
+        let image_target = match push {
+            Some(r) => r.whole(),
+            None => format!(
+                "{}:{}",
+                self.repository(&format!(
+                    "images/{}",
+                    super::job::dns_label(&model.name, 100)
+                )),
+                tag_of(&model.version)
+            ),
+        };
+        let spec = PackageSpec {
+            run_id: run_id.to_string(),
+            toolchain,
+            model: pinned(&target, &found.desc.digest),
+            base,
+            push: image_target.clone(),
+            arguments,
+        };
+        let job = packaging_job(
+            &spec,
+            timeout.as_secs().min(i64::MAX as u64) as i64,
+            &self.settings(),
+        )?;
+        super::job::check_pod(&job)?;
+        Ok((job, image_target))
+    }
+
+    fn settings(&self) -> ClusterSettings {
+        ClusterSettings {
+            namespace: self.namespace.clone(),
+            legion_image: self.opts.legion_image.clone(),
+            backoff_limit: self.opts.backoff_limit,
+            ttl_seconds_after_finished: self.opts.ttl_seconds_after_finished,
+            ..Default::default()
+        }
     }
 
     /// The source as a pod can fetch it: a remote git repository at its
@@ -326,6 +387,11 @@ impl ClusterExecutor {
     ) -> Result<JobEnd, Error> {
         self.runner()?.follow(name, run_id, log, cancel).await
     }
+}
+
+/// A model version as an image tag (a tag has no `+`).
+pub fn tag_of(version: &str) -> String {
+    version.replace('+', "_")
 }
 
 /// Refuses data bindings a pod cannot reach: files on this machine.

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::exec::{substitute, Workspace};
 use crate::plan::{Plan, Resources};
-use crate::train::phases::StepSpec;
+use crate::train::phases::{PackageSpec, StepSpec};
 use crate::Error;
 
 /// Label: the run's id.
@@ -181,47 +181,14 @@ pub fn training_job(job: &TrainingJob<'_>, settings: &ClusterSettings) -> Result
             ),
         });
     }
-    let spec_json = serde_json::to_string(spec).map_err(|e| Error::InvalidArgument {
-        field: "step spec".into(),
-        message: e.to_string(),
-    })?;
-    let labels = BTreeMap::from([
-        (RUN_ID_LABEL.to_string(), label_value(&spec.run_id)),
-        (
-            TOOLCHAIN_LABEL.to_string(),
-            label_value(&spec.toolchain.name),
-        ),
-        (KIND_LABEL.to_string(), "training".to_string()),
-        (
-            "app.kubernetes.io/managed-by".to_string(),
-            "legion".to_string(),
-        ),
-    ]);
-    let annotations = BTreeMap::from([
-        (
-            "legion-platform.org/toolchain-digest".to_string(),
-            spec.toolchain.digest.clone(),
-        ),
-        (
-            "legion-platform.org/model".to_string(),
-            format!("{}:{}", spec.request.model.name, spec.request.model.version),
-        ),
-    ]);
-    let legion_container = |name: &str, args: Vec<&str>| Container {
-        name: name.to_string(),
-        image: Some(settings.legion_image.clone()),
-        command: Some(vec!["legion".to_string()]),
-        args: Some(args.into_iter().map(str::to_string).collect()),
-        env: Some(env([
-            ("LEGION_STEP_SPEC".to_string(), spec_json.clone()),
-            ("LEGION_HOME".to_string(), "/tmp/legion".to_string()),
-            ("HOME".to_string(), "/tmp".to_string()),
-        ])),
-        volume_mounts: Some(mounts()),
-        security_context: Some(hardened()),
-        termination_message_policy: Some("File".into()),
-        ..Default::default()
-    };
+    let spec_json = spec_json(spec)?;
+    let labels = labels(&spec.run_id, &spec.toolchain.name, "training");
+    let annotations = annotations(
+        &spec.toolchain.digest,
+        format!("{}:{}", spec.request.model.name, spec.request.model.version),
+    );
+    let legion_container =
+        |name: &str, args: Vec<&str>| legion_container(name, args, &spec_json, settings);
 
     let ws = Workspace::new(WORKSPACE);
     let vars = ws.variables(&spec.run_id, &spec.request.model);
@@ -263,14 +230,111 @@ pub fn training_job(job: &TrainingJob<'_>, settings: &ClusterSettings) -> Result
     }
     let collect = legion_container("collect", vec!["step", "collect", "--workspace", WORKSPACE]);
 
+    Ok(job_of(
+        &spec.run_id,
+        labels,
+        annotations,
+        init,
+        collect,
+        job.deadline_seconds,
+        settings,
+    ))
+}
+
+/// The Job that packages a model on a cluster: one container in the
+/// legion image running `legion step package` (the same packaging code as
+/// `legion package`), which pushes the image and reports its digest.
+pub fn packaging_job(
+    spec: &PackageSpec,
+    deadline_seconds: i64,
+    settings: &ClusterSettings,
+) -> Result<Job, Error> {
+    let spec_json = spec_json(spec)?;
+    let labels = labels(&spec.run_id, &spec.toolchain.name, "packaging");
+    let annotations = annotations(&spec.toolchain.digest, spec.model.clone());
+    let package = legion_container("package", vec!["step", "package"], &spec_json, settings);
+    Ok(job_of(
+        &spec.run_id,
+        labels,
+        annotations,
+        Vec::new(),
+        package,
+        deadline_seconds,
+        settings,
+    ))
+}
+
+fn spec_json<T: serde::Serialize>(spec: &T) -> Result<String, Error> {
+    serde_json::to_string(spec).map_err(|e| Error::InvalidArgument {
+        field: "step spec".into(),
+        message: e.to_string(),
+    })
+}
+
+fn labels(run_id: &str, toolchain: &str, kind: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (RUN_ID_LABEL.to_string(), label_value(run_id)),
+        (TOOLCHAIN_LABEL.to_string(), label_value(toolchain)),
+        (KIND_LABEL.to_string(), kind.to_string()),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "legion".to_string(),
+        ),
+    ])
+}
+
+fn annotations(toolchain_digest: &str, model: String) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "legion-platform.org/toolchain-digest".to_string(),
+            toolchain_digest.to_string(),
+        ),
+        ("legion-platform.org/model".to_string(), model),
+    ])
+}
+
+/// A container of the legion image running `legion ARGS` with the spec.
+fn legion_container(
+    name: &str,
+    args: Vec<&str>,
+    spec_json: &str,
+    settings: &ClusterSettings,
+) -> Container {
+    Container {
+        name: name.to_string(),
+        image: Some(settings.legion_image.clone()),
+        command: Some(vec!["legion".to_string()]),
+        args: Some(args.into_iter().map(str::to_string).collect()),
+        env: Some(env([
+            ("LEGION_STEP_SPEC".to_string(), spec_json.to_string()),
+            ("LEGION_HOME".to_string(), "/tmp/legion".to_string()),
+            ("HOME".to_string(), "/tmp".to_string()),
+        ])),
+        volume_mounts: Some(mounts()),
+        security_context: Some(hardened()),
+        termination_message_policy: Some("File".into()),
+        ..Default::default()
+    }
+}
+
+/// The Job around a pod of `init` containers then `main`.
+fn job_of(
+    run_id: &str,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    init: Vec<Container>,
+    main: Container,
+    deadline_seconds: i64,
+    settings: &ClusterSettings,
+) -> Job {
     let empty = |name: &str| Volume {
         name: name.to_string(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     };
-    Ok(Job {
+    Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&spec.run_id)),
+            name: Some(job_name(run_id)),
             namespace: Some(settings.namespace.clone()),
             labels: Some(labels.clone()),
             annotations: Some(annotations),
@@ -278,7 +342,7 @@ pub fn training_job(job: &TrainingJob<'_>, settings: &ClusterSettings) -> Result
         },
         spec: Some(JobSpec {
             backoff_limit: Some(settings.backoff_limit),
-            active_deadline_seconds: Some(job.deadline_seconds.max(1)),
+            active_deadline_seconds: Some(deadline_seconds.max(1)),
             ttl_seconds_after_finished: Some(settings.ttl_seconds_after_finished),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -300,8 +364,8 @@ pub fn training_job(job: &TrainingJob<'_>, settings: &ClusterSettings) -> Result
                         }),
                         ..Default::default()
                     }),
-                    init_containers: Some(init),
-                    containers: vec![collect],
+                    init_containers: (!init.is_empty()).then_some(init),
+                    containers: vec![main],
                     volumes: Some(vec![empty("workspace"), empty("tmp")]),
                     node_selector: (!settings.node_selector.is_empty())
                         .then(|| settings.node_selector.clone()),
@@ -313,7 +377,7 @@ pub fn training_job(job: &TrainingJob<'_>, settings: &ClusterSettings) -> Result
             ..Default::default()
         }),
         status: None,
-    })
+    }
 }
 
 /// Checks a Job's pod against what Legion promises every cluster run,

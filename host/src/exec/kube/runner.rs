@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::job::{job_name, RUN_ID_LABEL};
 use crate::exec::RunLog;
-use crate::train::phases::Collected;
+use crate::train::phases::{Collected, PackagedImage};
 use crate::Error;
 
 /// How a Job ended.
@@ -27,6 +27,8 @@ use crate::Error;
 pub enum JobEnd {
     /// The collect container reported the stored model.
     Succeeded(Collected),
+    /// The package container reported the pushed image.
+    Packaged(PackagedImage),
     /// A container failed.
     Failed {
         /// The container (`fetch`, `step-<name>`, `collect`).
@@ -129,16 +131,16 @@ pub fn analyze(pod: &Pod) -> PodVerdict {
         };
         if t.exit_code == 0 {
             let text = t.message.as_deref().unwrap_or_default();
-            return PodVerdict::Ended(match serde_json::from_str::<Collected>(text) {
-                Ok(c) => JobEnd::Succeeded(c),
-                Err(e) => JobEnd::Failed {
-                    container: s.name.clone(),
-                    exit_code: Some(0),
-                    message: format!(
-                        "its termination message is not a model report ({e}): {text:?}"
-                    ),
-                },
-            });
+            let end = if s.name == "package" {
+                serde_json::from_str::<PackagedImage>(text).map(JobEnd::Packaged)
+            } else {
+                serde_json::from_str::<Collected>(text).map(JobEnd::Succeeded)
+            };
+            return PodVerdict::Ended(end.unwrap_or_else(|e| JobEnd::Failed {
+                container: s.name.clone(),
+                exit_code: Some(0),
+                message: format!("its termination message is not a report ({e}): {text:?}"),
+            }));
         }
     }
     PodVerdict::Running

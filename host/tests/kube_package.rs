@@ -1,0 +1,225 @@
+//! `legion package --executor kube` as API-contract tests: the real
+//! binary, a real registry, the Kubernetes API emulator in place of a
+//! cluster. The test plays the Job controller and the kubelet, and runs the
+//! pod's one container — the real `legion step package`, in a data dir of
+//! its own as a fresh pod would have — with the spec the Job carries, so
+//! the image the run records is the one that pod really pushed.
+
+mod common;
+
+use std::io::Read as _;
+use std::process::Stdio;
+
+use common::emulator::{done, status, Emulator};
+use common::registry::Registry;
+use common::Legion;
+use serde_json::{json, Value};
+
+const NS: &str = "ml";
+
+/// Trains a `legion.python` model `tiny:1` on this machine.
+fn train_tiny(l: &Legion) {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("train.py"),
+        "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
+         open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n",
+    )
+    .unwrap();
+    l.ok(&[
+        "train",
+        src.path().to_str().unwrap(),
+        "-t",
+        "python",
+        "--name",
+        "tiny",
+    ]);
+}
+
+fn cluster_args(registry: &Registry, emu: &Emulator, base: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "package",
+        "tiny:1",
+        "--executor",
+        "kube",
+        "--namespace",
+        NS,
+        "--kubeconfig",
+        emu.kubeconfig.to_str().unwrap(),
+        "--legion-image",
+        "registry.example/legion:test",
+        "--base",
+        base,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("--registry".into());
+    args.push(format!("{}/legion", registry.addr));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn package_spec(job: &Value) -> Value {
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["name"], "package");
+    let env = c["env"].as_array().unwrap();
+    let spec = env
+        .iter()
+        .find(|e| e["name"] == "LEGION_STEP_SPEC")
+        .unwrap();
+    serde_json::from_str(spec["value"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn a_packaging_runs_as_a_job_whose_pod_pushes_the_image() {
+    let registry = Registry::start();
+    let base = registry.python_base();
+    let emu = Emulator::start(&[NS]);
+    let l = Legion::new();
+    train_tiny(&l);
+    let mut child = l
+        .cmd()
+        .args(cluster_args(&registry, &emu, &base, &["-o", "json"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+    let job = loop {
+        let list = rt.block_on(emu.get(&jobs)).unwrap();
+        if let Some(j) = list["items"].as_array().and_then(|a| a.first()) {
+            break j.clone();
+        }
+        if child.try_wait().unwrap().is_some() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("legion ended before creating a Job:\n{err}");
+        }
+        assert!(std::time::Instant::now() < deadline, "no Job (hang guard)");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        job["metadata"]["labels"]["legion-platform.org/kind"],
+        "packaging"
+    );
+    let spec = package_spec(&job);
+    // The host pushed the model where the pod pulls it, pinned by digest.
+    let model = spec["model"].as_str().unwrap();
+    let models = format!("{}/legion/models/tiny@sha256:", registry.addr);
+    assert!(model.starts_with(&models), "{model}");
+    assert_eq!(
+        spec["push"],
+        format!("{}/legion/images/tiny:1", registry.addr)
+    );
+
+    // The pod: a fresh data dir, the real packaging, the spec from the Job.
+    let pod_home = Legion::new();
+    let term = pod_home.home.path().join("termination-log");
+    let out = pod_home
+        .cmd()
+        .args([
+            "step",
+            "package",
+            "--termination-log",
+            term.to_str().unwrap(),
+        ])
+        .env("LEGION_STEP_SPEC", spec.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod_log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = std::fs::read_to_string(&term).unwrap();
+
+    rt.block_on(async {
+        let pod = emu
+            .pod_for_job(&job, &[("package", pod_log.as_str())])
+            .await;
+        emu.kubelet(
+            NS,
+            &pod,
+            json!({"phase": "Succeeded",
+                "containerStatuses": [status("package", done(0, "Completed", &report))]}),
+        )
+        .await;
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packaged: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &packaged["run"];
+    let reported: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["kind"], "packaging");
+    assert_eq!(run["imageDigest"], reported["imageDigest"]);
+    assert_eq!(run["imageRef"], reported["imageRef"]);
+    // The registry serves exactly that image under the model's version.
+    use sha2::Digest as _;
+    let raw = registry.raw_manifest("legion/images/tiny:1");
+    assert_eq!(
+        reported["imageDigest"],
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw)))
+    );
+    // The pod's log is the run's log.
+    let logs = l.ok(&["runs", "logs", run["id"].as_str().unwrap()]);
+    assert!(logs.contains("[package] "), "{logs}");
+    assert!(logs.contains("pushed"), "{logs}");
+}
+
+#[test]
+fn a_packaging_dry_run_prints_a_valid_job_and_pushes_nothing() {
+    let registry = Registry::start();
+    let base = registry.python_base();
+    let emu = Emulator::start(&[NS]);
+    let l = Legion::new();
+    train_tiny(&l);
+    let args = cluster_args(&registry, &emu, &base, &["--dry-run"]);
+    let out = l.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let docs: Vec<&str> = out
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .collect();
+    assert_eq!(docs.len(), 1, "{out}");
+    let job: Value = serde_norway::from_str(docs[0]).unwrap();
+    let (valid, report) = common::kube_validate(&job);
+    assert!(valid, "{report}");
+    assert!(
+        package_spec(&job)["model"]
+            .as_str()
+            .unwrap()
+            .contains("/legion/models/tiny@sha256:"),
+        "the Job names the model by digest"
+    );
+    // Nothing pushed, nothing created, nothing recorded.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let jobs = rt
+        .block_on(emu.get(&format!("/apis/batch/v1/namespaces/{NS}/jobs")))
+        .unwrap();
+    assert_eq!(jobs["items"], json!([]));
+    let tags = reqwest::blocking::get(format!(
+        "http://{}/v2/legion/models/tiny/tags/list",
+        registry.addr
+    ))
+    .unwrap();
+    assert_eq!(tags.status(), 404, "the model was not pushed");
+    let runs = l.json(&["runs", "ls"]);
+    assert_eq!(
+        runs.as_array().unwrap().len(),
+        1,
+        "only the training: {runs}"
+    );
+}
