@@ -20,4 +20,12 @@ done
 # The benchmarks run once as smoke tests, so they cannot rot.
 cargo bench -p legion --bench plugin -- --test
 cargo bench -p legion-serve --bench protocols -- --test
-cargo nextest run --release --no-fail-fast
+# The cluster end-to-end suite needs a real cluster (docs/kubernetes.md):
+# it runs only with LEGION_TEST_KUBECONFIG set (or when required), and is
+# otherwise left out and reported as skipped, never counted as passed.
+if [ -n "${LEGION_TEST_KUBECONFIG:-}" ] || [ "${LEGION_TEST_REQUIRE_KUBERNETES:-}" = 1 ]; then
+  cargo nextest run --release --no-fail-fast
+else
+  cargo nextest run --release --no-fail-fast -E 'not binary(kube_cluster)'
+  echo "SKIPPED host/tests/kube_cluster.rs (cluster end-to-end): LEGION_TEST_KUBECONFIG is not set"
+fi
