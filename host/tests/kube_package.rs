@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::io::Read as _;
 use std::process::Stdio;
 
-use common::emulator::{done, status, Emulator};
+use common::emulator::{container, done, status, step_spec, Emulator};
 use common::registry::Registry;
 use common::Legion;
 use serde_json::{json, Value};
@@ -60,15 +59,13 @@ fn cluster_args(registry: &Registry, emu: &Emulator, base: &str, extra: &[&str])
     args
 }
 
+/// The spec of the Job's one container, `package`.
 fn package_spec(job: &Value) -> Value {
-    let c = &job["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(c["name"], "package");
-    let env = c["env"].as_array().unwrap();
-    let spec = env
-        .iter()
-        .find(|e| e["name"] == "LEGION_STEP_SPEC")
-        .unwrap();
-    serde_json::from_str(spec["value"].as_str().unwrap()).unwrap()
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["name"],
+        "package"
+    );
+    step_spec(container(job, "package"))
 }
 
 #[test]
@@ -85,27 +82,8 @@ fn a_packaging_runs_as_a_job_whose_pod_pushes_the_image() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let job = emu.wait_for_job(NS, &mut child);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let jobs = format!("/apis/batch/v1/namespaces/{NS}/jobs");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
-    let job = loop {
-        let list = rt.block_on(emu.get(&jobs)).unwrap();
-        if let Some(j) = list["items"].as_array().and_then(|a| a.first()) {
-            break j.clone();
-        }
-        if child.try_wait().unwrap().is_some() {
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("legion ended before creating a Job:\n{err}");
-        }
-        assert!(std::time::Instant::now() < deadline, "no Job (hang guard)");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
     assert_eq!(
         job["metadata"]["labels"]["legion-platform.org/kind"],
         "packaging"

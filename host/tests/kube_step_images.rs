@@ -27,7 +27,7 @@ fn a_python_environment_becomes_a_step_image_once_and_runs() {
     let repository = format!("{}/legion/steps", registry.addr);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let first = rt
-        .block_on(step_image(&home, &base, &env, &repository, &log))
+        .block_on(step_image(&home, &base, &env, &repository, true, &log))
         .unwrap();
     assert!(!first.reused);
     assert!(
@@ -44,7 +44,7 @@ fn a_python_environment_becomes_a_step_image_once_and_runs() {
     );
     // Unchanged environment: found by its hash, nothing built.
     let again = rt
-        .block_on(step_image(&home, &base, &env, &repository, &log))
+        .block_on(step_image(&home, &base, &env, &repository, true, &log))
         .unwrap();
     assert!(again.reused);
     assert_eq!(again.reference, first.reference);
@@ -60,7 +60,7 @@ fn a_python_environment_becomes_a_step_image_once_and_runs() {
         requirements: vec!["wheel".into()],
     };
     let third = rt
-        .block_on(step_image(&home, &base, &other, &repository, &log))
+        .block_on(step_image(&home, &base, &other, &repository, true, &log))
         .unwrap();
     assert_ne!(third.reference, first.reference);
 

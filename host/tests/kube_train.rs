@@ -12,9 +12,9 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use common::emulator::{done, status, Emulator};
+use common::emulator::{container, done, status, step_spec, Emulator};
 use common::registry::Registry;
-use common::Legion;
+use common::{write_model, Legion};
 use serde_json::{json, Value};
 
 const NS: &str = "ml";
@@ -88,57 +88,11 @@ fn spawn(l: &Legion, args: &[String]) -> Child {
         .unwrap()
 }
 
-/// Waits for the run's Job; if legion ends first, fails with its stderr.
-fn wait_for_job(cluster: &Cluster, child: &mut Child) -> Value {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    // A hang guard, not a timing check: step images are built first.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "no Job was created");
-        let jobs = rt.block_on(cluster.emu.get(&cluster.jobs())).unwrap();
-        if let Some(job) = jobs["items"].as_array().and_then(|a| a.first()) {
-            return job.clone();
-        }
-        if child.try_wait().unwrap().is_some() {
-            let mut err = String::new();
-            use std::io::Read as _;
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("legion ended before creating a Job:\n{err}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 fn finish(child: Child) -> (bool, Value, String) {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.success(), json, stderr)
-}
-
-fn container<'a>(job: &'a Value, name: &str) -> &'a Value {
-    let pod = &job["spec"]["template"]["spec"];
-    pod["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .chain(pod["containers"].as_array().unwrap())
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no container {name} in {pod}"))
-}
-
-fn step_spec(job: &Value) -> Value {
-    let env = container(job, "fetch")["env"].as_array().unwrap();
-    let spec = env
-        .iter()
-        .find(|e| e["name"] == "LEGION_STEP_SPEC")
-        .unwrap();
-    serde_json::from_str(spec["value"].as_str().unwrap()).unwrap()
 }
 
 /// Runs `legion step PHASE` as the pod's container would.
@@ -163,12 +117,12 @@ fn a_training_runs_as_a_job_through_every_phase_and_keeps_its_logs() {
     let l = Legion::new();
     let src = project();
     let mut child = spawn(&l, &cluster.train_args(src.path(), &["-o", "json"]));
-    let job = wait_for_job(&cluster, &mut child);
+    let job = cluster.emu.wait_for_job(NS, &mut child);
     let rt = tokio::runtime::Runtime::new().unwrap();
 
     // The source reached the registry as an artifact, pinned by digest;
     // the step runs in a step image from the registry, pinned too.
-    let spec = step_spec(&job);
+    let spec = step_spec(container(&job, "fetch"));
     let source = spec["request"]["source"]["uri"].as_str().unwrap();
     let sources = format!("oci://{}/legion/sources@sha256:", cluster.registry.addr);
     assert!(source.starts_with(&sources), "{source}");
@@ -194,13 +148,7 @@ fn a_training_runs_as_a_job_through_every_phase_and_keeps_its_logs() {
         "the pod fetches the folder the host pushed"
     );
     // What the step would write.
-    let model = ws.path().join("output/model");
-    std::fs::create_dir_all(&model).unwrap();
-    std::fs::write(
-        model.join("predict.py"),
-        "def load(d):\n    return None\ndef predict(m, frame):\n    return frame.iloc[:, 0]\n",
-    )
-    .unwrap();
+    write_model(ws.path());
     let term = ws.path().join("termination-log");
     pod_step(
         &l,
@@ -274,8 +222,18 @@ fn a_failed_step_fails_the_run_with_its_exit_code_and_a_host_that_left_can_attac
     let cluster = Cluster::start();
     let l = Legion::new();
     let src = project();
-    let mut child = spawn(&l, &cluster.train_args(src.path(), &["-o", "json"]));
-    let job = wait_for_job(&cluster, &mut child);
+    // Data the pod fetches; the host does not (nothing listens there).
+    let data = format!("http://127.0.0.1:{}/iris.csv", common::free_port());
+    let binding = format!("{data}=iris.csv");
+    let mut child = spawn(
+        &l,
+        &cluster.train_args(src.path(), &["-o", "json", "--data", &binding]),
+    );
+    let job = cluster.emu.wait_for_job(NS, &mut child);
+    assert_eq!(
+        step_spec(container(&job, "fetch"))["request"]["data"],
+        json!([{"uri": data, "localPath": "iris.csv"}])
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pod = rt.block_on(
         cluster

@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::registry::Registry;
-use common::{git, Legion};
+use common::{git, write_model, Legion};
 use serde_json::{json, Value};
 
 fn digest_of(l: &Legion, toolchain: &str) -> String {
@@ -24,17 +22,6 @@ fn step(l: &Legion, spec: &Value, args: &[&str]) -> std::process::Output {
         .env("LEGION_STEP_SPEC", spec.to_string())
         .output()
         .unwrap()
-}
-
-/// A `legion.python` model as a training step would have written it.
-fn write_model(ws: &Path) {
-    let model = ws.join("output/model");
-    std::fs::create_dir_all(&model).unwrap();
-    std::fs::write(
-        model.join("predict.py"),
-        "def load(d):\n    return None\ndef predict(m, frame):\n    return frame.iloc[:, 0]\n",
-    )
-    .unwrap();
 }
 
 #[test]

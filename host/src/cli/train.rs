@@ -124,8 +124,8 @@ pub async fn run(
         None => Trainer::new(toolchains, home, &executor),
     };
     if args.cluster.dry_run {
-        let prepared = trainer.dry_run(opts).await?;
-        print!("{}", yaml_documents(&[&prepared.job])?);
+        let job = trainer.dry_run(opts).await?;
+        print!("{}", yaml_documents(&[&job])?);
         return Ok(0);
     }
     let (cancel, watcher) = cancel_on_ctrl_c();

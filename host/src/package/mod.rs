@@ -178,7 +178,7 @@ impl<'a> Packager<'a> {
             name: c.row.name.clone(),
             digest: c.row.digest.clone(),
         };
-        let (job, _) = cluster
+        cluster
             .prepare_packaging(
                 &format!(
                     "{}-dryrun",
@@ -192,8 +192,7 @@ impl<'a> Packager<'a> {
                 opts.timeout,
                 &log,
             )
-            .await?;
-        Ok(job)
+            .await
     }
 
     /// Everything that can be checked before a run exists.
@@ -556,7 +555,7 @@ impl Job<'_> {
             name: run.toolchain.clone(),
             digest: run.toolchain_digest.clone(),
         };
-        let (job, _target) = cancellable(
+        let job = cancellable(
             self.cancel,
             cluster.prepare_packaging(
                 &run.id,
@@ -579,6 +578,7 @@ impl Job<'_> {
         self.events
             .phase(&format!("Job {}/{name}", cluster.namespace()));
         let end = cluster
+            .runner()?
             .run(&job, &run.id, self.log, self.cancel.clone())
             .await?;
         job_ended(run, end, self.log)

@@ -22,7 +22,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::kube::executor::{ClusterExecutor, PreparedJob};
+use crate::exec::kube::executor::ClusterExecutor;
 use crate::exec::kube::runner::JobEnd;
 use crate::exec::pyenv::PythonEnvs;
 use crate::exec::{Executor, Outcome, RunContext, RunEvents, RunLog, Workspace};
@@ -178,19 +178,19 @@ impl<'a> Trainer<'a> {
             .as_deref()
             .map(|p| parse_reference(p, &model.version))
             .transpose()?;
+        let row = self.toolchains.get(&opts.toolchain).await?;
         if let Placement::Cluster(cluster) = self.placement {
             cluster.check_registry()?;
             crate::exec::kube::executor::check_data(&opts.data)?;
-        }
-        let row = self.toolchains.get(&opts.toolchain).await?;
-        if matches!(self.placement, Placement::Cluster(_)) && !row.builtin {
-            return Err(Error::InvalidArgument {
-                field: "--toolchain".into(),
-                message: format!(
-                    "toolchain '{}' was registered from a file on this machine; a pod runs only the toolchains built into the legion image",
-                    row.name
-                ),
-            });
+            if !row.builtin {
+                return Err(Error::InvalidArgument {
+                    field: "--toolchain".into(),
+                    message: format!(
+                        "toolchain '{}' was registered from a file on this machine; a pod runs only the toolchains built into the legion image",
+                        row.name
+                    ),
+                });
+            }
         }
         let plugin = self.toolchains.load(&opts.toolchain).await?;
         let policy = Policy::load(&self.home.policy())?;
@@ -227,7 +227,10 @@ impl<'a> Trainer<'a> {
     /// run: fetches and plans as a run would, checks the policy, and makes
     /// the Job (nothing is pushed; a step image not built yet is named by
     /// the tag a run would push).
-    pub async fn dry_run(&self, opts: TrainOptions) -> Result<PreparedJob, Error> {
+    pub async fn dry_run(
+        &self,
+        opts: TrainOptions,
+    ) -> Result<k8s_openapi::api::batch::v1::Job, Error> {
         let Placement::Cluster(cluster) = self.placement else {
             return Err(Error::InvalidArgument {
                 field: "--dry-run".into(),
@@ -336,19 +339,7 @@ impl<'a> Trainer<'a> {
                 &cancel,
             )
             .await;
-        if let Err(stop) = result {
-            stop.record(&mut run);
-        }
-        if run.state != RunState::Succeeded {
-            log.note(&format!(
-                "run {} {}: {}",
-                run.id,
-                run.state.as_str(),
-                run.reason.as_deref().unwrap_or("")
-            ));
-        }
-        run.finished_at = Some(now_ms());
-        store.update_run(&run).await?;
+        close_run(store, &mut run, result, &log).await?;
         Ok(run)
     }
 
@@ -373,7 +364,13 @@ impl<'a> Trainer<'a> {
         store.update_run(run).await.map_err(Stop::from)?;
 
         events.phase("fetch");
-        let source = cancellable(cancel, phases::fetch(spec, &request.data, ws, log)).await?;
+        // On a cluster the pod fetches the data; here only the source is
+        // needed, for the plan.
+        let data: &[DataBinding] = match self.placement {
+            Placement::Local(_) => &request.data,
+            Placement::Cluster(_) => &[],
+        };
+        let source = cancellable(cancel, phases::fetch(spec, data, ws, log)).await?;
         run.source_commit = source.commit.clone();
         request.source = source;
         run.request = RunRequest::Training(request.clone());
@@ -389,15 +386,15 @@ impl<'a> Trainer<'a> {
         store.update_run(run).await.map_err(Stop::from)?;
         policy.check(plugin.name(), &plan)?;
 
-        if let Placement::Cluster(cluster) = self.placement {
-            return self
-                .drive_on_cluster(
-                    cluster, run, &request, &plan, ws, log, push, opts, events, cancel,
-                )
-                .await;
-        }
-        let Placement::Local(executor) = self.placement else {
-            unreachable!("the cluster placement returned above")
+        let executor = match self.placement {
+            Placement::Local(executor) => executor,
+            Placement::Cluster(cluster) => {
+                return self
+                    .drive_on_cluster(
+                        cluster, run, &request, &plan, ws, log, push, opts, events, cancel,
+                    )
+                    .await
+            }
         };
 
         let python_env = match &plan.python {
@@ -507,7 +504,7 @@ impl Trainer<'_> {
             name: run.toolchain.clone(),
             digest: run.toolchain_digest.clone(),
         };
-        let prepared = cancellable(
+        let job = cancellable(
             cancel,
             cluster.prepare_training(
                 self.home,
@@ -522,7 +519,7 @@ impl Trainer<'_> {
             ),
         )
         .await?;
-        let name = prepared.job.metadata.name.clone().unwrap_or_default();
+        let name = job.metadata.name.clone().unwrap_or_default();
         run.job = Some(JobRef {
             namespace: cluster.namespace().to_string(),
             name: name.clone(),
@@ -531,7 +528,8 @@ impl Trainer<'_> {
         store.update_run(run).await.map_err(Stop::from)?;
         events.phase(&format!("Job {}/{name}", cluster.namespace()));
         let end = cluster
-            .run(&prepared.job, &run.id, log, cancel.clone())
+            .runner()?
+            .run(&job, &run.id, log, cancel.clone())
             .await
             .map_err(Stop::from)?;
         let _ = std::fs::remove_dir_all(ws.source());
@@ -639,12 +637,28 @@ pub async fn attach(
     ));
     run.pid = Some(std::process::id());
     store.update_run(&run).await?;
-    let ended = match cluster.follow(&job.name, &run.id, &log, cancel).await {
+    let ended = match cluster
+        .runner()?
+        .follow(&job.name, &run.id, &log, cancel)
+        .await
+    {
         Ok(end) => job_ended(&mut run, end, &log),
         Err(e) => Err(Stop::from(e)),
     };
+    close_run(store, &mut run, ended, &log).await?;
+    Ok(run)
+}
+
+/// Ends a recorded run: how it stopped (if it did) written into it, a
+/// closing note in its log unless it succeeded, the end time, the record.
+async fn close_run(
+    store: &Store,
+    run: &mut RunRecord,
+    ended: Result<(), Stop>,
+    log: &RunLog,
+) -> Result<(), Error> {
     if let Err(stop) = ended {
-        stop.record(&mut run);
+        stop.record(run);
     }
     if run.state != RunState::Succeeded {
         log.note(&format!(
@@ -655,8 +669,7 @@ pub async fn attach(
         ));
     }
     run.finished_at = Some(now_ms());
-    store.update_run(&run).await?;
-    Ok(run)
+    store.update_run(run).await
 }
 
 fn run_prefix(model: &ModelId) -> String {

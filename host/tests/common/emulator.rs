@@ -166,6 +166,59 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    /// Waits for the first Job in `ns`, which `legion` (`child`, its stderr
+    /// piped) creates; if legion ends first, fails with its stderr. A hang
+    /// guard, not a timing check: step images are built first.
+    pub fn wait_for_job(&self, ns: &str, child: &mut std::process::Child) -> Value {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no Job was created");
+            let jobs = rt
+                .block_on(self.get(&format!("/apis/batch/v1/namespaces/{ns}/jobs")))
+                .unwrap();
+            if let Some(job) = jobs["items"].as_array().and_then(|a| a.first()) {
+                return job.clone();
+            }
+            if child.try_wait().unwrap().is_some() {
+                let mut err = String::new();
+                use std::io::Read as _;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("legion ended before creating a Job:\n{err}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// The container `name` of a Job's pod (init containers, then the others).
+pub fn container<'a>(job: &'a Value, name: &str) -> &'a Value {
+    let pod = &job["spec"]["template"]["spec"];
+    pod["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(pod["containers"].as_array().unwrap())
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {pod}"))
+}
+
+/// The spec a Legion container gets in `LEGION_STEP_SPEC`, parsed.
+pub fn step_spec(container: &Value) -> Value {
+    let env = container["env"].as_array().unwrap();
+    let spec = env
+        .iter()
+        .find(|e| e["name"] == "LEGION_STEP_SPEC")
+        .unwrap();
+    serde_json::from_str(spec["value"].as_str().unwrap()).unwrap()
+}
+
 /// A container status as the kubelet reports it.
 pub fn status(name: &str, state: Value) -> Value {
     serde_json::json!({"name": name, "image": format!("{name}-image"), "imageID": "", "ready": false, "restartCount": 0, "state": state})

@@ -315,3 +315,15 @@ pub fn kube_validate(object: &serde_json::Value) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// A `legion.python` model as a training step would have written it, in
+/// the workspace `ws` (`output/model/predict.py`).
+pub fn write_model(ws: &Path) {
+    let model = ws.join("output/model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(
+        model.join("predict.py"),
+        "def load(d):\n    return None\ndef predict(m, frame):\n    return frame.iloc[:, 0]\n",
+    )
+    .unwrap();
+}

@@ -15,11 +15,10 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client};
-use tokio_util::sync::CancellationToken;
 
 use super::job::{packaging_job, training_job, ClusterSettings, TrainingJob};
-use super::runner::{JobEnd, JobRunner};
-use super::step_image::{planned_step_image, step_image};
+use super::runner::JobRunner;
+use super::step_image::step_image;
 use crate::exec::{RunLog, Workspace};
 use crate::home::Home;
 use crate::oci::layout::Layout;
@@ -85,17 +84,6 @@ pub struct ClusterExecutor {
     namespace: String,
 }
 
-/// What the pod will run, ready to be created.
-#[derive(Debug, Clone)]
-pub struct PreparedJob {
-    /// The Job.
-    pub job: Job,
-    /// Where the model will be pushed (`REGISTRY/REPO:TAG`).
-    pub model_target: String,
-    /// The request as the pod gets it (its source reachable from there).
-    pub request: TrainingRequest,
-}
-
 impl ClusterExecutor {
     /// Connects to the cluster (checking the namespace exists), or, for a
     /// dry run, to nothing at all.
@@ -144,11 +132,6 @@ impl ClusterExecutor {
         &self.namespace
     }
 
-    /// Whether this is a dry run.
-    pub fn dry_run(&self) -> bool {
-        self.opts.dry_run
-    }
-
     /// Checks the registry is set and well-formed (trainings and
     /// packagings need it; following a Job does not).
     pub fn check_registry(&self) -> Result<(), Error> {
@@ -195,7 +178,7 @@ impl ClusterExecutor {
         push: Option<&oci_client::Reference>,
         timeout: Duration,
         log: &RunLog,
-    ) -> Result<PreparedJob, Error> {
+    ) -> Result<Job, Error> {
         self.check_registry()?;
         check_data(&request.data)?;
         let mut request = request.clone();
@@ -209,12 +192,10 @@ impl ClusterExecutor {
                 // Nothing to install: the step's own image as it is.
                 Some(env) if !env.requirements.is_empty() => {
                     let repo = self.repository("steps");
-                    let found = if self.opts.dry_run {
-                        planned_step_image(home, &step.image, env, &repo, log).await?
-                    } else {
-                        step_image(home, &step.image, env, &repo, log).await?
-                    };
-                    found.reference
+                    let build = !self.opts.dry_run;
+                    step_image(home, &step.image, env, &repo, build, log)
+                        .await?
+                        .reference
                 }
                 _ => step.image.clone(),
             };
@@ -232,7 +213,7 @@ impl ClusterExecutor {
             run_id: run_id.to_string(),
             toolchain,
             request: request.clone(),
-            push: Some(model_target.clone()),
+            push: Some(model_target),
         };
         let settings = self.settings();
         let job = training_job(
@@ -245,11 +226,7 @@ impl ClusterExecutor {
             &settings,
         )?;
         super::job::check_pod(&job)?;
-        Ok(PreparedJob {
-            job,
-            model_target,
-            request,
-        })
+        Ok(job)
     }
 
     /// Makes the Job for a planned, policy-checked packaging: the model
@@ -266,7 +243,7 @@ impl ClusterExecutor {
         arguments: crate::plan::Pairs,
         timeout: Duration,
         log: &RunLog,
-    ) -> Result<(Job, String), Error> {
+    ) -> Result<Job, Error> {
         self.check_registry()?;
         let model = &found.config;
         let repo = self.model_repository(&model.name);
@@ -296,7 +273,7 @@ impl ClusterExecutor {
             toolchain,
             model: pinned(&target, &found.desc.digest),
             base,
-            push: image_target.clone(),
+            push: image_target,
             arguments,
         };
         let job = packaging_job(
@@ -305,7 +282,7 @@ impl ClusterExecutor {
             &self.settings(),
         )?;
         super::job::check_pod(&job)?;
-        Ok((job, image_target))
+        Ok(job)
     }
 
     fn settings(&self) -> ClusterSettings {
@@ -357,35 +334,14 @@ impl ClusterExecutor {
         })
     }
 
-    fn runner(&self) -> Result<JobRunner, Error> {
+    /// The runner that creates and follows Jobs (none on a dry run).
+    pub fn runner(&self) -> Result<JobRunner, Error> {
         let client = self.client.clone().ok_or_else(|| Error::Kubernetes {
             namespace: self.namespace.clone(),
             message: "a dry run creates nothing".into(),
         })?;
         Ok(JobRunner::new(client, self.namespace.clone())
             .unschedulable_after(self.opts.unschedulable_timeout))
-    }
-
-    /// Creates the Job and follows it to its end.
-    pub async fn run(
-        &self,
-        job: &Job,
-        run_id: &str,
-        log: &RunLog,
-        cancel: CancellationToken,
-    ) -> Result<JobEnd, Error> {
-        self.runner()?.run(job, run_id, log, cancel).await
-    }
-
-    /// Follows the Job `name` (created by an earlier process) to its end.
-    pub async fn follow(
-        &self,
-        name: &str,
-        run_id: &str,
-        log: &RunLog,
-        cancel: CancellationToken,
-    ) -> Result<JobEnd, Error> {
-        self.runner()?.follow(name, run_id, log, cancel).await
     }
 }
 

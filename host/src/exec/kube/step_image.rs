@@ -52,37 +52,17 @@ fn key(base: &BaseImage, python: &str, requirements: &[String], platforms: &[&st
 }
 
 /// The step image for `env` on `step_base`, in `repository`
-/// (`REGISTRY/REPO`): found by its hash, or built and pushed.
+/// (`REGISTRY/REPO`): found by its hash, or else — with `build` — built
+/// and pushed. Without `build` (a dry run) nothing is built or pushed: a
+/// missing image comes back named by the tag a run would push, with
+/// `reused: false`. The base is resolved either way (a registry read).
 pub async fn step_image(
     home: &Home,
     step_base: &str,
     env: &PythonEnvironment,
     repository: &str,
-    log: &RunLog,
-) -> Result<StepImage, Error> {
-    find_or_build(home, step_base, env, repository, log, true).await
-}
-
-/// The step image a run would use, without building or pushing anything:
-/// pinned by digest when the registry has it, else by the tag a run would
-/// push (`reused: false`). The base is still resolved (a registry read).
-pub async fn planned_step_image(
-    home: &Home,
-    step_base: &str,
-    env: &PythonEnvironment,
-    repository: &str,
-    log: &RunLog,
-) -> Result<StepImage, Error> {
-    find_or_build(home, step_base, env, repository, log, false).await
-}
-
-async fn find_or_build(
-    home: &Home,
-    step_base: &str,
-    env: &PythonEnvironment,
-    repository: &str,
-    log: &RunLog,
     build: bool,
+    log: &RunLog,
 ) -> Result<StepImage, Error> {
     let base = resolve_base(step_base).await?;
     let images = Layout::open(home.images())?;
