@@ -9,6 +9,7 @@
 //! only this machine can reach) as a source artifact, step images, and
 //! the model the Job pushes back.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -71,7 +72,7 @@ impl Default for ClusterOptions {
             legion_image: default_legion_image(),
             ttl_seconds_after_finished: 24 * 3600,
             backoff_limit: 0,
-            unschedulable_timeout: Duration::from_secs(600),
+            unschedulable_timeout: super::runner::DEFAULT_UNSCHEDULABLE,
             dry_run: false,
         }
     }
@@ -186,16 +187,25 @@ impl ClusterExecutor {
             .reachable_source(&request.source, run_id, ws, log)
             .await?;
 
+        // One step image per distinct step base (steps share the plan's
+        // environment), each found or built once.
+        let mut made: BTreeMap<&str, String> = BTreeMap::new();
         let mut images = Vec::with_capacity(plan.steps.len());
         for step in &plan.steps {
             let image = match &plan.python {
                 // Nothing to install: the step's own image as it is.
                 Some(env) if !env.requirements.is_empty() => {
-                    let repo = self.repository("steps");
-                    let build = !self.opts.dry_run;
-                    step_image(home, &step.image, env, &repo, build, log)
-                        .await?
-                        .reference
+                    if let Some(image) = made.get(step.image.as_str()) {
+                        image.clone()
+                    } else {
+                        let repo = self.repository("steps");
+                        let build = !self.opts.dry_run;
+                        let image = step_image(home, &step.image, env, &repo, build, log)
+                            .await?
+                            .reference;
+                        made.insert(&step.image, image.clone());
+                        image
+                    }
                 }
                 _ => step.image.clone(),
             };
@@ -206,16 +216,15 @@ impl ClusterExecutor {
             None => format!(
                 "{}:{}",
                 self.model_repository(&request.model.name),
-                request.model.version
+                tag_of(&request.model.version)
             ),
         };
         let spec = StepSpec {
             run_id: run_id.to_string(),
             toolchain,
-            request: request.clone(),
+            request,
             push: Some(model_target),
         };
-        let settings = self.settings();
         let job = training_job(
             &TrainingJob {
                 spec: &spec,
@@ -223,7 +232,7 @@ impl ClusterExecutor {
                 step_images: &images,
                 deadline_seconds: timeout.as_secs().min(i64::MAX as u64) as i64,
             },
-            &settings,
+            &self.settings(),
         )?;
         super::job::check_pod(&job)?;
         Ok(job)

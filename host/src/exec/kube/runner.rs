@@ -195,6 +195,9 @@ pub fn unschedulable(pod: &Pod) -> Option<String> {
         .map(|c| c.message.clone().unwrap_or_else(|| "no message".into()))
 }
 
+/// How long a pod may stay unschedulable before its run fails, unless set.
+pub const DEFAULT_UNSCHEDULABLE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Runs Jobs in one namespace.
 #[derive(Clone)]
 pub struct JobRunner {
@@ -209,7 +212,7 @@ impl JobRunner {
         JobRunner {
             client,
             namespace: namespace.into(),
-            unschedulable_after: std::time::Duration::from_secs(600),
+            unschedulable_after: DEFAULT_UNSCHEDULABLE,
         }
     }
 
@@ -218,6 +221,18 @@ impl JobRunner {
     pub fn unschedulable_after(mut self, after: std::time::Duration) -> Self {
         self.unschedulable_after = after;
         self
+    }
+
+    async fn delete(&self, jobs: &Api<Job>, name: &str) -> Result<(), Error> {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match jobs.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(self.err("deleting the Job", e)),
+        }
     }
 
     fn err(&self, what: &str, e: kube::Error) -> Error {
@@ -364,20 +379,6 @@ impl JobRunner {
             let _ = r.await;
         }
         Ok(end)
-    }
-}
-
-impl JobRunner {
-    async fn delete(&self, jobs: &Api<Job>, name: &str) -> Result<(), Error> {
-        let dp = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
-            ..DeleteParams::default()
-        };
-        match jobs.delete(name, &dp).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(self.err("deleting the Job", e)),
-        }
     }
 }
 
