@@ -14,6 +14,7 @@
 //!   image (the dependency layer, the server binary);
 //! - [`serve`]: preparing a stored model for the model server (the
 //!   `legion-serve` crate);
+//! - [`operator`]: the custom resources and their controllers;
 //! - [`home`]: the data directory layout;
 //! - [`names`]: checked model, version and toolchain names;
 //! - [`cli`]: the `legion` command line.
@@ -26,6 +27,7 @@ pub mod fsutil;
 pub mod home;
 pub mod names;
 pub mod oci;
+pub mod operator;
 pub mod package;
 pub mod plan;
 pub mod plugin;

@@ -3,6 +3,7 @@
 //! for scripts.
 
 mod cluster;
+mod operator;
 mod output;
 mod package;
 mod runs;
@@ -69,6 +70,9 @@ pub enum Command {
     Models(runs::ModelsCommand),
     /// Serve a stored model over REST (Open Inference Protocol v2, MLflow, Legion).
     Serve(serve::ServeArgs),
+    /// The Kubernetes operator and its custom resources.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
     /// A phase of a training run inside a Kubernetes pod (fetch, collect).
     #[command(subcommand, hide = true)]
     Step(step::StepCommand),
@@ -81,6 +85,7 @@ impl Cli {
         match self.command {
             Command::Models(cmd) => return runs::models(cmd, &home, self.output).await.map(|_| 0),
             Command::Serve(args) => return serve::run(args, &home).await.map(|_| 0),
+            Command::Operator(cmd) => return operator::run(cmd).await.map(|_| 0),
             _ => {}
         }
         let toolchains = open_toolchains(&home).await?;
@@ -97,7 +102,7 @@ impl Cli {
             Command::Runs(cmd) => runs::runs(cmd, toolchains.store(), self.output)
                 .await
                 .map(|_| 0),
-            Command::Models(_) | Command::Serve(_) => Ok(0),
+            Command::Models(_) | Command::Serve(_) | Command::Operator(_) => Ok(0),
         };
         toolchains.store().close().await;
         result

@@ -298,11 +298,21 @@ pub const KUBERNETES: &str = "1.37.0";
 /// (PyPI, in a venv beside the other test environments) against
 /// [`KUBERNETES`]'s schemas; returns (passed, output).
 pub fn kube_validate(object: &serde_json::Value) -> (bool, String) {
+    kube_validate_all(std::slice::from_ref(object))
+}
+
+/// Validates several objects in one run of `kubernetes-validate --strict`
+/// (one multi-document file); passes only if every object does.
+pub fn kube_validate_all(objects: &[serde_json::Value]) -> (bool, String) {
     let validator = test_venv("test-kubernetes-validate", &["kubernetes-validate==1.37.0"])
         .join("bin/kubernetes-validate");
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("object.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(object).unwrap()).unwrap();
+    let file = dir.path().join("objects.yaml");
+    let docs: Vec<String> = objects
+        .iter()
+        .map(|o| serde_json::to_string_pretty(o).unwrap())
+        .collect();
+    std::fs::write(&file, docs.join("\n---\n")).unwrap();
     let out = Command::new(validator)
         .args(["--strict", "-k", KUBERNETES])
         .arg(&file)
