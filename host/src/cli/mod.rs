@@ -85,7 +85,7 @@ impl Cli {
         match self.command {
             Command::Models(cmd) => return runs::models(cmd, &home, self.output).await.map(|_| 0),
             Command::Serve(args) => return serve::run(args, &home).await.map(|_| 0),
-            Command::Operator(cmd) => return operator::run(cmd).await.map(|_| 0),
+            Command::Operator(cmd) => return operator::run(cmd, &home).await.map(|_| 0),
             _ => {}
         }
         let toolchains = open_toolchains(&home).await?;

@@ -75,6 +75,7 @@ pub async fn run(
         push: args.push,
         arguments,
         timeout: args.timeout,
+        run_id: None,
     };
     let cluster = args.cluster.connect().await?;
     let packager = match &cluster {

@@ -116,6 +116,7 @@ pub async fn run(cmd: StepCommand, home: &Home, toolchains: &Toolchains) -> Resu
                 base: spec.base.clone(),
                 push: Some(spec.push.clone()),
                 arguments: spec.arguments.clone(),
+                run_id: Some(spec.run_id.clone()),
                 ..PackageOptions::default()
             };
             let packaged = Packager::new(toolchains, home)

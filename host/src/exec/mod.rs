@@ -142,6 +142,8 @@ pub trait RunEvents: Send + Sync {
     fn line(&self, _step: &str, _stream: Stream, _line: &str) {}
     /// A step ended.
     fn step_finished(&self, _step: &str, _exit_code: Option<i32>, _elapsed: Duration) {}
+    /// The run's Kubernetes Job was created (cluster runs).
+    fn job_created(&self, _namespace: &str, _name: &str) {}
 }
 
 /// No one is watching.

@@ -115,9 +115,6 @@ pub struct ToolchainSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[^@\s]+@sha256:[0-9a-f]{64}$"))]
     pub image: Option<String>,
-    /// Configuration the plugin reads with `host.config(key)`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, String>,
 }
 
 /// What the operator found of a toolchain.

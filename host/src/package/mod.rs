@@ -67,6 +67,8 @@ pub struct PackageOptions {
     pub arguments: Pairs,
     /// Time a packaging on a cluster may run.
     pub timeout: std::time::Duration,
+    /// The run's id, chosen by the caller (as [`crate::train::TrainOptions::run_id`]).
+    pub run_id: Option<String>,
 }
 
 impl Default for PackageOptions {
@@ -78,6 +80,7 @@ impl Default for PackageOptions {
             push: None,
             arguments: Pairs::new(),
             timeout: DEFAULT_TIMEOUT,
+            run_id: None,
         }
     }
 }
@@ -280,11 +283,13 @@ impl<'a> Packager<'a> {
         } = self.check(&opts).await?;
 
         // --- the run exists from here on ---
-        let id = format!(
-            "{}-pkg-{:08x}",
-            model.name.chars().take(36).collect::<String>(),
-            rand::rng().random::<u32>()
-        );
+        let id = opts.run_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-pkg-{:08x}",
+                model.name.chars().take(36).collect::<String>(),
+                rand::rng().random::<u32>()
+            )
+        });
         let workspace = Workspace::new(self.home.run_dir(&id));
         std::fs::create_dir_all(&workspace.root).map_err(|e| Error::io(&workspace.root, e))?;
         let log = RunLog::open(&workspace.root.join("legion.log"))?;
@@ -577,6 +582,7 @@ impl Job<'_> {
         self.store.update_run(run).await?;
         self.events
             .phase(&format!("Job {}/{name}", cluster.namespace()));
+        self.events.job_created(cluster.namespace(), &name);
         let end = cluster
             .runner()?
             .run(&job, &run.id, self.log, self.cancel.clone())

@@ -73,6 +73,10 @@ pub struct TrainOptions {
     pub push: Option<String>,
     /// Time allowed for the steps.
     pub timeout: Duration,
+    /// The run's id, chosen by the caller (the operator names a run before
+    /// it exists, so that a restart finds it); default: the model's name
+    /// and a random suffix.
+    pub run_id: Option<String>,
 }
 
 impl Default for TrainOptions {
@@ -92,6 +96,7 @@ impl Default for TrainOptions {
             resources: Resources::default(),
             push: None,
             timeout: DEFAULT_TIMEOUT,
+            run_id: None,
         }
     }
 }
@@ -287,7 +292,9 @@ impl<'a> Trainer<'a> {
         } = self.check(&opts).await?;
 
         // --- the run exists from here on ---
-        let id = format!("{}-{:08x}", run_prefix(&model), rand::rng().random::<u32>());
+        let id = opts.run_id.clone().unwrap_or_else(|| {
+            format!("{}-{:08x}", run_prefix(&model), rand::rng().random::<u32>())
+        });
         let workspace = Workspace::new(self.home.run_dir(&id));
         workspace.create()?;
         let log = RunLog::open(&workspace.root.join("legion.log"))?;
@@ -527,6 +534,7 @@ impl Trainer<'_> {
         let store = self.toolchains.store();
         store.update_run(run).await.map_err(Stop::from)?;
         events.phase(&format!("Job {}/{name}", cluster.namespace()));
+        events.job_created(cluster.namespace(), &name);
         let end = cluster
             .runner()?
             .run(&job, &run.id, log, cancel.clone())

@@ -7,7 +7,8 @@ resourceVersion, uid and creationTimestamp on objects and events; standard
 error reasons (NotFound, AlreadyExists); equality label and field selectors
 on lists and watches; a `List` kind; the core group's discovery version;
 namespaces that must exist before namespaced objects are created in them
-(and that a client can GET).
+(and that a client can GET); server-side apply creating objects; Legion's
+custom resources (legion-platform.org/v1alpha1) with a status subresource.
 
 Nothing runs here: the test plays the Job controller and the kubelet by
 creating pods and patching statuses through the same HTTP API, and serves
@@ -71,6 +72,11 @@ class Emulator(kmock.KubernetesEmulator):
             if req.namespace:
                 md.setdefault("namespace", req.namespace)
         elif req.resource and req.action == kmock.action.UPDATE:
+            key = (req.resource, req.namespace, req.name)
+            if ("apply-patch" in req.headers.get("Content-Type", "") and not req.subresource
+                    and (key not in self.objects or self.objects[key].deleted)):
+                # Server-side apply creates what does not exist.
+                self.objects[key] = {"metadata": stamp(name=req.name, namespace=req.namespace, generation=1)}
             if isinstance(data, dict):
                 data.setdefault("metadata", {})["resourceVersion"] = str(next(RV))
             elif isinstance(data, list):
@@ -132,6 +138,12 @@ async def main(port, namespaces):
     NAMESPACES.update(namespaces)
     async with Emulator() as k8s, kmock.Server(k8s, host="127.0.0.1", port=port):
         k8s.resources.load_bundled()
+        # A POSTed CRD registers nothing in kmock: Legion's kinds are declared.
+        for plural, kind in [("toolchains", "Toolchain"), ("modeltrainings", "ModelTraining"),
+                             ("modelpackagings", "ModelPackaging"), ("modeldeployments", "ModelDeployment")]:
+            k8s.resources[f"legion-platform.org/v1alpha1/{plural}"] = dict(
+                kind=kind, namespaced=True, singular=kind.lower(), subresources={"status"},
+                verbs="create delete get list patch watch".split())
         k8s[kmock.action.WATCH] << kmock.headers({"Content-Type": "application/json"}) << k8s._serve_watch
         print("ready", flush=True)
         await asyncio.Future()

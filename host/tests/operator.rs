@@ -1,0 +1,910 @@
+//! `legion operator run` as API-contract tests: the real `legion` binary as
+//! the operator, a real registry, and the Kubernetes API emulator
+//! (`tests/kube/emulator.py`) in place of a cluster. The test creates
+//! Legion's custom resources through the API as `kubectl apply` would, and
+//! plays the Job controller and the kubelet; a training pod's own phases
+//! are the real `legion step fetch|collect` run with the spec its Job
+//! carries (a packaging pod's, the real `legion step package`), so what the
+//! status reports is what the pod really pushed.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::emulator::{container, done, status, step_spec, Emulator};
+use common::registry::Registry;
+use common::{git, write_model, Legion};
+use serde_json::{json, Value};
+
+const NS: &str = "ml";
+const GROUP: &str = "/apis/legion-platform.org/v1alpha1/namespaces/ml";
+
+struct Cluster {
+    registry: Registry,
+    emu: Emulator,
+    base: String,
+    rt: tokio::runtime::Runtime,
+    /// A git repository the training's source points at (`file://`).
+    repo: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let registry = Registry::start();
+        let base = registry.python_base();
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::write(repo.path().join("train.py"), "print('training')\n").unwrap();
+        std::fs::write(repo.path().join("requirements.txt"), "wheel\n").unwrap();
+        git(repo.path(), &["init", "-q"]);
+        git(repo.path(), &["add", "."]);
+        git(repo.path(), &["commit", "-qm", "tiny"]);
+        Cluster {
+            registry,
+            emu: Emulator::start(&[NS]),
+            base,
+            rt: tokio::runtime::Runtime::new().unwrap(),
+            repo,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        self.rt.block_on(self.emu.get(path))
+    }
+
+    fn create(&self, plural: &str, kind: &str, name: &str, spec: Value) -> Value {
+        self.rt.block_on(self.emu.post(
+            &format!("{GROUP}/{plural}"),
+            &json!({"apiVersion": "legion-platform.org/v1alpha1", "kind": kind,
+                    "metadata": {"name": name, "namespace": NS}, "spec": spec}),
+        ))
+    }
+
+    fn toolchain(&self, name: &str, builtin: &str) {
+        self.create("toolchains", "Toolchain", name, json!({"builtin": builtin}));
+    }
+
+    fn training(&self, name: &str, toolchain: &str) {
+        self.create(
+            "modeltrainings",
+            "ModelTraining",
+            name,
+            json!({
+                "toolchain": toolchain,
+                "model": {"name": "tiny", "version": "1"},
+                "source": {"uri": format!("file://{}", self.repo.path().display()), "reference": "main"},
+                "image": self.base,
+            }),
+        );
+    }
+
+    fn jobs(&self) -> Vec<Value> {
+        let jobs = self
+            .get(&format!("/apis/batch/v1/namespaces/{NS}/jobs"))
+            .unwrap();
+        jobs["items"].as_array().unwrap().clone()
+    }
+
+    /// Waits (a hang guard, not a timing check: step images are built
+    /// before a Job exists) until `what` holds of the object at `path`.
+    fn wait(&self, op: &Operator, path: &str, what: &str, holds: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            if let Some(obj) = self.get(path) {
+                if holds(&obj) {
+                    return obj;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{path}: never {what}:\n{obj:#}\noperator log:\n{}",
+                    op.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never appeared:\n{}",
+                op.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_phase(&self, op: &Operator, path: &str, phase: &str) -> Value {
+        self.wait(op, path, &format!("in phase {phase}"), |o| {
+            o["status"]["phase"] == phase
+        })
+    }
+
+    /// The Job labelled with `run_id`, once it exists.
+    fn wait_job(&self, op: &Operator, run_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            if let Some(j) = self
+                .jobs()
+                .into_iter()
+                .find(|j| j["metadata"]["labels"]["legion-platform.org/run-id"] == run_id)
+            {
+                return j;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no Job for run {run_id}:\n{}",
+                op.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The events recorded about the object `name`.
+    fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let events = self
+            .get(&format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"))
+            .unwrap();
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["regarding"]["name"] == name)
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap_or_default().to_string(),
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["note"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Plays a training pod to success: the real `legion step fetch` and
+    /// `collect` with the Job's spec, then the kubelet's statuses. Returns
+    /// collect's report.
+    fn succeed_training(&self, job: &Value) -> Value {
+        let pod_home = Legion::new();
+        let spec = step_spec(container(job, "fetch"));
+        let ws = tempfile::tempdir().unwrap();
+        let w = ws.path().to_str().unwrap();
+        pod_step(&pod_home, &spec, &["fetch", "--workspace", w]);
+        write_model(ws.path());
+        let term = ws.path().join("termination-log");
+        pod_step(
+            &pod_home,
+            &spec,
+            &[
+                "collect",
+                "--workspace",
+                w,
+                "--termination-log",
+                term.to_str().unwrap(),
+            ],
+        );
+        let report = std::fs::read_to_string(&term).unwrap();
+        self.rt.block_on(async {
+            let pod = self
+                .emu
+                .pod_for_job(job, &[("fetch", "fetched\n"), ("step-train", "training\n"), ("collect", "stored\n")])
+                .await;
+            self.emu
+                .kubelet(
+                    NS,
+                    &pod,
+                    json!({"phase": "Succeeded",
+                        "initContainerStatuses": [status("fetch", done(0, "Completed", "")), status("step-train", done(0, "Completed", ""))],
+                        "containerStatuses": [status("collect", done(0, "Completed", &report))]}),
+                )
+                .await;
+        });
+        serde_json::from_str(&report).unwrap()
+    }
+}
+
+/// Runs `legion step PHASE` as the pod's container would.
+fn pod_step(l: &Legion, spec: &Value, args: &[&str]) {
+    let out = l
+        .cmd()
+        .arg("step")
+        .args(args)
+        .env("LEGION_STEP_SPEC", spec.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "legion step {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A running `legion operator run`, killed on drop; its log in a file.
+struct Operator {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Operator {
+    fn start(l: &Legion, cluster: &Cluster, extra: &[&str]) -> Self {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = l
+            .cmd()
+            .args([
+                "operator",
+                "run",
+                "--namespace",
+                NS,
+                "--kubeconfig",
+                cluster.emu.kubeconfig.to_str().unwrap(),
+                "--legion-image",
+                "registry.example/legion:test",
+            ])
+            .arg("--registry")
+            .arg(format!("{}/legion", cluster.registry.addr))
+            .args(extra)
+            .env("RUST_LOG", "legion=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Operator { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn path(plural: &str, name: &str) -> String {
+    format!("{GROUP}/{plural}/{name}")
+}
+
+fn condition<'a>(obj: &'a Value, type_: &str) -> &'a Value {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {obj:#}"))
+}
+
+fn run_id(obj: &Value) -> String {
+    obj["status"]["runId"]
+        .as_str()
+        .expect("a run id")
+        .to_string()
+}
+
+#[test]
+fn a_training_goes_through_every_phase_to_succeeded_with_its_digest() {
+    let cluster = Cluster::start();
+    let l = Legion::new();
+    let op = Operator::start(&l, &cluster, &[]);
+    cluster.toolchain("python", "python");
+    let tc = cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
+    let digest = l.json(&["toolchain", "show", "python"])["digest"].clone();
+    assert_eq!(tc["status"]["digest"], digest);
+    assert_eq!(tc["status"]["kinds"], json!(["trainer"]));
+    assert_eq!(condition(&tc, "Ready")["status"], "True");
+
+    cluster.training("tiny-1", "python");
+    let mt = cluster.wait(
+        &op,
+        &path("modeltrainings", "tiny-1"),
+        "given a run id",
+        |o| o["status"]["runId"].is_string(),
+    );
+    assert!(
+        mt["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("legion-platform.org/cleanup"))),
+        "{mt:#}"
+    );
+    assert_eq!(condition(&mt, "Accepted")["status"], "True");
+    let id = run_id(&mt);
+    let job = cluster.wait_job(&op, &id);
+    let running = cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Running");
+    assert_eq!(running["status"]["jobName"], job["metadata"]["name"]);
+    let succeeded = condition(&running, "Succeeded");
+    assert_eq!(
+        (succeeded["status"].as_str(), succeeded["reason"].as_str()),
+        (Some("Unknown"), Some("JobRunning"))
+    );
+    assert_eq!(succeeded["observedGeneration"], 1);
+    // The Job is the Kubernetes executor's: the source from the git repo
+    // went to the registry, the model goes under the registry's prefix.
+    let spec = step_spec(container(&job, "fetch"));
+    assert_eq!(
+        spec["push"],
+        format!("{}/legion/models/tiny:1", cluster.registry.addr)
+    );
+
+    let report = cluster.succeed_training(&job);
+    let done = cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Succeeded");
+    let st = &done["status"];
+    assert_eq!(st["modelDigest"], report["modelDigest"]);
+    assert_eq!(st["modelRef"], report["pushedRef"]);
+    assert_eq!(st["runId"], id.as_str());
+    assert!(
+        st["completionTime"].is_string() && st["startTime"].is_string(),
+        "{st}"
+    );
+    let c = condition(&done, "Succeeded");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("True"), Some("Succeeded"))
+    );
+    assert!(c["message"]
+        .as_str()
+        .unwrap()
+        .contains(report["modelDigest"].as_str().unwrap()));
+    // Events say what happened.
+    let reasons: Vec<String> = cluster.events("tiny-1").into_iter().map(|e| e.1).collect();
+    assert!(reasons.contains(&"Started".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"Succeeded".to_string()), "{reasons:?}");
+    // The run is a Legion run like any other: its log has the pod's.
+    let logs = l.ok(&["runs", "logs", &id]);
+    assert!(logs.contains("[collect] stored"), "{logs}");
+    assert_eq!(cluster.jobs().len(), 1, "one Job for one training");
+}
+
+#[test]
+fn a_failing_training_says_why_in_its_condition() {
+    let cluster = Cluster::start();
+    let l = Legion::new();
+    let op = Operator::start(&l, &cluster, &[]);
+    cluster.toolchain("python", "python");
+    cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
+    cluster.training("tiny-1", "python");
+    let mt = cluster.wait(
+        &op,
+        &path("modeltrainings", "tiny-1"),
+        "given a run id",
+        |o| o["status"]["runId"].is_string(),
+    );
+    let job = cluster.wait_job(&op, &run_id(&mt));
+    cluster.rt.block_on(async {
+        let pod = cluster
+            .emu
+            .pod_for_job(&job, &[("step-train", "loading\nValueError: bad column\n")])
+            .await;
+        cluster
+            .emu
+            .kubelet(
+                NS,
+                &pod,
+                json!({"phase": "Failed", "initContainerStatuses": [
+                    status("fetch", done(0, "Completed", "")),
+                    status("step-train", done(3, "Error", "ValueError: bad column\n"))]}),
+            )
+            .await;
+    });
+    let failed = cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Failed");
+    let c = condition(&failed, "Succeeded");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("StepFailed"))
+    );
+    let message = c["message"].as_str().unwrap();
+    assert!(
+        message.contains("container 'step-train' exited with code 3: ValueError: bad column"),
+        "{message}"
+    );
+    assert!(
+        message.contains("[step-train] loading"),
+        "the last log lines: {message}"
+    );
+    let warnings: Vec<_> = cluster
+        .events("tiny-1")
+        .into_iter()
+        .filter(|e| e.0 == "Warning")
+        .collect();
+    assert!(warnings.iter().any(|e| e.1 == "StepFailed"), "{warnings:?}");
+}
+
+#[test]
+fn bad_input_fails_with_a_clear_condition_and_no_job() {
+    let cluster = Cluster::start();
+    let l = Legion::new();
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        policy.path(),
+        r#"{"allowedImages": ["registry.example/*"]}"#,
+    )
+    .unwrap();
+    let op = Operator::start(&l, &cluster, &["--policy", policy.path().to_str().unwrap()]);
+
+    // A toolchain that does not exist.
+    cluster.training("no-toolchain", "nope");
+    let failed = cluster.wait_phase(&op, &path("modeltrainings", "no-toolchain"), "Failed");
+    let c = condition(&failed, "Succeeded");
+    assert_eq!(c["reason"], "ToolchainNotFound");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("no Toolchain 'nope' in namespace 'ml'"),
+        "{c}"
+    );
+    assert_eq!(condition(&failed, "Accepted")["status"], "False");
+
+    // A builtin that is not one.
+    cluster.toolchain("torch", "pytorch");
+    let tc = cluster.wait_phase(&op, &path("toolchains", "torch"), "Failed");
+    assert_eq!(condition(&tc, "Ready")["reason"], "UnknownBuiltin");
+    assert!(condition(&tc, "Ready")["message"]
+        .as_str()
+        .unwrap()
+        .contains("python, mlflow, docker-rest"));
+    cluster.training("bad-toolchain", "torch");
+    let failed = cluster.wait_phase(&op, &path("modeltrainings", "bad-toolchain"), "Failed");
+    assert_eq!(
+        condition(&failed, "Succeeded")["reason"],
+        "ToolchainNotReady"
+    );
+
+    // A plan the admin's policy refuses (its image is not allowed).
+    cluster.toolchain("python", "python");
+    cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
+    cluster.training("refused", "python");
+    let failed = cluster.wait_phase(&op, &path("modeltrainings", "refused"), "Failed");
+    let c = condition(&failed, "Succeeded");
+    assert_eq!(c["reason"], "PolicyViolation", "{c}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not in the allowed images"),
+        "{c}"
+    );
+
+    assert_eq!(cluster.jobs(), Vec::<Value>::new(), "no Job was created");
+}
+
+#[test]
+fn deleting_a_training_cancels_it_and_its_finalizer_removes_the_job() {
+    let cluster = Cluster::start();
+    let l = Legion::new();
+    let op = Operator::start(&l, &cluster, &[]);
+    cluster.toolchain("python", "python");
+    cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
+    cluster.training("tiny-1", "python");
+    let mt = cluster.wait(
+        &op,
+        &path("modeltrainings", "tiny-1"),
+        "given a run id",
+        |o| o["status"]["runId"].is_string(),
+    );
+    let id = run_id(&mt);
+    cluster.wait_job(&op, &id);
+    cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Running");
+    cluster
+        .rt
+        .block_on(cluster.emu.delete(&path("modeltrainings", "tiny-1")));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while cluster.get(&path("modeltrainings", "tiny-1")).is_some() || !cluster.jobs().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the training or its Job stayed:\n{}",
+            op.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = l.json(&["runs", "show", &id]);
+    assert_eq!(run["state"], "cancelled", "{run}");
+}
+
+#[test]
+fn an_operator_restarted_mid_run_finds_the_job_by_label_and_finishes() {
+    let cluster = Cluster::start();
+    let first = Legion::new();
+    let mut op = Operator::start(&first, &cluster, &[]);
+    cluster.toolchain("python", "python");
+    cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
+    cluster.training("tiny-1", "python");
+    let mt = cluster.wait(
+        &op,
+        &path("modeltrainings", "tiny-1"),
+        "given a run id",
+        |o| o["status"]["runId"].is_string(),
+    );
+    let id = run_id(&mt);
+    let job = cluster.wait_job(&op, &id);
+    cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Running");
+    op.kill();
+
+    // A new operator, with a data directory of its own (a pod without a
+    // volume): it knows the run only from the status and the Job's label.
+    let second = Legion::new();
+    let op = Operator::start(&second, &cluster, &[]);
+    let report = cluster.succeed_training(&job);
+    let done = cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Succeeded");
+    assert_eq!(
+        done["status"]["runId"],
+        id.as_str(),
+        "the same run, not a new one"
+    );
+    assert_eq!(done["status"]["modelDigest"], report["modelDigest"]);
+    assert_eq!(cluster.jobs().len(), 1, "no second Job");
+    let events = cluster.events("tiny-1");
+    assert!(events.iter().any(|e| e.1 == "Resumed"), "{events:?}");
+    let logs = second.ok(&["runs", "logs", &id]);
+    assert!(logs.contains("[collect] stored"), "{logs}");
+}
+
+#[test]
+fn of_two_operator_replicas_one_leads_and_the_other_takes_over() {
+    let cluster = Cluster::start();
+    let (la, lb) = (Legion::new(), Legion::new());
+    let election = [
+        "--leader-election",
+        "--lease-duration",
+        "4s",
+        "--lease-renew",
+        "1s",
+    ];
+    let mut a = Operator::start(
+        &la,
+        &cluster,
+        &[&election[..], &["--identity", "a"]].concat(),
+    );
+    // `a` leads before `b` starts: then which one leads is known.
+    let lease = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/legion-operator");
+    cluster.wait(&a, &lease, "held by a", |l| {
+        l["spec"]["holderIdentity"] == "a"
+    });
+    let b = Operator::start(
+        &lb,
+        &cluster,
+        &[&election[..], &["--identity", "b"]].concat(),
+    );
+    cluster.toolchain("python", "python");
+    cluster.wait_phase(&a, &path("toolchains", "python"), "Ready");
+    cluster.training("tiny-1", "python");
+    let mt = cluster.wait(
+        &a,
+        &path("modeltrainings", "tiny-1"),
+        "given a run id",
+        |o| o["status"]["runId"].is_string(),
+    );
+    cluster.wait_job(&a, &run_id(&mt));
+    assert!(b.log().contains("another replica leads"), "{}", b.log());
+    assert!(!b.log().contains("leading: reconciling"), "{}", b.log());
+    assert_eq!(
+        lb.json(&["runs", "ls"]),
+        json!([]),
+        "the standby ran nothing"
+    );
+
+    // The leader dies; the standby takes the lease and the training on.
+    a.kill();
+    cluster.wait(&b, &lease, "taken by b", |l| {
+        l["spec"]["holderIdentity"] == "b"
+    });
+    let job = cluster.jobs().remove(0);
+    let report = cluster.succeed_training(&job);
+    let done = cluster.wait_phase(&b, &path("modeltrainings", "tiny-1"), "Succeeded");
+    assert_eq!(done["status"]["modelDigest"], report["modelDigest"]);
+    assert_eq!(cluster.jobs().len(), 1, "one Job in all");
+    let lease = cluster.get(&lease).unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
+}
+
+/// A training `tiny-1` whose pod succeeded; returns collect's report.
+fn trained(cluster: &Cluster, op: &Operator) -> Value {
+    cluster.training("tiny-1", "python");
+    let mt = cluster.wait(
+        op,
+        &path("modeltrainings", "tiny-1"),
+        "given a run id",
+        |o| o["status"]["runId"].is_string(),
+    );
+    let job = cluster.wait_job(op, &run_id(&mt));
+    cluster.succeed_training(&job)
+}
+
+#[test]
+fn a_packaging_waits_for_its_training_and_its_pod_pushes_the_image() {
+    let cluster = Cluster::start();
+    let l = Legion::new();
+    let op = Operator::start(&l, &cluster, &[]);
+    cluster.toolchain("python", "python");
+    cluster.toolchain("docker-rest", "docker-rest");
+    cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
+    let packager = cluster.wait_phase(&op, &path("toolchains", "docker-rest"), "Ready");
+    assert_eq!(packager["status"]["kinds"], json!(["packager", "server"]));
+    // Created before its training exists: it waits, and says so.
+    cluster.create(
+        "modelpackagings",
+        "ModelPackaging",
+        "tiny-1",
+        json!({"trainingRef": "tiny-1", "base": cluster.base}),
+    );
+    let waiting = cluster.wait(&op, &path("modelpackagings", "tiny-1"), "waiting", |o| {
+        o["status"]["conditions"].is_array()
+    });
+    assert_eq!(waiting["status"]["phase"], "Pending", "{waiting:#}");
+    let accepted = condition(&waiting, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "TrainingNotFound", "{waiting:#}");
+    assert_eq!(condition(&waiting, "Succeeded")["status"], "Unknown");
+    let report = trained(&cluster, &op);
+    cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Succeeded");
+
+    let mp = cluster.wait(
+        &op,
+        &path("modelpackagings", "tiny-1"),
+        "given a run id",
+        |o| o["status"]["runId"].is_string(),
+    );
+    let job = cluster.wait_job(&op, &run_id(&mp));
+    let spec = step_spec(container(&job, "package"));
+    // The model the training pushed, pinned by its digest.
+    let model = spec["model"].as_str().unwrap();
+    assert!(
+        model.ends_with(report["modelDigest"].as_str().unwrap()),
+        "{model}"
+    );
+
+    // The pod: a fresh data dir, the real packaging.
+    let pod_home = Legion::new();
+    let term = pod_home.home.path().join("termination-log");
+    let out = pod_home
+        .cmd()
+        .args([
+            "step",
+            "package",
+            "--termination-log",
+            term.to_str().unwrap(),
+        ])
+        .env("LEGION_STEP_SPEC", spec.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image: Value = serde_json::from_str(&std::fs::read_to_string(&term).unwrap()).unwrap();
+    cluster.rt.block_on(async {
+        let pod = cluster.emu.pod_for_job(&job, &[("package", "pushed\n")]).await;
+        cluster
+            .emu
+            .kubelet(
+                NS,
+                &pod,
+                json!({"phase": "Succeeded",
+                    "containerStatuses": [status("package", done(0, "Completed", &image.to_string()))]}),
+            )
+            .await;
+    });
+    let done = cluster.wait_phase(&op, &path("modelpackagings", "tiny-1"), "Succeeded");
+    assert_eq!(done["status"]["imageDigest"], image["imageDigest"]);
+    assert_eq!(done["status"]["imageRef"], image["imageRef"]);
+    use sha2::Digest as _;
+    let raw = cluster.registry.raw_manifest("legion/images/tiny:1");
+    assert_eq!(
+        image["imageDigest"],
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw)))
+    );
+}
+
+/// Trains `tiny:1` on this machine and packages it into the registry as
+/// `legion/images/tiny:1`; returns the image's reference and digest.
+fn packaged_image(cluster: &Cluster, l: &Legion) -> (String, String) {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("train.py"),
+        "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
+         open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n",
+    )
+    .unwrap();
+    l.ok(&[
+        "train",
+        src.path().to_str().unwrap(),
+        "-t",
+        "python",
+        "--name",
+        "tiny",
+    ]);
+    let image = format!("{}/legion/images/tiny:1", cluster.registry.addr);
+    l.ok(&[
+        "package",
+        "tiny:1",
+        "--base",
+        &cluster.base,
+        "--push",
+        &image,
+    ]);
+    use sha2::Digest as _;
+    let raw = cluster.registry.raw_manifest("legion/images/tiny:1");
+    (
+        image,
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw))),
+    )
+}
+
+#[test]
+fn a_deployment_is_ready_only_when_its_replicas_are_available_and_reports_a_crash_loop() {
+    let cluster = Cluster::start();
+    let l = Legion::new();
+    let (image, digest) = packaged_image(&cluster, &l);
+    let op = Operator::start(&l, &cluster, &[]);
+    cluster.toolchain("docker-rest", "docker-rest");
+    cluster.wait_phase(&op, &path("toolchains", "docker-rest"), "Ready");
+    cluster.create(
+        "modeldeployments",
+        "ModelDeployment",
+        "tiny",
+        json!({"image": image, "minReplicas": 1, "maxReplicas": 3, "resources": {"cpu": "500m", "memory": "256Mi"}}),
+    );
+    let deploying = cluster.wait_phase(&op, &path("modeldeployments", "tiny"), "Deploying");
+    assert_eq!(deploying["status"]["imageDigest"], digest.as_str());
+    let ready = condition(&deploying, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("RollingOut"))
+    );
+    assert_eq!(
+        deploying["status"]["url"],
+        "http://tiny.ml.svc.cluster.local"
+    );
+
+    // The objects, from the packager's service plan.
+    let deployment = cluster
+        .get(&format!("/apis/apps/v1/namespaces/{NS}/deployments/tiny"))
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let pinned = format!("{}/legion/images/tiny@{digest}", cluster.registry.addr);
+    assert_eq!(c["image"], pinned.as_str(), "the image pinned by digest");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/v2/health/ready");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/v2/health/live");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["resources"]["requests"]["cpu"], "500m");
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["kind"],
+        "ModelDeployment"
+    );
+    let service = cluster
+        .get(&format!("/api/v1/namespaces/{NS}/services/tiny"))
+        .expect("a Service");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let hpa = cluster
+        .get(&format!(
+            "/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/tiny"
+        ))
+        .expect("an autoscaler: minReplicas < maxReplicas");
+    assert_eq!(
+        (
+            hpa["spec"]["minReplicas"].as_i64(),
+            hpa["spec"]["maxReplicas"].as_i64()
+        ),
+        (Some(1), Some(3))
+    );
+    let mut objects: Vec<Value> = vec![deployment.clone(), service, hpa];
+    for o in &mut objects {
+        // What the API server adds is not the operator's to validate.
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+        ] {
+            o["metadata"].as_object_mut().unwrap().remove(k);
+        }
+        o.as_object_mut().unwrap().remove("status");
+    }
+    let (valid, report) = common::kube_validate_all(&objects);
+    assert!(valid, "{report}");
+
+    // The server crash-loops: the condition says so, with its last line.
+    let labels = deployment["spec"]["template"]["metadata"]["labels"].clone();
+    cluster.rt.block_on(cluster.emu.post(
+        &format!("/api/v1/namespaces/{NS}/pods"),
+        &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "tiny-abc", "namespace": NS, "labels": labels,
+                         "annotations": {"legion.test/log.model": "loading tiny\nKeyError: 'model'\n"}},
+            "spec": pod,
+            "status": {"phase": "Running", "containerStatuses": [{"name": "model", "image": pinned, "imageID": "",
+                "ready": false, "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1}}}]}}),
+    ));
+    let failed = cluster.wait_phase(&op, &path("modeldeployments", "tiny"), "Failed");
+    let c = condition(&failed, "Ready");
+    assert_eq!(c["reason"], "CrashLoop", "{c}");
+    let message = c["message"].as_str().unwrap();
+    assert!(
+        message.contains("KeyError: 'model'") && message.contains("4 restarts"),
+        "{message}"
+    );
+
+    // Fixed: the pod goes, the rollout completes; Ready only then.
+    cluster.rt.block_on(
+        cluster
+            .emu
+            .delete(&format!("/api/v1/namespaces/{NS}/pods/tiny-abc")),
+    );
+    let back = cluster.wait_phase(&op, &path("modeldeployments", "tiny"), "Deploying");
+    assert_eq!(condition(&back, "Ready")["status"], "False");
+    cluster.rt.block_on(cluster.emu.patch(
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/tiny/status"),
+        &json!({"status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 2}}),
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    let still = cluster.get(&path("modeldeployments", "tiny")).unwrap();
+    assert_ne!(
+        still["status"]["phase"], "Ready",
+        "an old replica is still there: {still:#}"
+    );
+    cluster.rt.block_on(cluster.emu.patch(
+        &format!("/apis/apps/v1/namespaces/{NS}/deployments/tiny/status"),
+        &json!({"status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}}),
+    ));
+    let ready = cluster.wait_phase(&op, &path("modeldeployments", "tiny"), "Ready");
+    assert_eq!(ready["status"]["availableReplicas"], 1);
+    assert_eq!(condition(&ready, "Ready")["status"], "True");
+
+    // Deleted: its objects go with it.
+    cluster
+        .rt
+        .block_on(cluster.emu.delete(&path("modeldeployments", "tiny")));
+    let gone = |p: &str| cluster.get(p).is_none();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !(gone(&path("modeldeployments", "tiny"))
+        && gone(&format!("/apis/apps/v1/namespaces/{NS}/deployments/tiny"))
+        && gone(&format!("/api/v1/namespaces/{NS}/services/tiny"))
+        && gone(&format!(
+            "/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/tiny"
+        )))
+    {
+        assert!(Instant::now() < deadline, "something stayed:\n{}", op.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_deployment_of_an_image_that_does_not_exist_fails_and_creates_nothing() {
+    let cluster = Cluster::start();
+    let l = Legion::new();
+    let op = Operator::start(&l, &cluster, &[]);
+    cluster.toolchain("docker-rest", "docker-rest");
+    cluster.wait_phase(&op, &path("toolchains", "docker-rest"), "Ready");
+    let image = format!("{}/legion/images/nope:1", cluster.registry.addr);
+    cluster.create(
+        "modeldeployments",
+        "ModelDeployment",
+        "nope",
+        json!({"image": image}),
+    );
+    let failed = cluster.wait_phase(&op, &path("modeldeployments", "nope"), "Failed");
+    let c = condition(&failed, "Ready");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("ImageNotFound"))
+    );
+    assert!(c["message"].as_str().unwrap().contains(&image), "{c}");
+    for list in [
+        format!("/apis/apps/v1/namespaces/{NS}/deployments"),
+        format!("/api/v1/namespaces/{NS}/services"),
+        format!("/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers"),
+    ] {
+        assert_eq!(cluster.get(&list).unwrap()["items"], json!([]), "{list}");
+    }
+    let warnings = cluster.events("nope");
+    assert!(
+        warnings
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "ImageNotFound"),
+        "{warnings:?}"
+    );
+}
