@@ -1,15 +1,34 @@
 #!/usr/bin/env bash
-# Builds the Python base image the packaging tests and benchmarks use, from
-# Debian's own packages (no registry on the internet needed): a bookworm
-# minbase root file system with python3, made by debootstrap from the
-# machine's configured Debian mirror, as a one-layer OCI image layout.
-# Like the official python:*-slim images, its config names the Python
-# version in PYTHON_VERSION. Cached under $LEGION_BASE_CACHE (default
-# /var/cache/legion/base-image); prints the layout path. Idempotent.
+# Builds a base image from Debian's own packages (no registry on the
+# internet needed): a bookworm minbase root file system made by debootstrap
+# from the machine's configured Debian mirror, as a one-layer OCI image
+# layout. Prints the layout reference (DIR:NAME). Idempotent.
+#
+#   scripts/base-image.sh            python3: what the packaging tests and
+#                                    benchmarks put models on. Like the
+#                                    official python:*-slim images, its
+#                                    config names the Python version in
+#                                    PYTHON_VERSION. Cached under
+#                                    $LEGION_BASE_CACHE (/var/cache/legion/base-image).
+#   scripts/base-image.sh platform   + pip, venv, git and CA certificates:
+#                                    what the legion platform image is built
+#                                    on (scripts/platform-image.sh), since
+#                                    pods fetch git sources and build
+#                                    dependency layers with pip. Cached under
+#                                    /var/cache/legion/platform-base.
 set -euo pipefail
-CACHE="${LEGION_BASE_CACHE:-/var/cache/legion/base-image}"
+case "${1:-python}" in
+  python)
+    CACHE="${LEGION_BASE_CACHE:-/var/cache/legion/base-image}"
+    TAG=python3
+    INCLUDE=python3 ;;
+  platform)
+    CACHE="${LEGION_PLATFORM_BASE_CACHE:-/var/cache/legion/platform-base}"
+    TAG=platform
+    INCLUDE=python3,python3-pip,python3-venv,git,ca-certificates ;;
+  *) echo "usage: $0 [python|platform]" >&2; exit 2 ;;
+esac
 LAYOUT="$CACHE/layout"
-TAG=python3
 if [ -f "$LAYOUT/index.json" ]; then
   echo "$LAYOUT:$TAG"
   exit 0
@@ -18,7 +37,7 @@ mirror=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/de
 mirror="${mirror:-http://deb.debian.org/debian}"
 rm -rf "$CACHE/rootfs" "$CACHE/layout.tmp"
 mkdir -p "$CACHE"
-debootstrap --variant=minbase --include=python3 bookworm "$CACHE/rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
+debootstrap --variant=minbase --include="$INCLUDE" bookworm "$CACHE/rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
   || { tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
 # What a slim image leaves out: package lists and caches.
 rm -rf "$CACHE/rootfs/var/lib/apt/lists/"* "$CACHE/rootfs/var/cache/apt/"*.bin "$CACHE/rootfs/var/cache/apt/archives/"*.deb

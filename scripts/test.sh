@@ -20,6 +20,10 @@ done
 # The benchmarks run once as smoke tests, so they cannot rot.
 cargo bench -p legion --bench plugin -- --test
 cargo bench -p legion-serve --bench protocols -- --test
+# The platform image's parts (the static legion, the built-ins) and its
+# base, built here so that no test runs cargo (tests/platform_image.rs).
+bash scripts/platform-image.sh --stage "$CARGO_TARGET_DIR/platform-stage" >/dev/null
+bash scripts/base-image.sh platform >/dev/null
 # The cluster end-to-end suite needs a real cluster (docs/kubernetes.md):
 # it runs only with LEGION_TEST_KUBECONFIG set (or when required), and is
 # otherwise left out and reported as skipped, never counted as passed.

@@ -8,8 +8,9 @@ use super::train::{cancel_on_ctrl_c, Progress};
 use super::Format;
 use crate::home::Home;
 use crate::names::ToolchainName;
-use crate::oci::image::{read_image, REF_NAME_LABEL};
+use crate::oci::image::{read_image, ImageSettings, REF_NAME_LABEL};
 use crate::oci::layout::Layout;
+use crate::package::assemble::{assemble, Assembly, Target};
 use crate::package::{PackageOptions, Packaged, Packager, DEFAULT_PACKAGER};
 use crate::plugin::Toolchains;
 use crate::store::{RunKind, RunState};
@@ -50,6 +51,45 @@ pub enum ImagesCommand {
     /// Images in the local store and images pushed by packagings.
     #[command(alias = "list")]
     Ls,
+    /// Build an image of files on a base, as one deterministic layer (no
+    /// build container; the same inputs give the same digest). The
+    /// platform image is made with it (scripts/platform-image.sh).
+    Build(Box<BuildArgs>),
+}
+
+/// `legion images build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Base image: `REGISTRY/REPO[:TAG|@DIGEST]` or `oci:DIR:NAME`.
+    #[arg(long, value_name = "IMAGE-REF")]
+    pub base: String,
+    /// A file or folder to copy in (repeatable): HOST_PATH=IMAGE_PATH.
+    #[arg(long, value_name = "HOST=IMAGE", value_parser = super::toolchain::parse_key_value)]
+    pub add: Vec<(String, String)>,
+    /// The entrypoint, one argument per use.
+    #[arg(long, value_name = "ARG")]
+    pub entrypoint: Vec<String>,
+    /// Default arguments, one per use.
+    #[arg(long, value_name = "ARG")]
+    pub cmd: Vec<String>,
+    /// An environment variable (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = super::toolchain::parse_key_value)]
+    pub env: Vec<(String, String)>,
+    /// A label (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = super::toolchain::parse_key_value)]
+    pub label: Vec<(String, String)>,
+    /// The user the image runs as (`UID[:GID]`).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Working directory.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Push to `REGISTRY/REPO[:TAG]`.
+    #[arg(long, value_name = "REGISTRY/REPO[:TAG]", conflicts_with = "tag")]
+    pub push: Option<String>,
+    /// Or keep it in the local image store under this name.
+    #[arg(long, value_name = "NAME[:TAG]", required_unless_present = "push")]
+    pub tag: Option<String>,
 }
 
 /// Runs `legion package`; returns the exit code.
@@ -171,6 +211,48 @@ pub async fn images(
     format: Format,
 ) -> Result<(), Error> {
     match cmd {
+        ImagesCommand::Build(args) => {
+            let args = *args;
+            let layout = Layout::open(home.images())?;
+            let assembly = Assembly {
+                base: args.base,
+                add: args
+                    .add
+                    .into_iter()
+                    .map(|(h, i)| (std::path::PathBuf::from(h), i))
+                    .collect(),
+                settings: ImageSettings {
+                    entrypoint: args.entrypoint,
+                    cmd: args.cmd,
+                    env: args.env,
+                    exposed_ports: Vec::new(),
+                    labels: args.label.into_iter().collect(),
+                    working_dir: args.workdir,
+                    user: args.user,
+                },
+            };
+            let target = match (args.push, args.tag) {
+                (Some(r), _) => Target::Push(r),
+                (None, Some(name)) => Target::Layout(layout.clone(), name),
+                (None, None) => {
+                    return Err(Error::InvalidArgument {
+                        field: "--push".into(),
+                        message: "give --push REF or --tag NAME".into(),
+                    })
+                }
+            };
+            let made = assemble(&layout, &assembly, &target).await?;
+            output::table(
+                format,
+                &made,
+                &["image", "digest", "files"],
+                vec![vec![
+                    made.reference.clone(),
+                    made.digest.clone(),
+                    made.files.to_string(),
+                ]],
+            );
+        }
         ImagesCommand::Ls => {
             let mut rows = Vec::new();
             let layout = Layout::open(home.images())?;

@@ -13,6 +13,7 @@
 //! manifest refers to is in place, so a failure never leaves a name
 //! pointing at a half-built image. A failed packaging keeps its log.
 
+pub mod assemble;
 pub mod deps;
 pub mod server;
 
@@ -698,22 +699,8 @@ impl Job<'_> {
         tmp: &std::path::Path,
         images: &Layout,
     ) -> Result<NewLayer, Stop> {
-        let tmp = tmp.to_path_buf();
-        let blob: LayerBlob = blocking(move || build_files_layer(&files, &tmp)).await?;
-        let new = NewLayer {
-            desc: OciDescriptor {
-                media_type: LAYER_GZIP_MEDIA_TYPE.to_string(),
-                digest: blob.digest.clone(),
-                size: blob.size as i64,
-                urls: None,
-                annotations: None,
-                artifact_type: None,
-            },
-            diff_id: blob.diff_id.clone(),
-            created_by: created_by.to_string(),
-        };
-        images.put_blob_file(blob.file, &new.desc.digest)?;
-        Ok(new)
+        let (tmp, by, images) = (tmp.to_path_buf(), created_by.to_string(), images.clone());
+        blocking(move || files_layer(&files, &by, &tmp, &images)).await
     }
 
     /// The image's runtime settings: the plan's, plus the labels only the
@@ -757,6 +744,30 @@ impl Job<'_> {
             user: plan.user.clone(),
         }
     }
+}
+
+/// Packs `files` as one layer into `images` (built in `tmp`).
+pub fn files_layer(
+    files: &[ImageFile],
+    created_by: &str,
+    tmp: &std::path::Path,
+    images: &Layout,
+) -> Result<NewLayer, Error> {
+    let blob: LayerBlob = build_files_layer(files, tmp)?;
+    let new = NewLayer {
+        desc: OciDescriptor {
+            media_type: LAYER_GZIP_MEDIA_TYPE.to_string(),
+            digest: blob.digest.clone(),
+            size: blob.size as i64,
+            urls: None,
+            annotations: None,
+            artifact_type: None,
+        },
+        diff_id: blob.diff_id.clone(),
+        created_by: created_by.to_string(),
+    };
+    images.put_blob_file(blob.file, &new.desc.digest)?;
+    Ok(new)
 }
 
 /// Where a push finds the base's layers: a base in a layout is linked into
