@@ -278,6 +278,10 @@ fn non_default_values_render_what_they_say_and_validate() {
     assert!(a.contains(&format!("--legion-image={image}")), "{a:?}");
     assert!(a.contains(&"--ttl-seconds-after-finished=600".to_string()));
     assert!(a.contains(&"--unschedulable-timeout=2m".to_string()));
+    assert!(
+        a.contains(&"--registry-secret=registry-creds".to_string()),
+        "the pods get the credentials too"
+    );
     assert_eq!(
         env(&objects, "LEGION_INSECURE_REGISTRIES").unwrap()["value"],
         "registry.internal:5000"

@@ -73,6 +73,8 @@ fn job_for(l: &Legion, toolchain: &str, request: Value, source: &str, images: &[
                 effect: Some("NoSchedule".into()),
                 ..Default::default()
             }],
+            registry_secret: Some("registry-creds".into()),
+            insecure_registries: Some("registry.internal:5000".into()),
         },
     )
     .unwrap();
@@ -146,6 +148,25 @@ fn training_jobs_for_the_builtin_toolchains_pass_strict_validation() {
     assert_eq!(
         gpu_step["image"],
         "registry.example.com/legion/steps/mlflow@sha256:aaaa"
+    );
+    // The legion containers reach the registry as the host does: its
+    // transport and, from a Secret, its credentials.
+    let fetch = &cases[0]["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(fetch["name"], "fetch");
+    let env = fetch["env"].as_array().unwrap();
+    let var = |n: &str| {
+        env.iter()
+            .find(|e| e["name"] == n)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        var("LEGION_INSECURE_REGISTRIES")["value"],
+        "registry.internal:5000"
+    );
+    assert_eq!(
+        var("LEGION_REGISTRY_PASSWORD")["valueFrom"]["secretKeyRef"],
+        json!({"name": "registry-creds", "key": "password", "optional": false})
     );
     let labels = &cases[0]["metadata"]["labels"];
     assert_eq!(labels["legion-platform.org/run-id"], "iris-0a1b2c3d");

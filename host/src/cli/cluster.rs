@@ -34,6 +34,10 @@ pub struct ClusterArgs {
     /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// A Secret (keys `username`, `password`) with the registry's
+    /// credentials for the pods.
+    #[arg(long, env = "LEGION_REGISTRY_SECRET", value_name = "NAME")]
+    pub registry_secret: Option<String>,
     /// The legion image that runs the pod's own phases (fetch, collect, package).
     #[arg(long, env = "LEGION_IMAGE", default_value_t = default_legion_image())]
     pub legion_image: String,
@@ -66,6 +70,7 @@ impl ClusterArgs {
             legion_image: self.legion_image.clone(),
             unschedulable_timeout: self.unschedulable_timeout,
             dry_run: self.dry_run,
+            registry_secret: self.registry_secret.clone(),
             ..ClusterOptions::default()
         };
         ClusterExecutor::connect(opts).await.map(Some)

@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// A Secret (keys `username`, `password`) with the registry's
+    /// credentials for the pods.
+    #[arg(long, env = "LEGION_REGISTRY_SECRET", value_name = "NAME")]
+    pub registry_secret: Option<String>,
     /// The legion image that runs the pods' own phases.
     #[arg(long, env = "LEGION_IMAGE", default_value_t = default_legion_image())]
     pub legion_image: String,
@@ -93,6 +97,7 @@ pub async fn run(cmd: OperatorCommand, home: &Home) -> Result<(), Error> {
                     legion_image: args.legion_image,
                     ttl_seconds_after_finished: args.ttl_seconds_after_finished,
                     unschedulable_timeout: args.unschedulable_timeout,
+                    registry_secret: args.registry_secret,
                     ..ClusterOptions::default()
                 },
                 policy: args.policy,

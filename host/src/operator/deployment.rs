@@ -262,7 +262,10 @@ pub fn objects(md: &ModelDeployment, namespace: &str, plan: &ServicePlan) -> Obj
         name: name.clone(),
         uid: md.metadata.uid.clone().unwrap_or_default(),
         controller: Some(true),
-        block_owner_deletion: Some(true),
+        // Blocking the owner's deletion would need update on
+        // modeldeployments/finalizers where that admission plugin runs; the
+        // finalizer deletes these objects first anyway.
+        block_owner_deletion: None,
     };
     let meta = ObjectMeta {
         name: Some(name.clone()),

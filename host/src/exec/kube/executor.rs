@@ -61,6 +61,10 @@ pub struct ClusterOptions {
     pub unschedulable_timeout: Duration,
     /// Print the objects instead of creating them.
     pub dry_run: bool,
+    /// A Secret (keys `username`, `password`) with the registry's
+    /// credentials, for the pods; the host uses `LEGION_REGISTRY_USERNAME`
+    /// and `LEGION_REGISTRY_PASSWORD`.
+    pub registry_secret: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -74,6 +78,7 @@ impl Default for ClusterOptions {
             backoff_limit: 0,
             unschedulable_timeout: super::runner::DEFAULT_UNSCHEDULABLE,
             dry_run: false,
+            registry_secret: None,
         }
     }
 }
@@ -300,6 +305,8 @@ impl ClusterExecutor {
             legion_image: self.opts.legion_image.clone(),
             backoff_limit: self.opts.backoff_limit,
             ttl_seconds_after_finished: self.opts.ttl_seconds_after_finished,
+            registry_secret: self.opts.registry_secret.clone(),
+            insecure_registries: std::env::var("LEGION_INSECURE_REGISTRIES").ok(),
             ..Default::default()
         }
     }

@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume,
-    VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -53,6 +53,12 @@ pub struct ClusterSettings {
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations for the pod.
     pub tolerations: Vec<Toleration>,
+    /// A Secret with `username` and `password` for the registry, given to
+    /// the legion containers (they pull and push models and images).
+    pub registry_secret: Option<String>,
+    /// Registries reached over plain HTTP (`LEGION_INSECURE_REGISTRIES`),
+    /// passed on to the legion containers.
+    pub insecure_registries: Option<String>,
 }
 
 /// What one training Job is made from.
@@ -305,16 +311,50 @@ fn legion_container(
         image: Some(settings.legion_image.clone()),
         command: Some(vec!["legion".to_string()]),
         args: Some(args.into_iter().map(str::to_string).collect()),
-        env: Some(env([
-            ("LEGION_STEP_SPEC".to_string(), spec_json.to_string()),
-            ("LEGION_HOME".to_string(), "/tmp/legion".to_string()),
-            ("HOME".to_string(), "/tmp".to_string()),
-        ])),
+        env: Some(legion_env(spec_json, settings)),
         volume_mounts: Some(mounts()),
         security_context: Some(hardened()),
         termination_message_policy: Some("File".into()),
         ..Default::default()
     }
+}
+
+/// The legion containers' environment: the spec, a writable home, and the
+/// registry's transport and credentials as the host has them.
+fn legion_env(spec_json: &str, settings: &ClusterSettings) -> Vec<EnvVar> {
+    let mut vars = vec![
+        ("LEGION_STEP_SPEC".to_string(), spec_json.to_string()),
+        ("LEGION_HOME".to_string(), "/tmp/legion".to_string()),
+        ("HOME".to_string(), "/tmp".to_string()),
+    ];
+    if let Some(insecure) = settings
+        .insecure_registries
+        .as_ref()
+        .filter(|s| !s.is_empty())
+    {
+        vars.push(("LEGION_INSECURE_REGISTRIES".to_string(), insecure.clone()));
+    }
+    let mut out = env(vars);
+    if let Some(secret) = &settings.registry_secret {
+        for (var, key) in [
+            ("LEGION_REGISTRY_USERNAME", "username"),
+            ("LEGION_REGISTRY_PASSWORD", "password"),
+        ] {
+            out.push(EnvVar {
+                name: var.to_string(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.clone(),
+                        key: key.to_string(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    out
 }
 
 /// The Job around a pod of `init` containers then `main`.
