@@ -9,7 +9,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::emulator::{container, done, status, step_spec, Emulator};
+use common::emulator::{container, done, package_pod, status, step_spec, Emulator};
 use common::registry::Registry;
 use common::Legion;
 use serde_json::{json, Value};
@@ -99,26 +99,7 @@ fn a_packaging_runs_as_a_job_whose_pod_pushes_the_image() {
     );
 
     // The pod: a fresh data dir, the real packaging, the spec from the Job.
-    let pod_home = Legion::new();
-    let term = pod_home.home.path().join("termination-log");
-    let out = pod_home
-        .cmd()
-        .args([
-            "step",
-            "package",
-            "--termination-log",
-            term.to_str().unwrap(),
-        ])
-        .env("LEGION_STEP_SPEC", spec.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pod_log = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report = std::fs::read_to_string(&term).unwrap();
+    let (pod_log, report) = package_pod(&spec);
 
     rt.block_on(async {
         let pod = emu

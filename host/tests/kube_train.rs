@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use common::emulator::{container, done, status, step_spec, Emulator};
+use common::emulator::{container, done, pod_step, status, step_spec, Emulator};
 use common::registry::Registry;
 use common::{write_model, Legion};
 use serde_json::{json, Value};
@@ -93,22 +93,6 @@ fn finish(child: Child) -> (bool, Value, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out.status.success(), json, stderr)
-}
-
-/// Runs `legion step PHASE` as the pod's container would.
-fn pod_step(l: &Legion, spec: &Value, args: &[&str]) {
-    let out = l
-        .cmd()
-        .arg("step")
-        .args(args)
-        .env("LEGION_STEP_SPEC", spec.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "legion step {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

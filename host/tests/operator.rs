@@ -12,7 +12,7 @@ mod common;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::emulator::{container, done, status, step_spec, Emulator};
+use common::emulator::{container, done, package_pod, pod_step, status, step_spec, Emulator};
 use common::registry::Registry;
 use common::{git, write_model, Legion};
 use serde_json::{json, Value};
@@ -115,6 +115,13 @@ impl Cluster {
         })
     }
 
+    /// Waits until the object `plural/name` has a run id, and returns it.
+    fn started(&self, op: &Operator, plural: &str, name: &str) -> Value {
+        self.wait(op, &path(plural, name), "given a run id", |o| {
+            o["status"]["runId"].is_string()
+        })
+    }
+
     /// The Job labelled with `run_id`, once it exists.
     fn wait_job(&self, op: &Operator, run_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(900);
@@ -197,22 +204,6 @@ impl Cluster {
     }
 }
 
-/// Runs `legion step PHASE` as the pod's container would.
-fn pod_step(l: &Legion, spec: &Value, args: &[&str]) {
-    let out = l
-        .cmd()
-        .arg("step")
-        .args(args)
-        .env("LEGION_STEP_SPEC", spec.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "legion step {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A running `legion operator run`, killed on drop; its log in a file.
 struct Operator {
     child: Child,
@@ -292,12 +283,7 @@ fn a_training_goes_through_every_phase_to_succeeded_with_its_digest() {
     assert_eq!(condition(&tc, "Ready")["status"], "True");
 
     cluster.training("tiny-1", "python");
-    let mt = cluster.wait(
-        &op,
-        &path("modeltrainings", "tiny-1"),
-        "given a run id",
-        |o| o["status"]["runId"].is_string(),
-    );
+    let mt = cluster.started(&op, "modeltrainings", "tiny-1");
     assert!(
         mt["metadata"]["finalizers"]
             .as_array()
@@ -360,12 +346,7 @@ fn a_failing_training_says_why_in_its_condition() {
     cluster.toolchain("python", "python");
     cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
     cluster.training("tiny-1", "python");
-    let mt = cluster.wait(
-        &op,
-        &path("modeltrainings", "tiny-1"),
-        "given a run id",
-        |o| o["status"]["runId"].is_string(),
-    );
+    let mt = cluster.started(&op, "modeltrainings", "tiny-1");
     let job = cluster.wait_job(&op, &run_id(&mt));
     cluster.rt.block_on(async {
         let pod = cluster
@@ -473,12 +454,7 @@ fn deleting_a_training_cancels_it_and_its_finalizer_removes_the_job() {
     cluster.toolchain("python", "python");
     cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
     cluster.training("tiny-1", "python");
-    let mt = cluster.wait(
-        &op,
-        &path("modeltrainings", "tiny-1"),
-        "given a run id",
-        |o| o["status"]["runId"].is_string(),
-    );
+    let mt = cluster.started(&op, "modeltrainings", "tiny-1");
     let id = run_id(&mt);
     cluster.wait_job(&op, &id);
     cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Running");
@@ -506,12 +482,7 @@ fn an_operator_restarted_mid_run_finds_the_job_by_label_and_finishes() {
     cluster.toolchain("python", "python");
     cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
     cluster.training("tiny-1", "python");
-    let mt = cluster.wait(
-        &op,
-        &path("modeltrainings", "tiny-1"),
-        "given a run id",
-        |o| o["status"]["runId"].is_string(),
-    );
+    let mt = cluster.started(&op, "modeltrainings", "tiny-1");
     let id = run_id(&mt);
     let job = cluster.wait_job(&op, &id);
     cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Running");
@@ -565,12 +536,7 @@ fn of_two_operator_replicas_one_leads_and_the_other_takes_over() {
     cluster.toolchain("python", "python");
     cluster.wait_phase(&a, &path("toolchains", "python"), "Ready");
     cluster.training("tiny-1", "python");
-    let mt = cluster.wait(
-        &a,
-        &path("modeltrainings", "tiny-1"),
-        "given a run id",
-        |o| o["status"]["runId"].is_string(),
-    );
+    let mt = cluster.started(&a, "modeltrainings", "tiny-1");
     cluster.wait_job(&a, &run_id(&mt));
     assert!(b.log().contains("another replica leads"), "{}", b.log());
     assert!(!b.log().contains("leading: reconciling"), "{}", b.log());
@@ -597,12 +563,7 @@ fn of_two_operator_replicas_one_leads_and_the_other_takes_over() {
 /// A training `tiny-1` whose pod succeeded; returns collect's report.
 fn trained(cluster: &Cluster, op: &Operator) -> Value {
     cluster.training("tiny-1", "python");
-    let mt = cluster.wait(
-        op,
-        &path("modeltrainings", "tiny-1"),
-        "given a run id",
-        |o| o["status"]["runId"].is_string(),
-    );
+    let mt = cluster.started(op, "modeltrainings", "tiny-1");
     let job = cluster.wait_job(op, &run_id(&mt));
     cluster.succeed_training(&job)
 }
@@ -635,12 +596,7 @@ fn a_packaging_waits_for_its_training_and_its_pod_pushes_the_image() {
     let report = trained(&cluster, &op);
     cluster.wait_phase(&op, &path("modeltrainings", "tiny-1"), "Succeeded");
 
-    let mp = cluster.wait(
-        &op,
-        &path("modelpackagings", "tiny-1"),
-        "given a run id",
-        |o| o["status"]["runId"].is_string(),
-    );
+    let mp = cluster.started(&op, "modelpackagings", "tiny-1");
     let job = cluster.wait_job(&op, &run_id(&mp));
     let spec = step_spec(container(&job, "package"));
     // The model the training pushed, pinned by its digest.
@@ -651,25 +607,8 @@ fn a_packaging_waits_for_its_training_and_its_pod_pushes_the_image() {
     );
 
     // The pod: a fresh data dir, the real packaging.
-    let pod_home = Legion::new();
-    let term = pod_home.home.path().join("termination-log");
-    let out = pod_home
-        .cmd()
-        .args([
-            "step",
-            "package",
-            "--termination-log",
-            term.to_str().unwrap(),
-        ])
-        .env("LEGION_STEP_SPEC", spec.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let image: Value = serde_json::from_str(&std::fs::read_to_string(&term).unwrap()).unwrap();
+    let (_, report) = package_pod(&spec);
+    let image: Value = serde_json::from_str(&report).unwrap();
     cluster.rt.block_on(async {
         let pod = cluster.emu.pod_for_job(&job, &[("package", "pushed\n")]).await;
         cluster

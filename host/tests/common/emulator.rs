@@ -197,6 +197,37 @@ impl Emulator {
     }
 }
 
+/// Runs `legion step ARGS` as a pod's legion container would, with `spec`
+/// in `LEGION_STEP_SPEC`; returns its stderr (the container's log).
+pub fn pod_step(l: &super::Legion, spec: &Value, args: &[&str]) -> String {
+    let out = l
+        .cmd()
+        .arg("step")
+        .args(args)
+        .env("LEGION_STEP_SPEC", spec.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "legion step {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a packaging pod's one container, the real `legion step package`,
+/// in a fresh data dir as a new pod has; returns (its log, its report).
+pub fn package_pod(spec: &Value) -> (String, String) {
+    let pod_home = super::Legion::new();
+    let term = pod_home.home.path().join("termination-log");
+    let log = pod_step(
+        &pod_home,
+        spec,
+        &["package", "--termination-log", term.to_str().unwrap()],
+    );
+    (log, std::fs::read_to_string(&term).unwrap())
+}
+
 /// The container `name` of a Job's pod (init containers, then the others).
 pub fn container<'a>(job: &'a Value, name: &str) -> &'a Value {
     let pod = &job["spec"]["template"]["spec"];
