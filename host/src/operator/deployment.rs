@@ -73,7 +73,9 @@ pub fn error_policy(_: Arc<ModelDeployment>, e: &ReconcileError, _: Arc<Context>
 
 async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileError> {
     let generation = md.metadata.generation;
-    let mut status = md.status.clone().unwrap_or_default();
+    let before = md.status.clone().unwrap_or_default();
+    let before_reason = super::status::get(&before.conditions, "Ready").map(|c| c.reason.clone());
+    let mut status = before.clone();
     status.observed_generation = generation;
     let plan = match plan(md, ctx).await? {
         Ok((plan, digest)) => {
@@ -91,8 +93,14 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileE
                 &message,
                 generation,
             );
-            write(ctx, md, &status).await?;
-            ctx.event(md, EventType::Warning, reason, message).await;
+            // Written and told once; each write is an event that would
+            // bring the object straight back here.
+            if status != before {
+                write(ctx, md, &status).await?;
+            }
+            if before_reason.as_deref() != Some(reason) {
+                ctx.event(md, EventType::Warning, reason, message).await;
+            }
             // An image pushed later, a toolchain registered later: look again.
             return Ok(Action::requeue(super::RECHECK));
         }
@@ -123,7 +131,6 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileE
         ctx.namespace
     ));
     let (phase, s, reason, message) = verdict.condition();
-    let was_ready = md.status.as_ref().and_then(|s| s.phase.as_deref()) == Some(phase::READY);
     status.phase = Some(phase.into());
     set(
         &mut status.conditions,
@@ -133,17 +140,22 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileE
         &message,
         generation,
     );
-    write(ctx, md, &status).await?;
+    if status != before {
+        write(ctx, md, &status).await?;
+    }
+    let changed = before_reason.as_deref() != Some(reason);
     match verdict {
         Rollout::Ready { .. } => {
-            if !was_ready {
+            if changed {
                 ctx.event(md, EventType::Normal, "Ready", message).await;
             }
             Ok(Action::await_change())
         }
         Rollout::Progressing { .. } => Ok(Action::requeue(NOT_READY_RECHECK)),
         _ => {
-            ctx.event(md, EventType::Warning, reason, message).await;
+            if changed {
+                ctx.event(md, EventType::Warning, reason, message).await;
+            }
             Ok(Action::requeue(NOT_READY_RECHECK))
         }
     }

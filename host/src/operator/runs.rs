@@ -154,7 +154,11 @@ async fn start<K: RunResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action,
                 generation,
             );
             status.observed_generation = generation;
-            write(&ctx, &*obj, &status).await?;
+            // Unchanged, it is not written again: each write is an event
+            // that would bring the object straight back here.
+            if obj.run_status() != Some(&status) {
+                write(&ctx, &*obj, &status).await?;
+            }
             return Ok(Action::requeue(RECHECK));
         }
         Admission::Refuse(reason, message) => {

@@ -13,13 +13,12 @@ use super::status::{self, phase, set, Status};
 use super::{Context, ReconcileError, MANAGER};
 use crate::plugin::registry::BUILTIN_TOOLCHAINS;
 
-/// Checks a toolchain and writes what was found.
+/// Checks a toolchain and writes what was found, when that changed (a
+/// new spec, or a new legion image whose built-in has another digest).
 pub async fn reconcile(tc: Arc<Toolchain>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let generation = tc.metadata.generation;
-    let mut status = tc.status.clone().unwrap_or_default();
-    if status.observed_generation.is_some() && status.observed_generation == generation {
-        return Ok(Action::await_change());
-    }
+    let before = tc.status.clone().unwrap_or_default();
+    let mut status = before.clone();
     let verdict = match (&tc.spec.builtin, &tc.spec.image) {
         (Some(name), _) if !BUILTIN_TOOLCHAINS.contains(&name.as_str()) => Err((
             "UnknownBuiltin",
@@ -71,17 +70,21 @@ pub async fn reconcile(tc: Arc<Toolchain>, ctx: Arc<Context>) -> Result<Action, 
                 &message,
                 generation,
             );
-            ctx.event(
-                tc.as_ref(),
-                kube::runtime::events::EventType::Warning,
-                reason,
-                message,
-            )
-            .await;
+            if before.phase.as_deref() != Some(phase::FAILED) {
+                ctx.event(
+                    tc.as_ref(),
+                    kube::runtime::events::EventType::Warning,
+                    reason,
+                    message,
+                )
+                .await;
+            }
         }
     }
     status.observed_generation = generation;
-    write(&ctx, &tc.name_any(), &status).await?;
+    if status != before {
+        write(&ctx, &tc.name_any(), &status).await?;
+    }
     Ok(Action::await_change())
 }
 
