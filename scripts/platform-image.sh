@@ -34,7 +34,10 @@ if [ "${LEGION_PLATFORM_PREBUILT:-}" != 1 ]; then
   rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
   bash scripts/build-plugins.sh >&2
   cargo build --quiet --release -p legion
-  cargo build --quiet --profile static --target x86_64-unknown-linux-musl -p legion -p legion-serve
+  # One package a build: together, their features would unify and change
+  # the legion-serve that scripts/setup.sh builds alone (a rebuild each time).
+  cargo build --quiet --profile static --target x86_64-unknown-linux-musl -p legion-serve
+  cargo build --quiet --profile static --target x86_64-unknown-linux-musl -p legion
 fi
 
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)

@@ -39,6 +39,13 @@ fn run(image: &str, entrypoint: Option<&str>, args: &[&str]) -> String {
         "--read-only",
         "--tmpfs",
         "/tmp",
+    ])
+    // This machine's limits (DESIGN.md): runc cannot raise them.
+    .args([
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
     ]);
     if let Some(e) = entrypoint {
         cmd.args(["--entrypoint", e]);
