@@ -174,6 +174,7 @@ pub async fn run(
         health_server(addr, shutdown.clone()).await?;
     }
     let work = shutdown.child_token();
+    let mut keeper = None;
     if let Some(lease) = &opts.leader_election {
         let elector = leader::Elector::new(client.clone(), &namespace, lease.clone());
         tracing::info!(identity = %lease.identity, lease = %lease.name, "waiting for the lease");
@@ -182,10 +183,10 @@ pub async fn run(
         }
         tracing::info!(identity = %lease.identity, "leading: reconciling");
         let w = work.clone();
-        tokio::spawn(async move {
+        keeper = Some(tokio::spawn(async move {
             elector.keep(&w).await;
             w.cancel();
-        });
+        }));
     }
     // Runs left `running` by an earlier operator process before it created
     // their Job are over: nothing runs them.
@@ -274,6 +275,11 @@ pub async fn run(
     // Runs followed by this process stop being followed; their Jobs go on,
     // and the next leader finds them by label.
     work.cancel();
+    // The lease is released before the process ends, so a standby takes
+    // over now rather than when it expires.
+    if let Some(k) = keeper {
+        let _ = tokio::time::timeout(Duration::from_secs(5), k).await;
+    }
     if shutdown.is_cancelled() {
         Ok(())
     } else {
