@@ -75,6 +75,7 @@ fn job_for(l: &Legion, toolchain: &str, request: Value, source: &str, images: &[
             }],
             registry_secret: Some("registry-creds".into()),
             insecure_registries: Some("registry.internal:5000".into()),
+            image_pull_secrets: vec!["pull".into()],
         },
     )
     .unwrap();
@@ -167,6 +168,10 @@ fn training_jobs_for_the_builtin_toolchains_pass_strict_validation() {
     assert_eq!(
         var("LEGION_REGISTRY_PASSWORD")["valueFrom"]["secretKeyRef"],
         json!({"name": "registry-creds", "key": "password", "optional": false})
+    );
+    assert_eq!(
+        cases[0]["spec"]["template"]["spec"]["imagePullSecrets"],
+        json!([{"name": "pull"}])
     );
     let labels = &cases[0]["metadata"]["labels"];
     assert_eq!(labels["legion-platform.org/run-id"], "iris-0a1b2c3d");

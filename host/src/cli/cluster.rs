@@ -38,6 +38,10 @@ pub struct ClusterArgs {
     /// credentials for the pods.
     #[arg(long, env = "LEGION_REGISTRY_SECRET", value_name = "NAME")]
     pub registry_secret: Option<String>,
+    /// A Secret the kubelet pulls images with (repeatable): step images
+    /// and the legion image in a private registry.
+    #[arg(long = "image-pull-secret", value_name = "NAME")]
+    pub image_pull_secrets: Vec<String>,
     /// The legion image that runs the pod's own phases (fetch, collect, package).
     #[arg(long, env = "LEGION_IMAGE", default_value_t = default_legion_image())]
     pub legion_image: String,
@@ -71,6 +75,7 @@ impl ClusterArgs {
             unschedulable_timeout: self.unschedulable_timeout,
             dry_run: self.dry_run,
             registry_secret: self.registry_secret.clone(),
+            image_pull_secrets: self.image_pull_secrets.clone(),
             ..ClusterOptions::default()
         };
         ClusterExecutor::connect(opts).await.map(Some)

@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// credentials for the pods.
     #[arg(long, env = "LEGION_REGISTRY_SECRET", value_name = "NAME")]
     pub registry_secret: Option<String>,
+    /// A Secret the kubelet pulls images with (repeatable): step images
+    /// and the legion image in a private registry.
+    #[arg(long = "image-pull-secret", value_name = "NAME")]
+    pub image_pull_secrets: Vec<String>,
     /// The legion image that runs the pods' own phases.
     #[arg(long, env = "LEGION_IMAGE", default_value_t = default_legion_image())]
     pub legion_image: String,
@@ -98,6 +102,7 @@ pub async fn run(cmd: OperatorCommand, home: &Home) -> Result<(), Error> {
                     ttl_seconds_after_finished: args.ttl_seconds_after_finished,
                     unschedulable_timeout: args.unschedulable_timeout,
                     registry_secret: args.registry_secret,
+                    image_pull_secrets: args.image_pull_secrets,
                     ..ClusterOptions::default()
                 },
                 policy: args.policy,

@@ -105,7 +105,12 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileE
             return Ok(Action::requeue(super::RECHECK));
         }
     };
-    let objects = objects(md, &ctx.namespace, &plan);
+    let objects = objects(
+        md,
+        &ctx.namespace,
+        &plan,
+        &ctx.cluster.options().image_pull_secrets,
+    );
     apply_objects(ctx, &objects).await?;
     let deployments = Api::<Deployment>::namespaced(ctx.client.clone(), &ctx.namespace);
     let deployment = deployments.get_opt(&objects.deployment_name()).await?;
@@ -253,7 +258,12 @@ impl Objects {
 
 /// The objects for `md` from its service `plan`: every one labelled with
 /// the deployment and owned by it (garbage-collected with it).
-pub fn objects(md: &ModelDeployment, namespace: &str, plan: &ServicePlan) -> Objects {
+pub fn objects(
+    md: &ModelDeployment,
+    namespace: &str,
+    plan: &ServicePlan,
+    pull_secrets: &[String],
+) -> Objects {
     let name = md.name_any();
     let labels = BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), name.clone()),
@@ -381,6 +391,7 @@ pub fn objects(md: &ModelDeployment, namespace: &str, plan: &ServicePlan) -> Obj
                 spec: Some(PodSpec {
                     containers: vec![container],
                     automount_service_account_token: Some(false),
+                    image_pull_secrets: crate::exec::kube::job::pull_secrets(pull_secrets),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(crate::exec::kube::job::RUN_AS),
@@ -784,12 +795,13 @@ mod tests {
 
     #[test]
     fn the_objects_follow_the_service_plan_and_are_locked_down() {
-        let o = objects(&md(), "ml", &plan(2, 2));
+        let o = objects(&md(), "ml", &plan(2, 2), &["pull".to_string()]);
         assert!(o.autoscaler.is_none(), "min == max: no autoscaler");
         let spec = &o.deployment.spec;
         assert_eq!(spec.replicas, Some(2));
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "pull");
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("r.example/images/iris@sha256:abc"));
         let ready = c
@@ -827,7 +839,7 @@ mod tests {
         let svc = o.service.spec.as_ref().unwrap();
         assert_eq!(svc.selector, spec.selector.match_labels);
 
-        let o = objects(&md(), "ml", &plan(1, 4));
+        let o = objects(&md(), "ml", &plan(1, 4), &[]);
         let hpa = o.autoscaler.expect("min < max: an autoscaler");
         let h = hpa.spec;
         assert_eq!((h.min_replicas, h.max_replicas), (Some(1), 4));

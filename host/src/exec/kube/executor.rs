@@ -65,6 +65,8 @@ pub struct ClusterOptions {
     /// credentials, for the pods; the host uses `LEGION_REGISTRY_USERNAME`
     /// and `LEGION_REGISTRY_PASSWORD`.
     pub registry_secret: Option<String>,
+    /// Secrets the kubelet pulls images with, for every pod.
+    pub image_pull_secrets: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -79,6 +81,7 @@ impl Default for ClusterOptions {
             unschedulable_timeout: super::runner::DEFAULT_UNSCHEDULABLE,
             dry_run: false,
             registry_secret: None,
+            image_pull_secrets: Vec::new(),
         }
     }
 }
@@ -131,6 +134,11 @@ impl ClusterExecutor {
             client: Some(client),
             namespace,
         })
+    }
+
+    /// The options it was made with.
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
     }
 
     /// The namespace Jobs go in.
@@ -307,6 +315,7 @@ impl ClusterExecutor {
             ttl_seconds_after_finished: self.opts.ttl_seconds_after_finished,
             registry_secret: self.opts.registry_secret.clone(),
             insecure_registries: std::env::var("LEGION_INSECURE_REGISTRIES").ok(),
+            image_pull_secrets: self.opts.image_pull_secrets.clone(),
             ..Default::default()
         }
     }

@@ -59,6 +59,9 @@ pub struct ClusterSettings {
     /// Registries reached over plain HTTP (`LEGION_INSECURE_REGISTRIES`),
     /// passed on to the legion containers.
     pub insecure_registries: Option<String>,
+    /// Secrets the kubelet pulls the pod's images with (step images and
+    /// the legion image in a private registry).
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// What one training Job is made from.
@@ -319,6 +322,18 @@ fn legion_container(
     }
 }
 
+/// `imagePullSecrets` naming `names`, or none.
+pub fn pull_secrets(
+    names: &[String],
+) -> Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>> {
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|n| k8s_openapi::api::core::v1::LocalObjectReference { name: n.clone() })
+            .collect()
+    })
+}
+
 /// The legion containers' environment: the spec, a writable home, and the
 /// registry's transport and credentials as the host has them.
 fn legion_env(spec_json: &str, settings: &ClusterSettings) -> Vec<EnvVar> {
@@ -411,6 +426,7 @@ fn job_of(
                         .then(|| settings.node_selector.clone()),
                     tolerations: (!settings.tolerations.is_empty())
                         .then(|| settings.tolerations.clone()),
+                    image_pull_secrets: pull_secrets(&settings.image_pull_secrets),
                     ..Default::default()
                 }),
             },
