@@ -244,6 +244,13 @@ impl Operator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, as Kubernetes stops a pod; waits for the exit.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: a signal to the child this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
 }
 
 impl Drop for Operator {
@@ -274,7 +281,26 @@ fn run_id(obj: &Value) -> String {
 fn a_training_goes_through_every_phase_to_succeeded_with_its_digest() {
     let cluster = Cluster::start();
     let l = Legion::new();
-    let op = Operator::start(&l, &cluster, &[]);
+    let health = common::free_port();
+    let listen = format!("127.0.0.1:{health}");
+    let op = Operator::start(&l, &cluster, &["--health-listen", &listen]);
+    // The probes the chart's Deployment points at.
+    for path in ["/healthz", "/readyz"] {
+        let url = format!("http://{listen}{path}");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while reqwest::blocking::get(&url)
+            .map(|r| r.status().as_u16())
+            .ok()
+            != Some(200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{url} never answered:\n{}",
+                op.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     cluster.toolchain("python", "python");
     let tc = cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
     let digest = l.json(&["toolchain", "show", "python"])["digest"].clone();
@@ -558,6 +584,46 @@ fn of_two_operator_replicas_one_leads_and_the_other_takes_over() {
     assert_eq!(cluster.jobs().len(), 1, "one Job in all");
     let lease = cluster.get(&lease).unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
+}
+
+#[test]
+fn a_leader_stopped_by_sigterm_releases_its_lease_and_leaves_its_runs_going() {
+    let cluster = Cluster::start();
+    let l = Legion::new();
+    // A long lease: only a release lets another replica in soon.
+    let election = [
+        "--leader-election",
+        "--identity",
+        "a",
+        "--lease-duration",
+        "600s",
+        "--lease-renew",
+        "1s",
+    ];
+    let mut a = Operator::start(&l, &cluster, &election);
+    let lease = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/legion-operator");
+    cluster.wait(&a, &lease, "held by a", |l| {
+        l["spec"]["holderIdentity"] == "a"
+    });
+    cluster.toolchain("python", "python");
+    cluster.wait_phase(&a, &path("toolchains", "python"), "Ready");
+    cluster.training("tiny-1", "python");
+    let mt = cluster.started(&a, "modeltrainings", "tiny-1");
+    cluster.wait_job(&a, &run_id(&mt));
+    cluster.wait_phase(&a, &path("modeltrainings", "tiny-1"), "Running");
+    let exit = a.terminate();
+    assert!(exit.success(), "{exit}: {}", a.log());
+    let released = cluster.get(&lease).unwrap();
+    assert!(
+        released["spec"]["holderIdentity"].is_null(),
+        "the lease is released before the process ends: {released}"
+    );
+    // The run goes on: its Job is still there, the training still Running.
+    assert_eq!(cluster.jobs().len(), 1);
+    assert_eq!(
+        cluster.get(&path("modeltrainings", "tiny-1")).unwrap()["status"]["phase"],
+        "Running"
+    );
 }
 
 /// A training `tiny-1` whose pod succeeded; returns collect's report.
