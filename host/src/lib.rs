@@ -17,8 +17,10 @@
 //! - [`operator`]: the custom resources and their controllers;
 //! - [`home`]: the data directory layout;
 //! - [`names`]: checked model, version and toolchain names;
+//! - [`api`]: EDI, the HTTP API (`legion server`);
 //! - [`cli`]: the `legion` command line.
 
+pub mod api;
 pub mod cli;
 mod error;
 pub mod exec;

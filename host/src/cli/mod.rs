@@ -8,6 +8,7 @@ mod output;
 mod package;
 mod runs;
 mod serve;
+mod server;
 mod step;
 mod toolchain;
 mod train;
@@ -70,6 +71,8 @@ pub enum Command {
     Models(runs::ModelsCommand),
     /// Serve a stored model over REST (Open Inference Protocol v2, MLflow, Legion).
     Serve(serve::ServeArgs),
+    /// The HTTP API (EDI) for pipelines, notebooks and remote use.
+    Server(server::ServerArgs),
     /// The Kubernetes operator and its custom resources.
     #[command(subcommand)]
     Operator(operator::OperatorCommand),
@@ -99,6 +102,7 @@ impl Cli {
                 .await
                 .map(|_| 0),
             Command::Step(cmd) => step::run(cmd, &home, &toolchains).await.map(|_| 0),
+            Command::Server(args) => return server::run(args, toolchains).await.map(|_| 0),
             Command::Runs(cmd) => runs::runs(cmd, toolchains.store(), self.output)
                 .await
                 .map(|_| 0),

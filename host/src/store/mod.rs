@@ -14,7 +14,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use runs::{JobRef, RunKind, RunPlan, RunRecord, RunRequest, RunState};
+pub use runs::{JobRef, RunCursor, RunFilter, RunKind, RunPlan, RunRecord, RunRequest, RunState};
 pub use toolchains::ToolchainRow;
 
 use crate::Error;

@@ -35,7 +35,8 @@ impl RunState {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// Reads the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "queued" => RunState::Queued,
             "running" => RunState::Running,
@@ -170,6 +171,58 @@ pub struct RunRecord {
     pub job: Option<JobRef>,
 }
 
+/// Which runs a listing wants; `None` is any.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Training or packaging.
+    pub kind: Option<RunKind>,
+    /// The model's name.
+    pub model_name: Option<String>,
+    /// The model's version.
+    pub model_version: Option<String>,
+    /// The toolchain's name.
+    pub toolchain: Option<String>,
+    /// The state.
+    pub state: Option<RunState>,
+    /// Created at or after (ms since the epoch).
+    pub created_after: Option<i64>,
+    /// Created before (ms since the epoch).
+    pub created_before: Option<i64>,
+}
+
+/// Where a page of runs ends: the last run's creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCursor {
+    /// Its `created_at`.
+    pub created_at: i64,
+    /// Its id.
+    pub id: String,
+}
+
+impl RunCursor {
+    /// The cursor after `run`.
+    pub fn after(run: &RunRecord) -> Self {
+        RunCursor {
+            created_at: run.created_at,
+            id: run.id.clone(),
+        }
+    }
+
+    /// As a client passes it back: `CREATED_AT.HEX(ID)` (opaque to it).
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at, hex::encode(self.id.as_bytes()))
+    }
+
+    /// Reads a cursor a client sent; `None` if it is not one.
+    pub fn decode(text: &str) -> Option<Self> {
+        let (t, id) = text.split_once('.')?;
+        Some(RunCursor {
+            created_at: t.parse().ok()?,
+            id: String::from_utf8(hex::decode(id).ok()?).ok()?,
+        })
+    }
+}
+
 /// Where a cluster run's Job is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -271,6 +324,65 @@ impl Store {
             .await
             .map_err(|e| self.err(e))?;
         rows.into_iter().map(|r| self.decode_run(r)).collect()
+    }
+
+    /// One page of runs matching `filter`, newest first, after `cursor`
+    /// (the last run of the previous page); keyset paging, so a page is
+    /// stable while runs are added.
+    pub async fn page_runs(
+        &self,
+        filter: &RunFilter,
+        cursor: Option<&RunCursor>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, Error> {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM runs WHERE 1=1");
+        if let Some(kind) = filter.kind {
+            q.push(" AND kind = ").push_bind(kind.as_str());
+        }
+        if let Some(v) = &filter.model_name {
+            q.push(" AND model_name = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.model_version {
+            q.push(" AND model_version = ").push_bind(v.clone());
+        }
+        if let Some(v) = &filter.toolchain {
+            q.push(" AND toolchain = ").push_bind(v.clone());
+        }
+        if let Some(v) = filter.state {
+            q.push(" AND state = ").push_bind(v.as_str());
+        }
+        if let Some(t) = filter.created_after {
+            q.push(" AND created_at >= ").push_bind(t);
+        }
+        if let Some(t) = filter.created_before {
+            q.push(" AND created_at < ").push_bind(t);
+        }
+        if let Some(c) = cursor {
+            q.push(" AND (created_at < ")
+                .push_bind(c.created_at)
+                .push(" OR (created_at = ")
+                .push_bind(c.created_at)
+                .push(" AND id < ")
+                .push_bind(c.id.clone())
+                .push("))");
+        }
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(limit);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.into_iter().map(|r| self.decode_run(r)).collect()
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e))
     }
 
     fn decode_run(&self, r: sqlx::sqlite::SqliteRow) -> Result<RunRecord, Error> {

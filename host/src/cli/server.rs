@@ -1,0 +1,90 @@
+//! `legion server`: the HTTP API (EDI), and its tokens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth::{new_token, Role, Tokens};
+use crate::api::{Api, ServerOptions};
+use crate::plugin::Toolchains;
+use crate::Error;
+
+/// `legion server …`
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerArgs {
+    /// A token to make instead of serving.
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "LEGION_LISTEN")]
+    pub listen: SocketAddr,
+    /// The tokens file (names, roles, SHA-256 hashes); without it there is
+    /// no authentication and only a loopback address is served.
+    #[arg(long, env = "LEGION_TOKENS", value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+}
+
+/// `legion server token …`
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Make a token: prints it once, and the entry for the tokens file
+    /// (which keeps only its hash).
+    Token {
+        /// Who it is for.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+}
+
+/// A role, on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Reads only.
+    Viewer,
+    /// Runs trainings, packagings, deployments.
+    DataScientist,
+    /// Everything.
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Viewer => Role::Viewer,
+            RoleArg::DataScientist => Role::DataScientist,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+/// Runs `legion server`.
+pub async fn run(args: ServerArgs, toolchains: Toolchains) -> Result<(), Error> {
+    if let Some(ServerCommand::Token { name, role }) = args.command {
+        let (token, entry) = new_token(&name, role.into());
+        super::output::json(&serde_json::json!({"token": token, "entry": entry}));
+        return Ok(());
+    }
+    let tokens = match &args.tokens {
+        Some(path) => Tokens::load(path)?,
+        None => Tokens::none(),
+    };
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        legion_serve::shutdown_signal().await;
+        s.cancel();
+    });
+    crate::api::serve(
+        Api { toolchains, tokens },
+        ServerOptions {
+            listen: args.listen,
+        },
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,323 @@
+//! `legion server` over real HTTP on SQLite, as an outside client calls it:
+//! health and readiness, bearer tokens with roles (401 without a valid one,
+//! 403 for a role without the right), toolchains, and trainings listed with
+//! filters and cursor paging, read one by one, with their logs.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, Legion};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+
+/// Trains `name:version` from a one-file project (no requirements).
+fn train(l: &Legion, name: &str, version: &str) -> String {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("train.py"),
+        "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
+         open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n",
+    )
+    .unwrap();
+    let run = l.json(&[
+        "train",
+        src.path().to_str().unwrap(),
+        "-t",
+        "python",
+        "--name",
+        name,
+        "--version",
+        version,
+    ]);
+    run["id"].as_str().unwrap().to_string()
+}
+
+/// A token for `role`, made by `legion server token`: (token, entry).
+fn token(l: &Legion, name: &str, role: &str) -> (String, Value) {
+    let made = l.json(&["server", "token", name, "--role", role]);
+    (
+        made["token"].as_str().unwrap().to_string(),
+        made["entry"].clone(),
+    )
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    http: Client,
+}
+
+impl Server {
+    fn start(l: &Legion, tokens: Option<&std::path::Path>) -> Self {
+        let port = free_port();
+        let mut cmd = l.cmd();
+        cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")]);
+        if let Some(t) = tokens {
+            cmd.arg("--tokens").arg(t);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: Client::new(),
+        };
+        // A hang guard, not a timing check.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while s.http.get(format!("{}/health", s.base)).send().is_err() {
+            assert!(Instant::now() < deadline, "the server never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    l: Legion,
+    server: Server,
+    admin: String,
+    scientist: String,
+    viewer: String,
+    _tokens: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let l = Legion::new();
+    let (admin, a) = token(&l, "ops", "admin");
+    let (scientist, d) = token(&l, "alice", "data-scientist");
+    let (viewer, v) = token(&l, "dash", "viewer");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.json");
+    std::fs::write(&file, json!({"tokens": [a, d, v]}).to_string()).unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(&admin), "the file keeps hashes, not tokens");
+    let server = Server::start(&l, Some(&file));
+    Setup {
+        l,
+        server,
+        admin,
+        scientist,
+        viewer,
+        _tokens: dir,
+    }
+}
+
+#[test]
+fn health_and_readiness_answer_without_a_token() {
+    let s = setup();
+    assert_eq!(
+        s.server.call("GET", "/health", None),
+        (200, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        s.server.call("GET", "/ready", None),
+        (200, json!({"status": "ready"}))
+    );
+}
+
+#[test]
+fn each_role_gets_what_it_may_and_nothing_more() {
+    let s = setup();
+    let srv = &s.server;
+    // No token, a wrong one, one without "Bearer".
+    let r = srv
+        .http
+        .get(format!("{}/api/v1/trainings", srv.base))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let (st, body) = srv.call("GET", "/api/v1/trainings", Some("lgn_wrong"));
+    assert_eq!(st, 401);
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    let r = srv
+        .http
+        .get(format!("{}/api/v1/trainings", srv.base))
+        .header("Authorization", &s.viewer)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 401, "a token without the Bearer scheme");
+
+    // Every role reads.
+    for t in [&s.viewer, &s.scientist, &s.admin] {
+        let (st, body) = srv.call("GET", "/api/v1/toolchains", Some(t));
+        assert_eq!(st, 200, "{body}");
+        let names: Vec<&str> = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"python"), "{names:?}");
+    }
+
+    // Only an admin removes a toolchain.
+    s.l.ok(&[
+        "toolchain",
+        "add",
+        common::plugin("hello-toolchain").to_str().unwrap(),
+    ]);
+    for (t, role) in [(&s.viewer, "viewer"), (&s.scientist, "data-scientist")] {
+        let (st, body) = srv.call("DELETE", "/api/v1/toolchains/hello", Some(t));
+        assert_eq!(st, 403, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(role) && message.contains("admin"),
+            "{message}"
+        );
+    }
+    let (st, body) = srv.call("DELETE", "/api/v1/toolchains/hello", Some(&s.admin));
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["name"], "hello");
+    let (st, body) = srv.call("GET", "/api/v1/toolchains/hello", Some(&s.viewer));
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (404, Some("not-found"))
+    );
+    let (st, _) = srv.call("DELETE", "/api/v1/toolchains/hello", Some(&s.admin));
+    assert_eq!(st, 404);
+    let (st, _) = srv.call("GET", "/api/v1/nothing-here", Some(&s.admin));
+    assert_eq!(st, 404);
+}
+
+#[test]
+fn trainings_are_listed_by_filter_and_cursor_and_read_with_their_logs() {
+    let s = setup();
+    let srv = &s.server;
+    let a = train(&s.l, "tiny", "1");
+    let b = train(&s.l, "tiny", "2");
+    let c = train(&s.l, "other", "1");
+    let t = Some(s.viewer.as_str());
+
+    // Newest first, two a page, the cursor to the rest.
+    let (st, page) = srv.call("GET", "/api/v1/trainings?limit=2", t);
+    assert_eq!(st, 200, "{page}");
+    let ids = |p: &Value| -> Vec<String> {
+        p["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&page), [c.clone(), b.clone()]);
+    let next = page["next"].as_str().expect("a next cursor").to_string();
+    let (_, rest) = srv.call(
+        "GET",
+        &format!("/api/v1/trainings?limit=2&cursor={next}"),
+        t,
+    );
+    assert_eq!(ids(&rest), vec![a.clone()]);
+    assert!(rest.get("next").is_none(), "the last page: {rest}");
+
+    // Filters.
+    let (_, tiny) = srv.call("GET", "/api/v1/trainings?model=tiny", t);
+    assert_eq!(ids(&tiny), [b.clone(), a.clone()]);
+    let (_, v2) = srv.call("GET", "/api/v1/trainings?model=tiny&version=2", t);
+    assert_eq!(ids(&v2), vec![b.clone()]);
+    let (_, ok) = srv.call(
+        "GET",
+        "/api/v1/trainings?state=succeeded&toolchain=python",
+        t,
+    );
+    assert_eq!(ids(&ok).len(), 3);
+    let (_, none) = srv.call("GET", "/api/v1/trainings?state=failed", t);
+    assert_eq!(ids(&none), Vec::<String>::new());
+    let (_, later) = srv.call("GET", "/api/v1/trainings?since=2999-01-01T00:00:00Z", t);
+    assert_eq!(ids(&later), Vec::<String>::new());
+    let (_, earlier) = srv.call("GET", "/api/v1/trainings?until=2999-01-01T00:00:00Z", t);
+    assert_eq!(ids(&earlier).len(), 3);
+    let (_, packagings) = srv.call("GET", "/api/v1/packagings", t);
+    assert_eq!(ids(&packagings), Vec::<String>::new());
+
+    // Bad queries name what is wrong.
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("state=done", "state"),
+        ("cursor=xyz", "cursor"),
+        ("since=yesterday", "since"),
+        ("colour=blue", "colour"),
+    ] {
+        let (st, body) = srv.call("GET", &format!("/api/v1/trainings?{query}"), t);
+        assert_eq!(st, 400, "{query}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{query}: {message}");
+    }
+
+    // One run, as the CLI shows it; its log.
+    let (st, run) = srv.call("GET", &format!("/api/v1/trainings/{a}"), t);
+    assert_eq!(st, 200);
+    assert_eq!(run, s.l.json(&["runs", "show", &a]));
+    let (st, _) = srv.call("GET", &format!("/api/v1/packagings/{a}"), t);
+    assert_eq!(st, 404, "a training is not a packaging");
+    let (st, log) = srv.call("GET", &format!("/api/v1/trainings/{a}/logs"), t);
+    assert_eq!(st, 200);
+    assert!(log.as_str().unwrap().contains(&format!("run {a}")), "{log}");
+    let (st, _) = srv.call("GET", "/api/v1/trainings/nope/logs", t);
+    assert_eq!(st, 404);
+}
+
+#[test]
+fn without_tokens_the_server_refuses_to_listen_beyond_loopback() {
+    let l = Legion::new();
+    let out = l
+        .cmd()
+        .args(["server", "--listen", &format!("0.0.0.0:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address") && err.contains("--tokens"),
+        "{err}"
+    );
+    // On loopback it serves, as an admin for everyone, and says so.
+    let s = Server::start(&l, None);
+    let (st, _) = s.call("GET", "/api/v1/trainings", None);
+    assert_eq!(st, 200);
+    // A bad tokens file stops it at start, naming the entry.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("tokens.json");
+    std::fs::write(
+        &bad,
+        r#"{"tokens": [{"name": "x", "role": "viewer", "sha256": "12"}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(common::legion_bin())
+        .env("LEGION_HOME", l.home.path())
+        .args(["server", "--tokens", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokens[0] 'x'"), "{err}");
+}
