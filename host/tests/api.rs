@@ -12,26 +12,11 @@ use common::{free_port, Legion};
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
-/// Trains `name:version` from a one-file project (no requirements).
 fn train(l: &Legion, name: &str, version: &str) -> String {
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(
-        src.path().join("train.py"),
-        "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
-         open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n",
-    )
-    .unwrap();
-    let run = l.json(&[
-        "train",
-        src.path().to_str().unwrap(),
-        "-t",
-        "python",
-        "--name",
-        name,
-        "--version",
-        version,
-    ]);
-    run["id"].as_str().unwrap().to_string()
+    common::train_tiny(l, name, version)["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// A token for `role`, made by `legion server token`: (token, entry).

@@ -16,25 +16,6 @@ use serde_json::{json, Value};
 
 const NS: &str = "ml";
 
-/// Trains a `legion.python` model `tiny:1` on this machine.
-fn train_tiny(l: &Legion) {
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(
-        src.path().join("train.py"),
-        "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
-         open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n",
-    )
-    .unwrap();
-    l.ok(&[
-        "train",
-        src.path().to_str().unwrap(),
-        "-t",
-        "python",
-        "--name",
-        "tiny",
-    ]);
-}
-
 fn cluster_args(registry: &Registry, emu: &Emulator, base: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "package",
@@ -74,7 +55,7 @@ fn a_packaging_runs_as_a_job_whose_pod_pushes_the_image() {
     let base = registry.python_base();
     let emu = Emulator::start(&[NS]);
     let l = Legion::new();
-    train_tiny(&l);
+    common::train_tiny(&l, "tiny", "1");
     let mut child = l
         .cmd()
         .args(cluster_args(&registry, &emu, &base, &["-o", "json"]))
@@ -145,7 +126,7 @@ fn a_packaging_dry_run_prints_a_valid_job_and_pushes_nothing() {
     let base = registry.python_base();
     let emu = Emulator::start(&[NS]);
     let l = Legion::new();
-    train_tiny(&l);
+    common::train_tiny(&l, "tiny", "1");
     let args = cluster_args(&registry, &emu, &base, &["--dry-run"]);
     let out = l.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let docs: Vec<&str> = out

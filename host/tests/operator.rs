@@ -701,21 +701,7 @@ fn a_packaging_waits_for_its_training_and_its_pod_pushes_the_image() {
 /// Trains `tiny:1` on this machine and packages it into the registry as
 /// `legion/images/tiny:1`; returns the image's reference and digest.
 fn packaged_image(cluster: &Cluster, l: &Legion) -> (String, String) {
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(
-        src.path().join("train.py"),
-        "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
-         open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n",
-    )
-    .unwrap();
-    l.ok(&[
-        "train",
-        src.path().to_str().unwrap(),
-        "-t",
-        "python",
-        "--name",
-        "tiny",
-    ]);
+    common::train_tiny(l, "tiny", "1");
     let image = format!("{}/legion/images/tiny:1", cluster.registry.addr);
     l.ok(&[
         "package",
@@ -845,8 +831,14 @@ fn a_deployment_is_ready_only_when_its_replicas_are_available_and_reports_a_cras
         &format!("/apis/apps/v1/namespaces/{NS}/deployments/tiny/status"),
         &json!({"status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 2}}),
     ));
-    std::thread::sleep(Duration::from_secs(1));
-    let still = cluster.get(&path("modeldeployments", "tiny")).unwrap();
+    // Once the operator has seen two available replicas (written with the
+    // phase), the phase must not be Ready: one of them is old.
+    let still = cluster.wait(
+        &op,
+        &path("modeldeployments", "tiny"),
+        "seeing 2 available replicas",
+        |o| o["status"]["availableReplicas"] == 2,
+    );
     assert_ne!(
         still["status"]["phase"], "Ready",
         "an old replica is still there: {still:#}"

@@ -34,7 +34,7 @@ use kube::runtime::finalizer::{finalizer, Event};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
-use super::crd::{DeploymentStatus, ModelDeployment};
+use super::crd::ModelDeployment;
 use super::status::{phase, set, Status};
 use super::{Context, ReconcileError, FINALIZER, MANAGER};
 use crate::oci::registry::{parse_reference, Registry};
@@ -96,7 +96,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileE
             // Written and told once; each write is an event that would
             // bring the object straight back here.
             if status != before {
-                write(ctx, md, &status).await?;
+                super::write_status(ctx, md, &status).await?;
             }
             if before_reason.as_deref() != Some(reason) {
                 ctx.event(md, EventType::Warning, reason, message).await;
@@ -146,7 +146,7 @@ async fn apply(md: &ModelDeployment, ctx: &Context) -> Result<Action, ReconcileE
         generation,
     );
     if status != before {
-        write(ctx, md, &status).await?;
+        super::write_status(ctx, md, &status).await?;
     }
     let changed = before_reason.as_deref() != Some(reason);
     match verdict {
@@ -731,26 +731,6 @@ async fn last_log_line(ctx: &Context, pod: &str, container: &str) -> Option<Stri
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.chars().take(500).collect())
-}
-
-async fn write(
-    ctx: &Context,
-    md: &ModelDeployment,
-    status: &DeploymentStatus,
-) -> Result<(), kube::Error> {
-    let api = Api::<ModelDeployment>::namespaced(ctx.client.clone(), &ctx.namespace);
-    let patch = json!({
-        "apiVersion": "legion-platform.org/v1alpha1",
-        "kind": "ModelDeployment",
-        "status": status,
-    });
-    api.patch_status(
-        &md.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
 }
 
 #[cfg(test)]

@@ -323,6 +323,33 @@ async fn health_server(addr: SocketAddr, shutdown: CancellationToken) -> Result<
     Ok(())
 }
 
+/// Writes `obj`'s whole status with server-side apply, as the operator's
+/// own field manager.
+pub async fn write_status<K, S>(ctx: &Context, obj: &K, status: &S) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    use kube::api::{Patch, PatchParams};
+    use kube::ResourceExt;
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    Api::<K>::namespaced(ctx.client.clone(), &ctx.namespace)
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map(|_| ())
+}
+
 /// Now, as Kubernetes writes times (RFC 3339, UTC).
 pub fn now() -> String {
     k8s_openapi::jiff::Timestamp::now()

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use futures_util::future::LocalBoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event};
@@ -30,12 +30,11 @@ use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::crd::{ModelPackaging, ModelTraining, RunStatus};
 use super::status::{self, phase, set, Status};
-use super::{Context, ReconcileError, FINALIZER, MANAGER, RECHECK};
+use super::{Context, ReconcileError, FINALIZER, RECHECK};
 use crate::exec::kube::job::{dns_label, label_value, RUN_ID_LABEL};
 use crate::exec::RunEvents;
 use crate::names::{ModelName, ModelVersion};
@@ -157,7 +156,7 @@ async fn start<K: RunResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action,
             // Unchanged, it is not written again: each write is an event
             // that would bring the object straight back here.
             if obj.run_status() != Some(&status) {
-                write(&ctx, &*obj, &status).await?;
+                super::write_status(&ctx, &*obj, &status).await?;
             }
             return Ok(Action::requeue(RECHECK));
         }
@@ -181,7 +180,7 @@ async fn start<K: RunResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action,
             );
             status.completion_time = Some(super::now());
             status.observed_generation = generation;
-            write(&ctx, &*obj, &status).await?;
+            super::write_status(&ctx, &*obj, &status).await?;
             ctx.event(&*obj, EventType::Warning, reason, message).await;
             return Ok(Action::await_change());
         }
@@ -213,7 +212,7 @@ async fn start<K: RunResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action,
         generation,
     );
     status.observed_generation = generation;
-    write(&ctx, &*obj, &status).await?;
+    super::write_status(&ctx, &*obj, &status).await?;
     ctx.event(&*obj, EventType::Normal, "Started", format!("run {run_id}"))
         .await;
     spawn(obj, ctx, Work::Start(opts, run_id));
@@ -354,7 +353,7 @@ async fn running<K: RunResource>(ctx: &Context, obj: &K, job: &str) -> Result<()
         &format!("Job {job} runs run {id} (legion runs logs {id})"),
         generation,
     );
-    write(ctx, obj, &status).await
+    super::write_status(ctx, obj, &status).await
 }
 
 /// Writes a run's end into the object's status and an Event.
@@ -425,7 +424,7 @@ async fn finish<K: RunResource>(
         .and_then(super::time_of)
         .or_else(|| Some(super::now()));
     status.observed_generation = generation;
-    write(ctx, obj, &status).await?;
+    super::write_status(ctx, obj, &status).await?;
     let type_ = if succeeded {
         EventType::Normal
     } else {
@@ -464,7 +463,7 @@ async fn refused<K: RunResource>(ctx: &Context, obj: &K, e: &Error) -> Result<()
     );
     status.completion_time = Some(super::now());
     status.observed_generation = generation;
-    write(ctx, obj, &status).await?;
+    super::write_status(ctx, obj, &status).await?;
     ctx.event(obj, EventType::Warning, reason, message).await;
     Ok(())
 }
@@ -598,27 +597,6 @@ async fn current<K: RunResource>(ctx: &Context, obj: &K) -> Result<RunStatus, ku
         .await?
         .and_then(|o| o.run_status().cloned())
         .unwrap_or_default())
-}
-
-/// Writes the whole status with server-side apply, as the operator's own.
-async fn write<K: RunResource>(
-    ctx: &Context,
-    obj: &K,
-    status: &RunStatus,
-) -> Result<(), kube::Error> {
-    let api = Api::<K>::namespaced(ctx.client.clone(), &ctx.namespace);
-    let patch = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
 }
 
 fn uid<K: Resource>(obj: &K) -> String {

@@ -3,14 +3,12 @@
 
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
-use serde_json::json;
+use kube::Api;
 
-use super::crd::{Toolchain, ToolchainStatus};
+use super::crd::Toolchain;
 use super::status::{self, phase, set, Status};
-use super::{Context, ReconcileError, MANAGER};
+use super::{Context, ReconcileError};
 use crate::plugin::registry::BUILTIN_TOOLCHAINS;
 
 /// Checks a toolchain and writes what was found, when that changed (a
@@ -83,25 +81,9 @@ pub async fn reconcile(tc: Arc<Toolchain>, ctx: Arc<Context>) -> Result<Action, 
     }
     status.observed_generation = generation;
     if status != before {
-        write(&ctx, &tc.name_any(), &status).await?;
+        super::write_status(&ctx, tc.as_ref(), &status).await?;
     }
     Ok(Action::await_change())
-}
-
-async fn write(ctx: &Context, name: &str, status: &ToolchainStatus) -> Result<(), kube::Error> {
-    let api = Api::<Toolchain>::namespaced(ctx.client.clone(), &ctx.namespace);
-    let patch = json!({
-        "apiVersion": "legion-platform.org/v1alpha1",
-        "kind": "Toolchain",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
 }
 
 /// Retries a failed reconcile after a pause.

@@ -326,6 +326,28 @@ pub fn kube_validate_all(objects: &[serde_json::Value]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Trains a `legion.python` model `name:version` on this machine from a
+/// one-file project with no requirements; returns the run as JSON.
+pub fn train_tiny(l: &Legion, name: &str, version: &str) -> serde_json::Value {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::write(
+        src.path().join("train.py"),
+        "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
+         open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n",
+    )
+    .unwrap();
+    l.json(&[
+        "train",
+        src.path().to_str().unwrap(),
+        "-t",
+        "python",
+        "--name",
+        name,
+        "--version",
+        version,
+    ])
+}
+
 /// A `legion.python` model as a training step would have written it, in
 /// the workspace `ws` (`output/model/predict.py`).
 pub fn write_model(ws: &Path) {
