@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::api::{Server, Tokens};
 use common::{free_port, Legion};
-use reqwest::blocking::Client;
 use serde_json::{json, Value};
 
 fn train(l: &Legion, name: &str, version: &str) -> String {
@@ -19,99 +18,31 @@ fn train(l: &Legion, name: &str, version: &str) -> String {
         .to_string()
 }
 
-/// A token for `role`, made by `legion server token`: (token, entry).
-fn token(l: &Legion, name: &str, role: &str) -> (String, Value) {
-    let made = l.json(&["server", "token", name, "--role", role]);
-    (
-        made["token"].as_str().unwrap().to_string(),
-        made["entry"].clone(),
-    )
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    http: Client,
-}
-
-impl Server {
-    fn start(l: &Legion, tokens: Option<&std::path::Path>) -> Self {
-        let port = free_port();
-        let mut cmd = l.cmd();
-        cmd.args(["server", "--listen", &format!("127.0.0.1:{port}")]);
-        if let Some(t) = tokens {
-            cmd.arg("--tokens").arg(t);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let s = Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            http: Client::new(),
-        };
-        // A hang guard, not a timing check.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while s.http.get(format!("{}/health", s.base)).send().is_err() {
-            assert!(Instant::now() < deadline, "the server never answered");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        s
-    }
-
-    fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().unwrap();
-        let status = r.status().as_u16();
-        let text = r.text().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Setup {
     l: Legion,
     server: Server,
     admin: String,
     scientist: String,
     viewer: String,
-    _tokens: tempfile::TempDir,
+    _tokens: Tokens,
 }
 
 fn setup() -> Setup {
     let l = Legion::new();
-    let (admin, a) = token(&l, "ops", "admin");
-    let (scientist, d) = token(&l, "alice", "data-scientist");
-    let (viewer, v) = token(&l, "dash", "viewer");
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("tokens.json");
-    std::fs::write(&file, json!({"tokens": [a, d, v]}).to_string()).unwrap();
-    let text = std::fs::read_to_string(&file).unwrap();
-    assert!(!text.contains(&admin), "the file keeps hashes, not tokens");
-    let server = Server::start(&l, Some(&file));
+    let tokens = Tokens::new(&l);
+    let text = std::fs::read_to_string(&tokens.file).unwrap();
+    assert!(
+        !text.contains(&tokens.admin),
+        "the file keeps hashes, not tokens"
+    );
+    let server = Server::start(&l, Some(&tokens.file), &[]);
     Setup {
         l,
         server,
-        admin,
-        scientist,
-        viewer,
-        _tokens: dir,
+        admin: tokens.admin.clone(),
+        scientist: tokens.scientist.clone(),
+        viewer: tokens.viewer.clone(),
+        _tokens: tokens,
     }
 }
 
@@ -286,7 +217,7 @@ fn without_tokens_the_server_refuses_to_listen_beyond_loopback() {
         "{err}"
     );
     // On loopback it serves, as an admin for everyone, and says so.
-    let s = Server::start(&l, None);
+    let s = Server::start(&l, None, &[]);
     let (st, _) = s.call("GET", "/api/v1/trainings", None);
     assert_eq!(st, 200);
     // A bad tokens file stops it at start, naming the entry.

@@ -4,26 +4,39 @@
 //! status that fits.
 //!
 //! - [`auth`]: bearer tokens with roles (admin, data-scientist, viewer).
+//! - [`runs`]: trainings and packagings started here, leased to the
+//!   replica running them, started again if it dies, cancelled from any.
+//! - [`watch`]: logs followed as they grow, and the event stream.
 //!
-//! So far: toolchains (list, get, delete), trainings and packagings (list
-//! with filters and cursor paging, get, logs), `/health` and `/ready`.
+//! So far: toolchains (list, get, delete), trainings and packagings
+//! (create, list with filters and cursor paging, get, cancel, logs with
+//! `?follow=true`, `?watch=true`), `/api/v1/events`, `/health`, `/ready`.
 
 pub mod auth;
+pub mod metrics;
+pub mod openapi;
+pub mod runs;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use self::auth::{Caller, Role, Tokens};
+use self::runs::{Accepted, Runner, Stored};
+use crate::home::Home;
+use crate::operator::crd::{ModelPackagingSpec, ModelTrainingSpec};
 use crate::plugin::Toolchains;
 use crate::store::{RunCursor, RunFilter, RunKind, RunRecord, RunState};
 use crate::Error;
@@ -41,8 +54,39 @@ pub const DEFAULT_PAGE: i64 = 50;
 pub struct Api {
     /// The toolchain registry and its store.
     pub toolchains: Toolchains,
+    /// The data directory.
+    pub home: Home,
     /// Who may call.
     pub tokens: Tokens,
+    /// The runs this replica executes.
+    pub runner: Runner,
+    /// The newest event's position ([`watch::publish_events`]).
+    pub events: tokio::sync::watch::Sender<i64>,
+    /// Request and run metrics.
+    pub metrics: metrics::Metrics,
+    /// The OpenAPI document, serialised once, and its page.
+    docs: (bytes::Bytes, String),
+}
+
+impl Api {
+    /// The API over `toolchains` in `home`.
+    pub fn new(toolchains: Toolchains, home: Home, tokens: Tokens, runner: Runner) -> Self {
+        Api {
+            toolchains,
+            home,
+            tokens,
+            runner,
+            events: tokio::sync::watch::channel(0).0,
+            metrics: metrics::Metrics::new(),
+            docs: {
+                let doc = openapi::document();
+                (
+                    bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
+                    openapi::page(&doc),
+                )
+            },
+        }
+    }
 }
 
 type Shared = State<Arc<Api>>;
@@ -79,12 +123,26 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io(std::path::Path::new("listener"), e))?;
-    tracing::info!(%addr, "legion API listening");
+    tracing::info!(%addr, replica = %api.runner.replica, "legion API listening");
     eprintln!("legion API listening on http://{addr}");
-    axum::serve(listener, router(Arc::new(api)))
+    let api = Arc::new(api);
+    let background = CancellationToken::new();
+    let publisher = tokio::spawn(watch::publish_events(
+        api.toolchains.store().clone(),
+        api.events.clone(),
+        background.clone(),
+    ));
+    let leases = tokio::spawn(runs::keep_leases(api.clone(), background.clone()));
+    let served = axum::serve(listener, router(api.clone()))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
-        .map_err(|e| Error::io(std::path::Path::new(&addr.to_string()), e))
+        .map_err(|e| Error::io(std::path::Path::new(&addr.to_string()), e));
+    // Leases are let go on the way out: another replica (or this one,
+    // started again) takes the runs at once rather than after a lease.
+    background.cancel();
+    let _ = leases.await;
+    let _ = publisher.await;
+    served
 }
 
 /// Every route.
@@ -92,17 +150,40 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .route(
+            "/api/v1/openapi.json",
+            get(|State(api): Shared| async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    api.docs.0.clone(),
+                )
+            }),
+        )
+        .route(
+            "/api/v1/docs",
+            get(|State(api): Shared| async move { axum::response::Html(api.docs.1.clone()) }),
+        )
         .route("/api/v1/toolchains", get(list_toolchains))
         .route(
             "/api/v1/toolchains/{name}",
             get(get_toolchain).delete(delete_toolchain),
         )
-        .route("/api/v1/trainings", get(list_trainings))
+        .route(
+            "/api/v1/trainings",
+            get(list_trainings).post(create_training),
+        )
         .route("/api/v1/trainings/{id}", get(get_training))
+        .route("/api/v1/trainings/{id}/cancel", post(cancel_training))
         .route("/api/v1/trainings/{id}/logs", get(training_logs))
-        .route("/api/v1/packagings", get(list_packagings))
+        .route(
+            "/api/v1/packagings",
+            get(list_packagings).post(create_packaging),
+        )
         .route("/api/v1/packagings/{id}", get(get_packaging))
+        .route("/api/v1/packagings/{id}/cancel", post(cancel_packaging))
         .route("/api/v1/packagings/{id}/logs", get(packaging_logs))
+        .route("/api/v1/events", get(events))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -110,8 +191,19 @@ pub fn router(api: Arc<Api>) -> Router {
                 "no such resource".into(),
             )
         })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this resource does not take that method".into(),
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(deadline))
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            metrics::track,
+        ))
         .with_state(api)
 }
 
@@ -137,6 +229,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// The run it concerns, when one was recorded.
+    run: Option<Box<RunRecord>>,
 }
 
 impl ApiError {
@@ -145,6 +239,7 @@ impl ApiError {
             status,
             code,
             message,
+            run: None,
         }
     }
 
@@ -159,11 +254,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response();
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(run) = self.run {
+            error["run"] = json!(run);
+        }
+        let mut r = (self.status, Json(json!({ "error": error }))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -262,24 +357,37 @@ async fn delete_toolchain(
     Ok(Json(removed).into_response())
 }
 
-/// A list's query: filters, a page size, a cursor.
-#[derive(Debug, Default, Deserialize)]
+/// A list's query: filters, a page size, a cursor; or a watch.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RunQuery {
+    /// Stream the kind's state changes (Server-Sent Events) instead. Left
+    /// out of the OpenAPI parameters (described in the summary): a
+    /// generated client or a fuzzer would wait on a stream that never ends.
+    #[serde(default)]
+    #[schemars(skip)]
+    watch: bool,
+    /// The model's name.
     model: Option<String>,
+    /// The model's version.
     version: Option<String>,
+    /// The toolchain's name.
     toolchain: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     state: Option<String>,
     /// Created at or after, RFC 3339.
     since: Option<String>,
     /// Created before, RFC 3339.
     until: Option<String>,
+    /// Runs in a page (default 50).
+    #[schemars(range(min = 1, max = 500))]
     limit: Option<i64>,
+    /// The previous page's `next`.
     cursor: Option<String>,
 }
 
 /// A page of runs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 struct Page {
     items: Vec<RunRecord>,
     /// Pass as `cursor` for the next page; absent on the last.
@@ -366,8 +474,30 @@ async fn get_run(api: &Api, kind: RunKind, id: &str) -> Result<RunRecord, ApiErr
     }
 }
 
-async fn run_logs(api: &Api, kind: RunKind, id: &str) -> Result<Response, ApiError> {
-    let run = get_run(api, kind, id).await?;
+/// `…/logs`'s query.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// Keep streaming until the run is over.
+    #[serde(default)]
+    follow: bool,
+}
+
+async fn run_logs(
+    api: Arc<Api>,
+    kind: RunKind,
+    id: &str,
+    q: LogQuery,
+) -> Result<Response, ApiError> {
+    let run = get_run(&api, kind, id).await?;
+    if q.follow {
+        let stream = watch::follow_log(api.clone(), run.id.clone(), run.log_path.clone().into());
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response());
+    }
     let text = match tokio::fs::read(&run.log_path).await {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -376,20 +506,254 @@ async fn run_logs(api: &Api, kind: RunKind, id: &str) -> Result<Response, ApiErr
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
-fn query(
-    q: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<RunQuery, ApiError> {
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
         .map_err(|e| ApiError::bad("query", e.body_text()))
+}
+
+/// A JSON body as `T`: malformed input and unknown fields are refused,
+/// naming the field.
+fn body<T: DeserializeOwned>(
+    b: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<T, ApiError> {
+    let Json(value) = b.map_err(|e| ApiError::bad("body", e.body_text()))?;
+    if !value.is_object() {
+        return Err(ApiError::bad("body", "expected a JSON object".into()));
+    }
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(value, &mut note);
+    let parsed: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::bad(
+            if path == "." { "body" } else { &path },
+            e.into_inner().to_string(),
+        )
+    })?;
+    if let Some(field) = unknown.first() {
+        return Err(ApiError::bad(field, "unknown field".into()));
+    }
+    Ok(parsed)
+}
+
+/// A list, or with `?watch=true` the stream of its kind's changes from
+/// now (or after the `Last-Event-ID` a reconnecting client sends).
+async fn list_or_watch(
+    api: Arc<Api>,
+    kind: RunKind,
+    q: RunQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if q.watch {
+        let since = match last_event_id(headers)? {
+            Some(seq) => seq,
+            None => api.toolchains.store().last_event().await?,
+        };
+        return Ok(watch::events(api, since, Some(kind)).into_response());
+    }
+    Ok(Json(list_runs(&api, kind, q).await?).into_response())
+}
+
+fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| {
+                    ApiError::bad("Last-Event-ID", "not an event id this server gave".into())
+                })
+        })
+        .transpose()
+}
+
+/// `GET /api/v1/events`'s query.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Resume after this event (0: from the first).
+    since: Option<i64>,
+    /// `training` or `packaging`.
+    kind: Option<String>,
+}
+
+async fn events(
+    State(api): Shared,
+    caller: Caller,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Viewer)?;
+    let q = query(q)?;
+    let kind = q
+        .kind
+        .as_deref()
+        .map(|k| {
+            RunKind::parse(k)
+                .ok_or_else(|| ApiError::bad("kind", format!("'{k}' is not training or packaging")))
+        })
+        .transpose()?;
+    if matches!(q.since, Some(s) if s < 0) {
+        return Err(ApiError::bad("since", "must be 0 or more".into()));
+    }
+    let since = match (last_event_id(&headers)?, q.since) {
+        (Some(seq), _) | (None, Some(seq)) => seq,
+        (None, None) => api.toolchains.store().last_event().await?,
+    };
+    Ok(watch::events(api, since, kind).into_response())
+}
+
+/// What a create's answer is: 202 with the run once planned (or still
+/// planning), 422 with it when the plan or the policy refused it.
+fn accepted(kind: RunKind, a: Accepted) -> Response {
+    match a {
+        Accepted::Planned(run) | Accepted::Planning(run) => {
+            let location = format!("/api/v1/{}s/{}", kind.as_str(), run.id);
+            let mut r = (StatusCode::ACCEPTED, Json(run)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        Accepted::Ended(run) if run.state == RunState::Succeeded => {
+            (StatusCode::ACCEPTED, Json(run)).into_response()
+        }
+        Accepted::Ended(run) => {
+            let mut e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "rejected",
+                format!(
+                    "{} {} {}: {}",
+                    kind.as_str(),
+                    run.id,
+                    run.state.as_str(),
+                    run.reason.as_deref().unwrap_or("")
+                ),
+            );
+            e.run = Some(Box::new(run));
+            e.into_response()
+        }
+    }
+}
+
+/// A create's refusal: an unknown toolchain is a bad field, not a
+/// missing resource.
+fn refused(e: Error) -> ApiError {
+    match e {
+        Error::UnknownToolchain { .. } => ApiError::bad("toolchain", e.to_string()),
+        e => e.into(),
+    }
+}
+
+async fn create_training(
+    State(api): Shared,
+    caller: Caller,
+    b: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::DataScientist)?;
+    let spec: ModelTrainingSpec = body(b)?;
+    crate::operator::runs::training_options(&spec, "")
+        .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid-argument", m))?;
+    runs::check_training(&api.runner, &spec)?;
+    let a = runs::start(&api, Stored::Training { spec })
+        .await
+        .map_err(refused)?;
+    tracing::info!(by = %caller.name, "training created");
+    Ok(accepted(RunKind::Training, a))
+}
+
+async fn create_packaging(
+    State(api): Shared,
+    caller: Caller,
+    b: Result<Json<serde_json::Value>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::DataScientist)?;
+    let spec: ModelPackagingSpec = body(b)?;
+    runs::check_packaging(&api.runner, &spec)?;
+    let model = match (&spec.training_ref, &spec.model_ref) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ApiError::bad(
+                "trainingRef",
+                "give exactly one of trainingRef (a training's id) and modelRef".into(),
+            ))
+        }
+        (None, Some(m)) => m.clone(),
+        (Some(t), None) => {
+            let run = api.toolchains.store().get_run(t).await?;
+            match run {
+                Some(run) if run.kind == RunKind::Training => match (run.state, run.pushed_ref.or(run.model_ref)) {
+                    (RunState::Succeeded, Some(m)) => m,
+                    (state, _) => {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            "training-not-succeeded",
+                            format!("trainingRef: training '{t}' is {}: only a succeeded training's model can be packaged", state.as_str()),
+                        ))
+                    }
+                },
+                _ => return Err(ApiError::bad("trainingRef", format!("no training '{t}'"))),
+            }
+        }
+    };
+    let a = runs::start(&api, Stored::Packaging { spec, model })
+        .await
+        .map_err(refused)?;
+    tracing::info!(by = %caller.name, "packaging created");
+    Ok(accepted(RunKind::Packaging, a))
+}
+
+/// Cancels a run wherever it runs: 202 with the run; 409 if it is over.
+async fn cancel_run(
+    api: &Api,
+    kind: RunKind,
+    id: &str,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    let run = get_run(api, kind, id).await?;
+    if !api.toolchains.store().request_cancel(id).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already-over",
+            format!(
+                "{} '{id}' is {}: nothing to cancel",
+                kind.as_str(),
+                run.state.as_str()
+            ),
+        ));
+    }
+    api.runner.cancel_local(id);
+    tracing::info!(run = %id, by = %caller.name, "cancel asked");
+    Ok((StatusCode::ACCEPTED, Json(get_run(api, kind, id).await?)).into_response())
+}
+
+async fn cancel_training(
+    State(api): Shared,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::DataScientist)?;
+    cancel_run(&api, RunKind::Training, &id, &caller).await
+}
+
+async fn cancel_packaging(
+    State(api): Shared,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::DataScientist)?;
+    cancel_run(&api, RunKind::Packaging, &id, &caller).await
 }
 
 async fn list_trainings(
     State(api): Shared,
     caller: Caller,
-    q: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Page>, ApiError> {
+    headers: HeaderMap,
+    q: Result<Query<RunQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     require(&caller, Role::Viewer)?;
-    Ok(Json(list_runs(&api, RunKind::Training, query(q)?).await?))
+    list_or_watch(api, RunKind::Training, query(q)?, &headers).await
 }
 
 async fn get_training(
@@ -405,18 +769,20 @@ async fn training_logs(
     State(api): Shared,
     caller: Caller,
     Path(id): Path<String>,
+    q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require(&caller, Role::Viewer)?;
-    run_logs(&api, RunKind::Training, &id).await
+    run_logs(api, RunKind::Training, &id, query(q)?).await
 }
 
 async fn list_packagings(
     State(api): Shared,
     caller: Caller,
-    q: Result<Query<RunQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Page>, ApiError> {
+    headers: HeaderMap,
+    q: Result<Query<RunQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     require(&caller, Role::Viewer)?;
-    Ok(Json(list_runs(&api, RunKind::Packaging, query(q)?).await?))
+    list_or_watch(api, RunKind::Packaging, query(q)?, &headers).await
 }
 
 async fn get_packaging(
@@ -432,7 +798,8 @@ async fn packaging_logs(
     State(api): Shared,
     caller: Caller,
     Path(id): Path<String>,
+    q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require(&caller, Role::Viewer)?;
-    run_logs(&api, RunKind::Packaging, &id).await
+    run_logs(api, RunKind::Packaging, &id, query(q)?).await
 }

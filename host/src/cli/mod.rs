@@ -102,7 +102,7 @@ impl Cli {
                 .await
                 .map(|_| 0),
             Command::Step(cmd) => step::run(cmd, &home, &toolchains).await.map(|_| 0),
-            Command::Server(args) => return server::run(args, toolchains).await.map(|_| 0),
+            Command::Server(args) => return server::run(args, &home, toolchains).await.map(|_| 0),
             Command::Runs(cmd) => runs::runs(cmd, toolchains.store(), self.output)
                 .await
                 .map(|_| 0),

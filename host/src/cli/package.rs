@@ -116,6 +116,7 @@ pub async fn run(
         arguments,
         timeout: args.timeout,
         run_id: None,
+        lease: None,
     };
     let cluster = args.cluster.connect().await?;
     let packager = match &cluster {

@@ -7,7 +7,9 @@ use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::{new_token, Role, Tokens};
+use crate::api::runs::Runner;
 use crate::api::{Api, ServerOptions};
+use crate::home::Home;
 use crate::plugin::Toolchains;
 use crate::Error;
 
@@ -25,6 +27,16 @@ pub struct ServerArgs {
     /// no authentication and only a loopback address is served.
     #[arg(long, env = "LEGION_TOKENS", value_name = "FILE")]
     pub tokens: Option<PathBuf>,
+    /// A folder on this machine whose contents API callers may name as a
+    /// training source, data or base image (repeatable); without one,
+    /// only git URLs, registries and object stores are read.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    pub allow_paths: Vec<PathBuf>,
+    /// How long this replica's hold on its runs lasts without renewal: if
+    /// it dies, another replica (or this one, restarted) starts its runs
+    /// again after this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
 }
 
 /// `legion server token …`
@@ -63,7 +75,7 @@ impl From<RoleArg> for Role {
 }
 
 /// Runs `legion server`.
-pub async fn run(args: ServerArgs, toolchains: Toolchains) -> Result<(), Error> {
+pub async fn run(args: ServerArgs, home: &Home, toolchains: Toolchains) -> Result<(), Error> {
     if let Some(ServerCommand::Token { name, role }) = args.command {
         let (token, entry) = new_token(&name, role.into());
         super::output::json(&serde_json::json!({"token": token, "entry": entry}));
@@ -79,8 +91,15 @@ pub async fn run(args: ServerArgs, toolchains: Toolchains) -> Result<(), Error> 
         legion_serve::shutdown_signal().await;
         s.cancel();
     });
+    if args.lease < std::time::Duration::from_secs(1) {
+        return Err(Error::InvalidArgument {
+            field: "--lease".into(),
+            message: "must be at least 1s".into(),
+        });
+    }
+    let runner = Runner::new(args.lease, &args.allow_paths)?;
     crate::api::serve(
-        Api { toolchains, tokens },
+        Api::new(toolchains, home.clone(), tokens, runner),
         ServerOptions {
             listen: args.listen,
         },

@@ -117,6 +117,7 @@ pub async fn run(
         push: args.push,
         timeout: args.timeout,
         run_id: None,
+        lease: None,
     };
     let cluster = args.cluster.connect().await?;
     let executor = LocalExecutor;

@@ -187,6 +187,11 @@ async fn run_step(
         }
     };
     let pgid = child.id().map(|p| p as i32);
+    let group_file = ctx.workspace.step_group_file();
+    if let Some(g) = pgid {
+        // Best effort: without it a restarted host cannot stop an orphan.
+        let _ = std::fs::write(&group_file, g.to_string());
+    }
     let out = pump(child.stdout.take(), Stream::Stdout, step, ctx, events);
     let err = pump(child.stderr.take(), Stream::Stderr, step, ctx, events);
     let wait = async {
@@ -195,7 +200,7 @@ async fn run_step(
     };
     tokio::pin!(wait);
     let remaining = deadline.saturating_duration_since(Instant::now());
-    tokio::select! {
+    let end = tokio::select! {
         status = &mut wait => {
             let status = status.map_err(|source| Error::Step { step: step.name.clone(), source })?;
             use std::os::unix::process::ExitStatusExt;
@@ -213,7 +218,9 @@ async fn run_step(
             stop_group(pgid, &mut wait).await;
             Ok(StepEnd::Cancelled)
         }
-    }
+    };
+    let _ = std::fs::remove_file(&group_file);
+    end
 }
 
 /// SIGTERM to the step's process group, SIGKILL after [`GRACE`], and wait

@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{ModelId, Plan};
+use crate::store::RunRecord;
 use crate::Error;
 
 pub use log::RunLog;
@@ -52,6 +53,37 @@ impl Workspace {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         Ok(())
+    }
+    /// Where the local executor writes the process group of the step
+    /// running now, so a host that restarts after a crash can stop it.
+    pub fn step_group_file(&self) -> PathBuf {
+        self.root.join("step.pgid")
+    }
+    /// Starts the workspace over for another attempt of the same run (its
+    /// host died): a step the dead host left running is killed, and the
+    /// source, data and output folders are emptied. The log stays.
+    pub fn restart(&self) -> Result<(), Error> {
+        let file = self.step_group_file();
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            if let Ok(pgid) = text.trim().parse::<i32>() {
+                if pgid > 1 {
+                    // SAFETY: killpg only sends a signal to the group the
+                    // step was started in (process_group(0)).
+                    unsafe {
+                        libc::killpg(pgid, libc::SIGKILL);
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&file);
+        }
+        for dir in [self.source(), self.data(), self.output()] {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&dir, e)),
+            }
+        }
+        self.create()
     }
     /// The `LEGION_*` variables of a step, also substituted as `${NAME}` in
     /// its command, args and env values.
@@ -144,6 +176,11 @@ pub trait RunEvents: Send + Sync {
     fn step_finished(&self, _step: &str, _exit_code: Option<i32>, _elapsed: Duration) {}
     /// The run's Kubernetes Job was created (cluster runs).
     fn job_created(&self, _namespace: &str, _name: &str) {}
+    /// The run was written to the store (it exists from here on).
+    fn recorded(&self, _run: &RunRecord) {}
+    /// The toolchain's plan passed the policy and is stored in the run;
+    /// execution starts.
+    fn planned(&self, _run: &RunRecord) {}
 }
 
 /// No one is watching.

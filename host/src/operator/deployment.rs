@@ -203,7 +203,7 @@ async fn plan(
         .and_then(|c| c.labels.clone())
         .unwrap_or_default();
     let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
-    let resources = match super::runs::resources(&spec.resources) {
+    let resources = match super::runs::resources(&spec.resources, "spec.") {
         Ok(r) => r,
         Err(e) => return Ok(Err(("InvalidSpec", e))),
     };

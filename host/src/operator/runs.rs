@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::crd::{ModelPackaging, ModelTraining, RunStatus};
+use super::crd::{ModelPackaging, ModelPackagingSpec, ModelTraining, ModelTrainingSpec, RunStatus};
 use super::status::{self, phase, set, Status};
 use super::{Context, ReconcileError, FINALIZER, RECHECK};
 use crate::exec::kube::job::{dns_label, label_value, RUN_ID_LABEL};
@@ -567,6 +567,7 @@ async fn adopt<K: RunResource>(
         log_path: workspace.join("legion.log").display().to_string(),
         pid: None,
         job: Some(job.clone()),
+        owner: None,
     };
     store.insert_run(&run).await
 }
@@ -632,55 +633,16 @@ impl RunResource for ModelTraining {
 
     async fn admit(&self, _ctx: &Context, toolchain: String) -> Admission<TrainOptions> {
         let s = &self.spec;
-        let name = match ModelName::new(&s.model.name) {
-            Ok(n) => n,
-            Err(e) => return invalid(format!("spec.model.name: {e}")),
-        };
-        let version = match ModelVersion::new(&s.model.version) {
-            Ok(v) => v,
-            Err(e) => return invalid(format!("spec.model.version: {e}")),
-        };
-        let resources = match resources(&s.resources) {
-            Ok(r) => r,
-            Err(e) => return invalid(e),
-        };
-        let source = match &s.source.reference {
-            Some(r) => format!("{}#{r}", s.source.uri),
-            None => s.source.uri.clone(),
-        };
-        if !(source.contains("://") || source.starts_with("git@")) {
+        if !(s.source.uri.contains("://") || s.source.uri.starts_with("git@")) {
             return invalid(format!(
                 "spec.source.uri '{}': a pod cannot read a local folder; give a git URL or an oci:// source artifact",
                 s.source.uri
             ));
         }
-        Admission::Start(TrainOptions {
-            source,
-            toolchain,
-            entrypoint: s.entrypoint.clone(),
-            args: s.args.clone(),
-            params: s.hyper_parameters.clone(),
-            name: Some(name),
-            version: Some(version),
-            data: s
-                .data
-                .iter()
-                .map(|d| DataBinding {
-                    uri: d.uri.clone(),
-                    local_path: d.path.clone(),
-                })
-                .collect(),
-            env: s.env.clone(),
-            image: s.image.clone(),
-            work_dir: s.work_dir.clone(),
-            resources,
-            push: None,
-            timeout: s
-                .timeout_seconds
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(crate::train::DEFAULT_TIMEOUT),
-            run_id: None,
-        })
+        match training_options(s, "spec.") {
+            Ok(opts) => Admission::Start(TrainOptions { toolchain, ..opts }),
+            Err(e) => invalid(e),
+        }
     }
 
     fn start<'a>(
@@ -783,16 +745,8 @@ impl RunResource for ModelPackaging {
             }
         };
         Admission::Start(PackageOptions {
-            model,
             toolchain,
-            base: s.base.clone(),
-            push: None,
-            arguments: s.arguments.clone(),
-            timeout: s
-                .timeout_seconds
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(crate::package::DEFAULT_TIMEOUT),
-            run_id: None,
+            ..packaging_options(s, model)
         })
     }
 
@@ -813,15 +767,72 @@ impl RunResource for ModelPackaging {
     }
 }
 
-/// Kubernetes quantities to the host's units.
-pub fn resources(spec: &super::crd::ResourceSpec) -> Result<Resources, String> {
+/// A training's spec (a `ModelTraining`'s, or the API's request body)
+/// as the trainer's options; errors name the field under `at`.
+pub fn training_options(s: &ModelTrainingSpec, at: &str) -> Result<TrainOptions, String> {
+    let name = ModelName::new(&s.model.name).map_err(|e| format!("{at}model.name: {e}"))?;
+    let version =
+        ModelVersion::new(&s.model.version).map_err(|e| format!("{at}model.version: {e}"))?;
+    let resources = resources(&s.resources, at)?;
+    let source = match &s.source.reference {
+        Some(r) => format!("{}#{r}", s.source.uri),
+        None => s.source.uri.clone(),
+    };
+    Ok(TrainOptions {
+        source,
+        toolchain: s.toolchain.clone(),
+        entrypoint: s.entrypoint.clone(),
+        args: s.args.clone(),
+        params: s.hyper_parameters.clone(),
+        name: Some(name),
+        version: Some(version),
+        data: s
+            .data
+            .iter()
+            .map(|d| DataBinding {
+                uri: d.uri.clone(),
+                local_path: d.path.clone(),
+            })
+            .collect(),
+        env: s.env.clone(),
+        image: s.image.clone(),
+        work_dir: s.work_dir.clone(),
+        resources,
+        push: None,
+        timeout: s
+            .timeout_seconds
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(crate::train::DEFAULT_TIMEOUT),
+        ..TrainOptions::default()
+    })
+}
+
+/// A packaging's spec as the packager's options, for `model` (what the
+/// spec's reference resolved to).
+pub fn packaging_options(s: &ModelPackagingSpec, model: String) -> PackageOptions {
+    PackageOptions {
+        model,
+        toolchain: s.toolchain.clone(),
+        base: s.base.clone(),
+        push: None,
+        arguments: s.arguments.clone(),
+        timeout: s
+            .timeout_seconds
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(crate::package::DEFAULT_TIMEOUT),
+        ..PackageOptions::default()
+    }
+}
+
+/// Kubernetes quantities to the host's units; errors name the field under `at`.
+pub fn resources(spec: &super::crd::ResourceSpec, at: &str) -> Result<Resources, String> {
     Ok(Resources {
         cpu_millis: spec
             .cpu
             .as_deref()
             .map(|q| {
                 cpu_millis(q).ok_or_else(|| {
-                    format!("spec.resources.cpu '{q}' is not a CPU quantity (2, 500m)")
+                    format!("{at}resources.cpu '{q}' is not a CPU quantity (2, 500m)")
                 })
             })
             .transpose()?,
@@ -830,7 +841,7 @@ pub fn resources(spec: &super::crd::ResourceSpec) -> Result<Resources, String> {
             .as_deref()
             .map(|q| {
                 memory_bytes(q).ok_or_else(|| {
-                    format!("spec.resources.memory '{q}' is not a memory quantity (512Mi, 2Gi)")
+                    format!("{at}resources.memory '{q}' is not a memory quantity (512Mi, 2Gi)")
                 })
             })
             .transpose()?,
@@ -888,7 +899,7 @@ mod tests {
             cpu: Some("x".into()),
             ..Default::default()
         };
-        assert!(resources(&spec)
+        assert!(resources(&spec, "spec.")
             .unwrap_err()
             .contains("spec.resources.cpu 'x'"));
     }

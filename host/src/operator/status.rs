@@ -198,6 +198,7 @@ mod tests {
             log_path: String::new(),
             pid: None,
             job: None,
+            owner: None,
         }
     }
 

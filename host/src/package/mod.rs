@@ -44,7 +44,7 @@ use crate::plan::{ImagePlan, ImageTarget, Layer, ModelId, PackagingRequest, Pair
 use crate::plugin::{Interface, Plugin, Toolchains};
 use crate::serve::{find_model, model_spec, serving_requirements, unpack_model, FoundModel};
 use crate::store::{JobRef, RunKind, RunPlan, RunRecord, RunRequest, RunState};
-use crate::train::{blocking, cancellable, job_ended, now_ms, Stop};
+use crate::train::{begin_attempt, blocking, cancellable, job_ended, now_ms, Stop};
 use crate::Error;
 
 /// The packager used when none is named.
@@ -70,6 +70,8 @@ pub struct PackageOptions {
     pub timeout: std::time::Duration,
     /// The run's id, chosen by the caller (as [`crate::train::TrainOptions::run_id`]).
     pub run_id: Option<String>,
+    /// The API replica holding the run, when the API started it.
+    pub lease: Option<crate::store::Lease>,
 }
 
 impl Default for PackageOptions {
@@ -82,6 +84,7 @@ impl Default for PackageOptions {
             arguments: Pairs::new(),
             timeout: DEFAULT_TIMEOUT,
             run_id: None,
+            lease: None,
         }
     }
 }
@@ -292,8 +295,7 @@ impl<'a> Packager<'a> {
             )
         });
         let workspace = Workspace::new(self.home.run_dir(&id));
-        std::fs::create_dir_all(&workspace.root).map_err(|e| Error::io(&workspace.root, e))?;
-        let log = RunLog::open(&workspace.root.join("legion.log"))?;
+        let log_path = workspace.root.join("legion.log");
         let mut run = RunRecord {
             id: id.clone(),
             toolchain: row.name.clone(),
@@ -315,12 +317,18 @@ impl<'a> Packager<'a> {
             image_digest: None,
             source_commit: found.config.source.commit.clone(),
             workspace: workspace.root.display().to_string(),
-            log_path: log.path().display().to_string(),
+            log_path: log_path.display().to_string(),
             pid: Some(std::process::id()),
             job: None,
+            owner: None,
         };
         let store = self.toolchains.store();
-        store.insert_run(&run).await?;
+        let again = begin_attempt(store, &mut run, &workspace, opts.lease.as_ref()).await?;
+        let log = RunLog::open(&log_path)?;
+        if again {
+            log.note(&format!("run {id}: its host stopped; starting it again"));
+        }
+        events.recorded(&run);
         log.note(&format!(
             "run {id}: packaging {}:{} ({}) with toolchain {} ({})",
             model.name, model.version, found.desc.digest, row.name, row.digest
@@ -405,6 +413,7 @@ impl Job<'_> {
         run.plan = Some(RunPlan::Packaging(plan.clone()));
         self.store.update_run(run).await?;
         self.policy.check_image(self.plugin.name(), &plan)?;
+        self.events.planned(run);
 
         if let Some(cluster) = self.cluster {
             return self.drive_on_cluster(cluster, run).await;

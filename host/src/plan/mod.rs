@@ -19,7 +19,9 @@ pub use policy::Policy;
 pub type Pairs = BTreeMap<String, String>;
 
 /// Compute a step or service asks for; `None` is the executor's default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Resources {
     /// CPU in thousandths of a core.
@@ -34,7 +36,7 @@ pub struct Resources {
 }
 
 /// One environment variable, kept in the order the plugin gave it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     /// Variable name.
@@ -44,7 +46,7 @@ pub struct EnvVar {
 }
 
 /// A model's name and version.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelId {
     /// Model name.
@@ -54,7 +56,7 @@ pub struct ModelId {
 }
 
 /// Where training code came from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Source {
     /// Local folder or git URL.
@@ -68,7 +70,7 @@ pub struct Source {
 }
 
 /// One input data set.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataBinding {
     /// Where the data comes from.
@@ -78,7 +80,7 @@ pub struct DataBinding {
 }
 
 /// A training request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TrainingRequest {
     /// Model being trained.
@@ -107,7 +109,7 @@ pub struct TrainingRequest {
 }
 
 /// A Python environment a plan needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PythonEnvironment {
     /// Python version wanted.
@@ -118,7 +120,7 @@ pub struct PythonEnvironment {
 }
 
 /// One process of a plan.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Step {
     /// Step name.
@@ -139,7 +141,7 @@ pub struct Step {
 }
 
 /// What a training toolchain wants run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Plan {
     /// Steps, in order.
@@ -150,7 +152,7 @@ pub struct Plan {
 }
 
 /// What a training produced.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ModelManifest {
     /// How to load the model.
@@ -159,6 +161,7 @@ pub struct ModelManifest {
     pub model_path: String,
     /// Signature, if recorded.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<serde_json::Value>")]
     pub signature: Option<Signature>,
     /// Input example as JSON text.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -173,7 +176,7 @@ pub struct ModelManifest {
 }
 
 /// An image registry location.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ImageTarget {
     /// Registry host and port.
@@ -186,7 +189,7 @@ pub struct ImageTarget {
 }
 
 /// A packaging request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PackagingRequest {
     /// Model packaged.
@@ -205,7 +208,7 @@ pub struct PackagingRequest {
 }
 
 /// A file placed in an image.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileEntry {
     /// Absolute path in the image.
@@ -217,7 +220,7 @@ pub struct FileEntry {
 }
 
 /// One layer of an image plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Layer {
     /// The model's own layer; its files land under `/model`.
@@ -236,7 +239,7 @@ pub enum Layer {
 }
 
 /// How to build a model image.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ImagePlan {
     /// Base image.
@@ -262,7 +265,7 @@ pub struct ImagePlan {
 }
 
 /// A serving request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ServingRequest {
     /// Model served.
@@ -285,7 +288,7 @@ pub struct ServingRequest {
 }
 
 /// Probes for a service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct HealthCheck {
     /// Liveness path.
@@ -299,7 +302,7 @@ pub struct HealthCheck {
 }
 
 /// How to run a model service.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ServicePlan {
     /// Image.
@@ -323,7 +326,7 @@ pub struct ServicePlan {
 }
 
 /// One documented toolchain parameter.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParameterInfo {
     /// Name.
@@ -338,7 +341,7 @@ pub struct ParameterInfo {
 }
 
 /// What a toolchain says about itself.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolchainInfo {
     /// Suggested name.
@@ -396,7 +399,7 @@ pub fn result_size<T: Serialize>(value: &T) -> usize {
 }
 
 /// Why a plugin refused or failed a call, as it said.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", tag = "kind", content = "message")]
 pub enum ToolchainError {
     /// The request is wrong.

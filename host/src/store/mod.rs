@@ -14,7 +14,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use runs::{JobRef, RunCursor, RunFilter, RunKind, RunPlan, RunRecord, RunRequest, RunState};
+pub use runs::{
+    JobRef, Lease, RunCursor, RunEvent, RunFilter, RunKind, RunPlan, RunRecord, RunRequest,
+    RunState,
+};
 pub use toolchains::ToolchainRow;
 
 use crate::Error;
@@ -60,6 +63,35 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE runs ADD COLUMN image_ref TEXT",
     "ALTER TABLE runs ADD COLUMN image_digest TEXT",
     "ALTER TABLE runs ADD COLUMN job TEXT",
+    // The API's runs: the replica holding the run, until when, the request
+    // it was made from (to start it again), and a cancel asked elsewhere.
+    "ALTER TABLE runs ADD COLUMN owner TEXT",
+    "ALTER TABLE runs ADD COLUMN lease_until INTEGER",
+    "ALTER TABLE runs ADD COLUMN spec TEXT",
+    "ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX runs_owner ON runs (owner, state)",
+    // Every state a run enters, in order: the API's event stream and its
+    // resumable cursor. Written by triggers, so no writer can forget one.
+    "CREATE TABLE events (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id        TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        model_name    TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        toolchain     TEXT NOT NULL,
+        at            INTEGER NOT NULL
+    )",
+    "CREATE TRIGGER runs_inserted AFTER INSERT ON runs BEGIN
+        INSERT INTO events (run_id, kind, state, model_name, model_version, toolchain, at)
+        VALUES (NEW.id, NEW.kind, NEW.state, NEW.model_name, NEW.model_version, NEW.toolchain,
+                CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    END",
+    "CREATE TRIGGER runs_state AFTER UPDATE OF state ON runs WHEN OLD.state <> NEW.state BEGIN
+        INSERT INTO events (run_id, kind, state, model_name, model_version, toolchain, at)
+        VALUES (NEW.id, NEW.kind, NEW.state, NEW.model_name, NEW.model_version, NEW.toolchain,
+                CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+    END",
 ];
 
 /// The state database.

@@ -8,7 +8,9 @@ use crate::plan::{ImagePlan, ModelId, PackagingRequest, Plan, TrainingRequest};
 use crate::Error;
 
 /// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     /// Recorded, not started.
@@ -57,7 +59,9 @@ impl RunState {
 }
 
 /// What a run does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RunKind {
     /// Trains a model.
@@ -74,10 +78,19 @@ impl RunKind {
             RunKind::Packaging => "packaging",
         }
     }
+
+    /// Reads the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "training" => Some(RunKind::Training),
+            "packaging" => Some(RunKind::Packaging),
+            _ => None,
+        }
+    }
 }
 
 /// The request a run was started with.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RunRequest {
     /// A training's.
@@ -97,7 +110,7 @@ impl RunRequest {
 }
 
 /// The plan a toolchain returned for a run.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RunPlan {
     /// Steps of a training.
@@ -107,7 +120,7 @@ pub enum RunPlan {
 }
 
 /// A run: a training or a packaging.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
     /// Run id.
@@ -169,6 +182,44 @@ pub struct RunRecord {
     /// The Kubernetes Job running it, for a run on a cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobRef>,
+    /// The API replica that holds the run (runs made through the API);
+    /// written by [`Store::lease_run`] and the claims, never by
+    /// [`Store::update_run`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// An API replica's hold on a run it started: who holds it, until when
+/// (ms since the epoch; renewed while the replica lives), and the request
+/// it was made from, to start it again if the replica dies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The replica.
+    pub owner: String,
+    /// Until when.
+    pub until: i64,
+    /// The request, as JSON.
+    pub spec: String,
+}
+
+/// A state a run entered, as the event stream tells it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunEvent {
+    /// Position in the stream; pass it back to resume after it.
+    pub seq: i64,
+    /// The run.
+    pub run_id: String,
+    /// Training or packaging.
+    pub kind: RunKind,
+    /// The state it entered.
+    pub state: RunState,
+    /// The model.
+    pub model: ModelId,
+    /// The toolchain.
+    pub toolchain: String,
+    /// When, in ms since the epoch.
+    pub at: i64,
 }
 
 /// Which runs a listing wants; `None` is any.
@@ -224,7 +275,9 @@ impl RunCursor {
 }
 
 /// Where a cluster run's Job is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct JobRef {
     /// Its namespace.
@@ -403,11 +456,9 @@ impl Store {
         let state = get_s("state")?;
         let request = get_s("request")?;
         let plan = get_os("plan")?;
-        let kind = match get_s("kind")?.as_str() {
-            "training" => RunKind::Training,
-            "packaging" => RunKind::Packaging,
-            other => return Err(corrupt("kind", format!("unknown kind {other}"))),
-        };
+        let kind = get_s("kind")?;
+        let kind =
+            RunKind::parse(&kind).ok_or_else(|| corrupt("kind", format!("unknown kind {kind}")))?;
         let request = match kind {
             RunKind::Training => serde_json::from_str(&request).map(RunRequest::Training),
             RunKind::Packaging => serde_json::from_str(&request).map(RunRequest::Packaging),
@@ -451,6 +502,159 @@ impl Store {
                 .map(|j| serde_json::from_str(&j))
                 .transpose()
                 .map_err(|e| corrupt("job", e.to_string()))?,
+            owner: get_os("owner")?,
         })
+    }
+}
+
+/// Runs still going: what leases cover.
+const LIVE: &str = "state IN ('queued', 'running')";
+
+impl Store {
+    /// Gives `id` to API replica `owner` until `until` (ms), with the
+    /// request it was made from (`spec`, JSON), so another replica can
+    /// start it again if this one dies.
+    pub async fn lease_run(
+        &self,
+        id: &str,
+        owner: &str,
+        until: i64,
+        spec: &str,
+    ) -> Result<(), Error> {
+        sqlx::query("UPDATE runs SET owner = ?, lease_until = ?, spec = ? WHERE id = ?")
+            .bind(owner)
+            .bind(until)
+            .bind(spec)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Extends every live lease `owner` holds to `until`; returns how many.
+    pub async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64, Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE runs SET lease_until = ? WHERE owner = ? AND {LIVE}"
+        ))
+        .bind(until)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Takes one live run whose lease ran out before `now` (its replica
+    /// died) for `owner`, until `until`: the id and the request it was
+    /// made from. One statement, so two replicas never take the same run.
+    pub async fn claim_expired(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Option<(String, Option<String>)>, Error> {
+        let row = sqlx::query(&format!(
+            "UPDATE runs SET owner = ?, lease_until = ?
+             WHERE id = (SELECT id FROM runs WHERE owner IS NOT NULL AND {LIVE} AND lease_until < ?
+                         ORDER BY created_at LIMIT 1)
+             RETURNING id, spec"
+        ))
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.map(|r| {
+            Ok((
+                r.try_get::<String, _>("id").map_err(|e| self.err(e))?,
+                r.try_get::<Option<String>, _>("spec")
+                    .map_err(|e| self.err(e))?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// Asks for `id` to be cancelled by whichever replica runs it; `false`
+    /// if it is over already.
+    pub async fn request_cancel(&self, id: &str) -> Result<bool, Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND {LIVE}"
+        ))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The live runs of `owner` someone asked to cancel.
+    pub async fn cancels_for(&self, owner: &str) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar(&format!(
+            "SELECT id FROM runs WHERE owner = ? AND cancel_requested = 1 AND {LIVE}"
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))
+    }
+
+    /// Up to `limit` events after `seq`, oldest first, of `kind` if given.
+    pub async fn events_after(
+        &self,
+        seq: i64,
+        kind: Option<RunKind>,
+        limit: i64,
+    ) -> Result<Vec<RunEvent>, Error> {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM events WHERE seq > ");
+        q.push_bind(seq);
+        if let Some(k) = kind {
+            q.push(" AND kind = ").push_bind(k.as_str());
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(limit);
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let corrupt = |field: &str, v: &str| Error::Database {
+            path: self.path.clone(),
+            message: format!("events.{field}: unknown value {v}"),
+        };
+        rows.into_iter()
+            .map(|r| {
+                let s = |n: &str| r.try_get::<String, _>(n).map_err(|e| self.err(e));
+                let (kind, state) = (s("kind")?, s("state")?);
+                Ok(RunEvent {
+                    seq: r.try_get("seq").map_err(|e| self.err(e))?,
+                    run_id: s("run_id")?,
+                    kind: RunKind::parse(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+                    state: RunState::parse(&state).ok_or_else(|| corrupt("state", &state))?,
+                    model: ModelId {
+                        name: s("model_name")?,
+                        version: s("model_version")?,
+                    },
+                    toolchain: s("toolchain")?,
+                    at: r.try_get("at").map_err(|e| self.err(e))?,
+                })
+            })
+            .collect()
+    }
+
+    /// How many runs there are of each kind in each state.
+    pub async fn count_runs(&self) -> Result<Vec<(String, String, i64)>, Error> {
+        sqlx::query_as("SELECT kind, state, COUNT(*) FROM runs GROUP BY kind, state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// The newest event's position (0 when there is none).
+    pub async fn last_event(&self) -> Result<i64, Error> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
     }
 }

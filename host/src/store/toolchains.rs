@@ -9,7 +9,7 @@ use crate::plan::ToolchainInfo;
 use crate::Error;
 
 /// A registered toolchain as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolchainRow {
     /// Registered name.

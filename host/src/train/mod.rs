@@ -35,7 +35,7 @@ use crate::oci::registry::parse_reference;
 use crate::plan::{DataBinding, ModelId, Pairs, Policy, Resources, TrainingRequest};
 use crate::plugin::{Plugin, Toolchains};
 use crate::store::{
-    JobRef, RunKind, RunPlan, RunRecord, RunRequest, RunState, Store, ToolchainRow,
+    JobRef, Lease, RunKind, RunPlan, RunRecord, RunRequest, RunState, Store, ToolchainRow,
 };
 use crate::Error;
 
@@ -77,6 +77,8 @@ pub struct TrainOptions {
     /// it exists, so that a restart finds it); default: the model's name
     /// and a random suffix.
     pub run_id: Option<String>,
+    /// The API replica holding the run, when the API started it.
+    pub lease: Option<Lease>,
 }
 
 impl Default for TrainOptions {
@@ -97,6 +99,7 @@ impl Default for TrainOptions {
             push: None,
             timeout: DEFAULT_TIMEOUT,
             run_id: None,
+            lease: None,
         }
     }
 }
@@ -296,8 +299,7 @@ impl<'a> Trainer<'a> {
             format!("{}-{:08x}", run_prefix(&model), rand::rng().random::<u32>())
         });
         let workspace = Workspace::new(self.home.run_dir(&id));
-        workspace.create()?;
-        let log = RunLog::open(&workspace.root.join("legion.log"))?;
+        let log_path = workspace.root.join("legion.log");
         let request = Self::request(&opts, &model);
         let mut run = RunRecord {
             id: id.clone(),
@@ -320,16 +322,22 @@ impl<'a> Trainer<'a> {
             image_digest: None,
             source_commit: None,
             workspace: workspace.root.display().to_string(),
-            log_path: log.path().display().to_string(),
+            log_path: log_path.display().to_string(),
             pid: Some(std::process::id()),
             job: None,
+            owner: None,
         };
         let store = self.toolchains.store();
-        store.insert_run(&run).await?;
+        let again = begin_attempt(store, &mut run, &workspace, opts.lease.as_ref()).await?;
+        let log = RunLog::open(&log_path)?;
+        if again {
+            log.note(&format!("run {id}: its host stopped; starting it again"));
+        }
         log.note(&format!(
             "run {id}: training {}:{} with toolchain {} ({})",
             model.name, model.version, row.name, row.digest
         ));
+        events.recorded(&run);
 
         let result = self
             .drive(
@@ -392,6 +400,7 @@ impl<'a> Trainer<'a> {
         run.plan = Some(RunPlan::Training(plan.clone()));
         store.update_run(run).await.map_err(Stop::from)?;
         policy.check(plugin.name(), &plan)?;
+        events.planned(run);
 
         let executor = match self.placement {
             Placement::Local(executor) => executor,
@@ -680,6 +689,47 @@ async fn close_run(
     store.update_run(run).await
 }
 
+/// Writes a new run; or, when a run of that id exists and is not over
+/// (its host died and this is another attempt), starts it over in place:
+/// same id, creation time, owner and log, a fresh workspace. Returns
+/// whether it is another attempt. A run that is over is never re-run.
+pub(crate) async fn begin_attempt(
+    store: &Store,
+    run: &mut RunRecord,
+    ws: &Workspace,
+    lease: Option<&Lease>,
+) -> Result<bool, Error> {
+    let again = match store.get_run(&run.id).await? {
+        None => {
+            ws.create()?;
+            store.insert_run(run).await?;
+            false
+        }
+        Some(old) if old.state.is_final() => {
+            return Err(Error::InvalidArgument {
+                field: "run id".into(),
+                message: format!(
+                    "run '{}' exists and is {}: a run is never started twice",
+                    run.id,
+                    old.state.as_str()
+                ),
+            })
+        }
+        Some(old) => {
+            ws.restart()?;
+            run.created_at = old.created_at;
+            run.owner = old.owner;
+            store.update_run(run).await?;
+            true
+        }
+    };
+    if let Some(l) = lease {
+        store.lease_run(&run.id, &l.owner, l.until, &l.spec).await?;
+        run.owner = Some(l.owner.clone());
+    }
+    Ok(again)
+}
+
 fn run_prefix(model: &ModelId) -> String {
     model.name.chars().take(40).collect()
 }
@@ -689,7 +739,9 @@ fn run_prefix(model: &ModelId) -> String {
 /// a cluster run goes on in its Job, and `legion runs attach` follows it.
 pub async fn reconcile_orphans(store: &crate::store::Store) -> Result<(), Error> {
     for mut run in store.list_runs(1000).await? {
-        if run.state.is_final() || run.job.is_some() {
+        // An API replica's runs are its own: leases, not pids, say
+        // whether their host is alive.
+        if run.state.is_final() || run.job.is_some() || run.owner.is_some() {
             continue;
         }
         let Some(pid) = run.pid else { continue };

@@ -2,6 +2,7 @@
 //! `scripts/build-plugins.sh` are, and a `legion` command on a fresh data dir.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod emulator;
 pub mod podman;
 pub mod registry;
