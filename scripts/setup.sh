@@ -2,7 +2,8 @@
 # Installs what Legion needs on a fresh Debian 12 machine and builds it:
 # system packages (git, Python with venv, the OCI registry, skopeo and umoci
 # that read images back, podman + runc that run them, debootstrap and
-# buildah for the base image and the packaging benchmark), the
+# buildah for the base image and the packaging benchmark, PostgreSQL for
+# the API's tests, wrk for its benchmark), the
 # wasm32-wasip2 and x86_64-unknown-linux-musl Rust targets, the plugins,
 # the release `legion` binary, the static `legion-serve`, and the Python
 # base image the demo and the tests package onto (scripts/base-image.sh,
@@ -29,6 +30,11 @@ want umoci umoci
 want podman podman
 want buildah buildah
 want debootstrap debootstrap
+# PostgreSQL: the API's shared store, started per test on 127.0.0.1.
+want psql postgresql-client
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql)
+# The API's load benchmark (scripts/bench-api.sh).
+want wrk wrk
 [ -x /usr/sbin/runc ] || need_apt+=(runc)
 # `python3 -m venv` needs ensurepip, which Debian ships separately.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)

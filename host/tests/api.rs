@@ -1,4 +1,5 @@
-//! `legion server` over real HTTP on SQLite, as an outside client calls it:
+//! `legion server` over real HTTP, on SQLite and on a real PostgreSQL
+//! (`NAME::sqlite`, `NAME::postgres`), as an outside client calls it:
 //! health and readiness, bearer tokens with roles (401 without a valid one,
 //! 403 for a role without the right), toolchains, and trainings listed with
 //! filters and cursor paging, read one by one, with their logs.
@@ -7,7 +8,8 @@ mod common;
 
 use std::process::Command;
 
-use common::api::{Server, Tokens};
+use common::api::{legion_on, Db, Server, Tokens};
+use common::postgres::Postgres;
 use common::{free_port, Legion};
 use serde_json::{json, Value};
 
@@ -25,10 +27,11 @@ struct Setup {
     scientist: String,
     viewer: String,
     _tokens: Tokens,
+    _pg: Option<Postgres>,
 }
 
-fn setup() -> Setup {
-    let l = Legion::new();
+fn setup(db: Db) -> Setup {
+    let (l, pg) = legion_on(db);
     let tokens = Tokens::new(&l);
     let text = std::fs::read_to_string(&tokens.file).unwrap();
     assert!(
@@ -43,12 +46,12 @@ fn setup() -> Setup {
         scientist: tokens.scientist.clone(),
         viewer: tokens.viewer.clone(),
         _tokens: tokens,
+        _pg: pg,
     }
 }
 
-#[test]
-fn health_and_readiness_answer_without_a_token() {
-    let s = setup();
+fn health_and_readiness_answer_without_a_token(db: Db) {
+    let s = setup(db);
     assert_eq!(
         s.server.call("GET", "/health", None),
         (200, json!({"status": "ok"}))
@@ -59,9 +62,8 @@ fn health_and_readiness_answer_without_a_token() {
     );
 }
 
-#[test]
-fn each_role_gets_what_it_may_and_nothing_more() {
-    let s = setup();
+fn each_role_gets_what_it_may_and_nothing_more(db: Db) {
+    let s = setup(db);
     let srv = &s.server;
     // No token, a wrong one, one without "Bearer".
     let r = srv
@@ -124,9 +126,8 @@ fn each_role_gets_what_it_may_and_nothing_more() {
     assert_eq!(st, 404);
 }
 
-#[test]
-fn trainings_are_listed_by_filter_and_cursor_and_read_with_their_logs() {
-    let s = setup();
+fn trainings_are_listed_by_filter_and_cursor_and_read_with_their_logs(db: Db) {
+    let s = setup(db);
     let srv = &s.server;
     let a = train(&s.l, "tiny", "1");
     let b = train(&s.l, "tiny", "2");
@@ -237,3 +238,9 @@ fn without_tokens_the_server_refuses_to_listen_beyond_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("tokens[0] 'x'"), "{err}");
 }
+
+on_both_stores!(
+    health_and_readiness_answer_without_a_token,
+    each_role_gets_what_it_may_and_nothing_more,
+    trainings_are_listed_by_filter_and_cursor_and_read_with_their_logs,
+);

@@ -3,7 +3,8 @@
 //! followed in their logs and in the event stream (resumed from a
 //! cursor), cancelled, refused with the field named; started again by the
 //! next server when one is killed mid-run; and 50 concurrent creates on
-//! two replicas, each run made once and started once.
+//! two replicas, each run made once and started once. Each on SQLite and
+//! on a real PostgreSQL (`NAME::sqlite`, `NAME::postgres`).
 
 mod common;
 
@@ -12,7 +13,8 @@ use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::api::{Server, Sse, Tokens};
+use common::api::{legion_on, Db, Server, Sse, Tokens};
+use common::postgres::Postgres;
 use common::Legion;
 use serde_json::{json, Value};
 
@@ -47,16 +49,18 @@ struct Setup {
     l: Legion,
     tokens: Tokens,
     projects: tempfile::TempDir,
+    pg: Option<Postgres>,
 }
 
 impl Setup {
-    fn new() -> Self {
-        let l = Legion::new();
+    fn new(db: Db) -> Self {
+        let (l, pg) = legion_on(db);
         let tokens = Tokens::new(&l);
         Setup {
             l,
             tokens,
             projects: tempfile::tempdir().unwrap(),
+            pg,
         }
     }
 
@@ -84,9 +88,8 @@ fn wait_log(srv: &Server, id: &str, token: &str, text: &str) {
     }
 }
 
-#[test]
-fn a_training_is_planned_before_it_is_accepted_then_followed_to_its_model_and_packaged() {
-    let s = Setup::new();
+fn a_training_is_planned_before_it_is_accepted_then_followed_to_its_model_and_packaged(db: Db) {
+    let s = Setup::new(db);
     let srv = s.server(&["--allow-path", "/var/cache/legion/base-image"]);
     let (sci, viewer) = (s.tokens.scientist.as_str(), s.tokens.viewer.as_str());
     let src = project(
@@ -116,8 +119,12 @@ fn a_training_is_planned_before_it_is_accepted_then_followed_to_its_model_and_pa
     let run: Value = r.json().unwrap();
     let id = run["id"].as_str().unwrap().to_string();
     assert_eq!(location, format!("/api/v1/trainings/{id}"));
-    // Accepted means planned: the toolchain's plan is in the answer.
-    assert_eq!(run["state"], "running", "{run:#}");
+    // Accepted means planned: the toolchain's plan is in the answer; the
+    // run waits for a slot (queued) or has one (running).
+    assert!(
+        ["queued", "running"].contains(&run["state"].as_str().unwrap()),
+        "{run:#}"
+    );
     assert!(
         run["plan"]["steps"]
             .as_array()
@@ -224,9 +231,8 @@ fn a_training_is_planned_before_it_is_accepted_then_followed_to_its_model_and_pa
     );
 }
 
-#[test]
-fn bad_creates_are_refused_naming_the_field_and_refused_plans_keep_their_run() {
-    let s = Setup::new();
+fn bad_creates_are_refused_naming_the_field_and_refused_plans_keep_their_run(db: Db) {
+    let s = Setup::new(db);
     let srv = s.server(&[]);
     let sci = s.tokens.scientist.as_str();
     let src = project(s.projects.path(), "ok", "");
@@ -352,9 +358,8 @@ fn bad_creates_are_refused_naming_the_field_and_refused_plans_keep_their_run() {
     assert_eq!(st, 409, "{answer}");
 }
 
-#[test]
-fn a_cancel_stops_the_steps_of_a_running_training() {
-    let s = Setup::new();
+fn a_cancel_stops_the_steps_of_a_running_training(db: Db) {
+    let s = Setup::new(db);
     let srv = s.server(&[]);
     let (sci, viewer) = (s.tokens.scientist.as_str(), s.tokens.viewer.as_str());
     let src = project(
@@ -406,9 +411,8 @@ fn process_gone(pid: i32) -> bool {
     }
 }
 
-#[test]
-fn a_server_killed_mid_training_has_the_run_started_again_by_the_next_with_its_whole_log() {
-    let s = Setup::new();
+fn a_server_killed_mid_training_has_the_run_started_again_by_the_next_with_its_whole_log(db: Db) {
+    let s = Setup::new(db);
     let marker = s.projects.path().join("attempt-1.pid");
     let src = project(
         s.projects.path(),
@@ -461,9 +465,8 @@ fn a_server_killed_mid_training_has_the_run_started_again_by_the_next_with_its_w
     );
 }
 
-#[test]
-fn fifty_concurrent_creates_on_two_replicas_make_fifty_runs_each_started_once() {
-    let s = Setup::new();
+fn fifty_concurrent_creates_on_two_replicas_make_fifty_runs_each_started_once(db: Db) {
+    let s = Setup::new(db);
     let a = s.server(&[]);
     let b = s.server(&[]);
     let src = project(s.projects.path(), "many", "");
@@ -474,14 +477,24 @@ fn fifty_concurrent_creates_on_two_replicas_make_fifty_runs_each_started_once() 
                 let srv = if i % 2 == 0 { &a } else { &b };
                 let (src, sci) = (&src, &sci);
                 scope.spawn(move || {
-                    let (st, run) = srv.send(
-                        "POST",
-                        "/api/v1/trainings",
-                        Some(sci),
-                        Some(&training(src, "many", &format!("{i}"))),
-                    );
-                    assert_eq!(st, 202, "create {i}: {run}");
-                    run["id"].as_str().unwrap().to_string()
+                    // A server too busy to take a create says so (503
+                    // busy, nothing started) and the client tries again.
+                    let deadline = Instant::now() + Duration::from_secs(600);
+                    loop {
+                        let (st, run) = srv.send(
+                            "POST",
+                            "/api/v1/trainings",
+                            Some(sci),
+                            Some(&training(src, "many", &format!("{i}"))),
+                        );
+                        if st == 503 && run["error"]["code"] == "busy" {
+                            assert!(Instant::now() < deadline, "create {i} never taken");
+                            std::thread::sleep(Duration::from_secs(1));
+                            continue;
+                        }
+                        assert_eq!(st, 202, "create {i}: {run}");
+                        return run["id"].as_str().unwrap().to_string();
+                    }
                 })
             })
             .collect();
@@ -509,20 +522,122 @@ fn fifty_concurrent_creates_on_two_replicas_make_fifty_runs_each_started_once() 
         assert!(!log.contains("starting it again"), "{log}");
     }
     assert_eq!(owners.len(), 2, "both replicas ran some: {owners:?}");
-    let (_, page) = a.call("GET", "/api/v1/trainings?limit=100", Some(&sci));
-    assert_eq!(page["items"].as_array().unwrap().len(), 50);
+    // One succeeded run per create; anything else is a create the server
+    // called off as busy, which never ran.
+    let (_, page) = a.call("GET", "/api/v1/trainings?limit=500", Some(&sci));
+    let mut versions = BTreeSet::new();
+    for run in page["items"].as_array().unwrap() {
+        if run["state"] == "succeeded" {
+            assert!(
+                versions.insert(run["model"]["version"].as_str().unwrap().to_string()),
+                "{run:#}"
+            );
+        } else {
+            assert_eq!(run["state"], "cancelled", "{run:#}");
+            assert!(run.get("startedAt").is_none(), "it never started: {run:#}");
+        }
+    }
+    assert_eq!(versions.len(), 50);
 
     // Each run went queued -> running -> succeeded exactly once.
     let mut events = Sse::new(a.raw("GET", "/api/v1/events?since=0", Some(&sci), None));
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    while seen.values().map(Vec::len).sum::<usize>() < 150 {
+    let done = |seen: &BTreeMap<String, Vec<String>>| {
+        ids.iter().all(|id| {
+            seen.get(id)
+                .is_some_and(|s| s.last().map(String::as_str) == Some("succeeded"))
+        })
+    };
+    while !done(&seen) {
         let (_, _, data) = events.next_event();
         seen.entry(data["runId"].as_str().unwrap().to_string())
             .or_default()
             .push(data["state"].as_str().unwrap().to_string());
     }
-    assert_eq!(seen.len(), 50);
-    for (id, states) in seen {
-        assert_eq!(states, ["queued", "running", "succeeded"], "{id}");
+    for id in &ids {
+        assert_eq!(seen[id], ["queued", "running", "succeeded"], "{id}");
     }
 }
+
+#[test]
+fn postgres_restarted_under_load_fails_requests_cleanly_then_recovers() {
+    let mut s = Setup::new(Db::Postgres);
+    let srv = s.server(&[]);
+    let sci = s.tokens.scientist.clone();
+    let src = project(s.projects.path(), "after", "");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let statuses = std::thread::scope(|scope| {
+        // Load: lists and reads, as fast as they come back.
+        let load = scope.spawn(|| {
+            let mut seen = BTreeMap::<u16, usize>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (st, body) = srv.call("GET", "/api/v1/trainings?limit=10", Some(&sci));
+                if st != 200 {
+                    assert_eq!(
+                        body["error"]["code"], "unavailable",
+                        "a clean failure: {body}"
+                    );
+                }
+                *seen.entry(st).or_default() += 1;
+            }
+            seen
+        });
+        let pg = s.pg.as_mut().unwrap();
+        // Down: wait until the API says so (it must, not hang or panic).
+        pg.crash_and_restart_with(|| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let (st, body) = srv.call("GET", "/ready", None);
+                if st == 503 {
+                    assert_eq!(body["error"]["code"], "not-ready");
+                    let (st, body) = srv.call("GET", "/api/v1/trainings", Some(&sci));
+                    assert_eq!(
+                        (st, body["error"]["code"].as_str()),
+                        (503, Some("unavailable")),
+                        "{body}"
+                    );
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the API never noticed the database was gone"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        // Up again: the API recovers by itself.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while srv.call("GET", "/ready", None).0 != 200 {
+            assert!(Instant::now() < deadline, "the API never recovered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap()
+    });
+    assert!(
+        statuses.keys().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+    let (st, run) = srv.send(
+        "POST",
+        "/api/v1/trainings",
+        Some(&sci),
+        Some(&training(&src, "after", "1")),
+    );
+    assert_eq!(st, 202, "{run}");
+    let id = run["id"].as_str().unwrap();
+    let done = srv.wait_final(
+        &format!("/api/v1/trainings/{id}"),
+        &sci,
+        Duration::from_secs(300),
+    );
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+}
+
+on_both_stores!(
+    a_training_is_planned_before_it_is_accepted_then_followed_to_its_model_and_packaged,
+    bad_creates_are_refused_naming_the_field_and_refused_plans_keep_their_run,
+    a_cancel_stops_the_steps_of_a_running_training,
+    a_server_killed_mid_training_has_the_run_started_again_by_the_next_with_its_whole_log,
+    fifty_concurrent_creates_on_two_replicas_make_fifty_runs_each_started_once,
+);

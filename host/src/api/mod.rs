@@ -276,6 +276,11 @@ impl From<Error> for ApiError {
             }
             Error::AlreadyRegistered { .. } => (StatusCode::CONFLICT, "already-exists"),
             Error::Policy { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy"),
+            // The database down or restarting: try again later.
+            Error::Database { .. } => {
+                tracing::warn!(error = %e, "state database");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             _ => {
                 tracing::error!(error = ?e, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -615,6 +620,21 @@ fn accepted(kind: RunKind, a: Accepted) -> Response {
             if let Ok(v) = HeaderValue::from_str(&location) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
+            r
+        }
+        Accepted::Busy => {
+            let mut r = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "the server could not take the {} within {}s: nothing was started; try again",
+                    kind.as_str(),
+                    runs::PLAN_WAIT.as_secs()
+                ),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
         }
         Accepted::Ended(run) if run.state == RunState::Succeeded => {

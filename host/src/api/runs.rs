@@ -63,6 +63,9 @@ pub enum Accepted {
     Planning(RunRecord),
     /// Ended before it was planned (the plan or the policy refused it).
     Ended(RunRecord),
+    /// Not even recorded after [`PLAN_WAIT`] (the machine is that busy):
+    /// called off, so that the caller's retry cannot make a second run.
+    Busy,
 }
 
 /// The runs this replica executes, and its lease on them.
@@ -75,11 +78,13 @@ pub struct Runner {
     /// base images (canonical); nothing else local is readable to them.
     allowed: Vec<PathBuf>,
     active: Mutex<HashMap<String, CancellationToken>>,
+    /// Runs that execute at once here; planned runs wait `queued`.
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl Runner {
     /// A runner named after this host and process.
-    pub fn new(lease: Duration, allowed: &[PathBuf]) -> Result<Self, Error> {
+    pub fn new(lease: Duration, allowed: &[PathBuf], max_runs: usize) -> Result<Self, Error> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "host".into());
@@ -96,6 +101,7 @@ impl Runner {
             lease,
             allowed,
             active: Mutex::new(HashMap::new()),
+            gate: Arc::new(tokio::sync::Semaphore::new(max_runs.max(1))),
         })
     }
 
@@ -190,7 +196,14 @@ pub fn check_packaging(runner: &Runner, spec: &ModelPackagingSpec) -> Result<(),
 pub async fn start(api: &Arc<Api>, stored: Stored) -> Result<Accepted, Error> {
     let (tx, rx) = oneshot::channel();
     let (rec_tx, mut rec_rx) = oneshot::channel();
-    execute(api.clone(), stored, None, Some((tx, rec_tx)))?;
+    let cancel = CancellationToken::new();
+    execute(
+        api.clone(),
+        stored,
+        None,
+        Some((tx, rec_tx)),
+        cancel.clone(),
+    )?;
     match tokio::time::timeout(PLAN_WAIT, rx).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(_)) => Err(Error::Engine {
@@ -199,10 +212,11 @@ pub async fn start(api: &Arc<Api>, stored: Stored) -> Result<Accepted, Error> {
         }),
         Err(_) => match rec_rx.try_recv() {
             Ok(run) => Ok(Accepted::Planning(run)),
-            Err(_) => Err(Error::Engine {
-                context: "a run the API started",
-                source: format!("still checking the request after {}s", PLAN_WAIT.as_secs()).into(),
-            }),
+            Err(_) => {
+                // If it gets recorded after all, it ends cancelled at once.
+                cancel.cancel();
+                Ok(Accepted::Busy)
+            }
         },
     }
 }
@@ -255,6 +269,7 @@ fn execute(
     stored: Stored,
     id: Option<String>,
     answer: Option<Answer>,
+    cancel: CancellationToken,
 ) -> Result<(), Error> {
     let spec = serde_json::to_string(&stored).map_err(|e| Error::json(Path::new("spec"), e))?;
     let lease = Lease {
@@ -274,7 +289,7 @@ fn execute(
             };
             let sink = Sink {
                 api: api.clone(),
-                cancel: CancellationToken::new(),
+                cancel,
                 answer: Mutex::new(answer),
                 first: Mutex::new(first),
                 id: Mutex::new(None),
@@ -285,6 +300,7 @@ fn execute(
                     Ok(mut opts) => {
                         opts.run_id = id;
                         opts.lease = Some(lease);
+                        opts.gate = Some(api.runner.gate.clone());
                         Trainer::new(&api.toolchains, &api.home, &LocalExecutor)
                             .train(opts, &sink, cancel)
                             .await
@@ -298,30 +314,62 @@ fn execute(
                     let mut opts = packaging_options(&spec, model);
                     opts.run_id = id;
                     opts.lease = Some(lease);
+                    opts.gate = Some(api.runner.gate.clone());
                     Packager::new(&api.toolchains, &api.home)
                         .package(opts, &sink, cancel)
                         .await
                         .map(|p| p.run)
                 }
             };
-            if let Some(id) = sink.id.lock().ok().and_then(|mut i| i.take()) {
-                if let Ok(mut a) = api.runner.active.lock() {
-                    a.remove(&id);
-                }
-            }
+            let id = sink.id.lock().ok().and_then(|mut i| i.take());
             match result {
                 Ok(run) => {
                     tracing::info!(run = %run.id, state = run.state.as_str(), "run ended");
                     sink.answer(Ok(Accepted::Ended(run)));
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "run refused");
+                    // After the run was recorded, an error is the store
+                    // failing under it: the run must not stay `running`.
+                    if let Some(id) = &id {
+                        fail_when_reachable(&api, id, &e).await;
+                    }
+                    tracing::warn!(error = %e, "run refused or broken off");
                     sink.answer(Err(e));
+                }
+            }
+            if let Some(id) = id {
+                if let Ok(mut a) = api.runner.active.lock() {
+                    a.remove(&id);
                 }
             }
         })
     });
     Ok(())
+}
+
+/// Marks run `id` failed by `error` once the store answers again (for up
+/// to ten minutes), unless it is over already.
+async fn fail_when_reachable(api: &Api, id: &str, error: &Error) {
+    let store = api.toolchains.store();
+    for _ in 0..600 {
+        match store.get_run(id).await {
+            Ok(Some(mut run)) if !run.state.is_final() => {
+                run.state = RunState::Failed;
+                run.reason = Some(format!("the host's own work failed: {error}"));
+                run.finished_at = Some(now_ms());
+                if store.update_run(&run).await.is_ok() {
+                    if let Ok(log) = RunLog::open(Path::new(&run.log_path)) {
+                        log.note(&format!("run {id} failed: {error}"));
+                    }
+                    return;
+                }
+            }
+            Ok(_) => return,
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tracing::error!(run = %id, "the store stayed unreachable: the run is left for another replica");
 }
 
 /// Keeps this replica's leases, passes on cancels asked elsewhere, and
@@ -373,7 +421,13 @@ async fn resume(api: &Arc<Api>, id: String, spec: Option<String>) {
     let why = match stored {
         Some(Ok(stored)) => {
             tracing::info!(run = %id, "starting a run again: its replica stopped");
-            match execute(api.clone(), stored, Some(id.clone()), None) {
+            match execute(
+                api.clone(),
+                stored,
+                Some(id.clone()),
+                None,
+                CancellationToken::new(),
+            ) {
                 Ok(()) => return,
                 Err(e) => e.to_string(),
             }
@@ -425,7 +479,7 @@ mod tests {
         let allowed = tempfile::tempdir().unwrap();
         let inside = allowed.path().join("proj");
         std::fs::create_dir(&inside).unwrap();
-        let r = Runner::new(Duration::from_secs(30), &[allowed.path().to_path_buf()]).unwrap();
+        let r = Runner::new(Duration::from_secs(30), &[allowed.path().to_path_buf()], 2).unwrap();
         r.check_local("source.uri", inside.to_str().unwrap())
             .unwrap();
         r.check_local("source.uri", "https://git.example/r.git")
@@ -438,7 +492,7 @@ mod tests {
         // `..` does not climb out: the path is resolved first.
         let climb = format!("{}/../../etc", inside.display());
         assert!(r.check_local("source.uri", &climb).is_err());
-        let none = Runner::new(Duration::from_secs(30), &[]).unwrap();
+        let none = Runner::new(Duration::from_secs(30), &[], 2).unwrap();
         assert!(none.check_local("data[0].uri", "file:///tmp").is_err());
     }
 }

@@ -30,6 +30,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "LEGION_HOME", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// State database: `postgres://USER:PASSWORD@HOST/DB` to share it
+    /// between API replicas; default SQLite in the data directory.
+    #[arg(long, global = true, env = "LEGION_DATABASE", value_name = "URL")]
+    pub database: Option<String>,
+
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -88,10 +93,14 @@ impl Cli {
         match self.command {
             Command::Models(cmd) => return runs::models(cmd, &home, self.output).await.map(|_| 0),
             Command::Serve(args) => return serve::run(args, &home).await.map(|_| 0),
-            Command::Operator(cmd) => return operator::run(cmd, &home).await.map(|_| 0),
+            Command::Operator(cmd) => {
+                return operator::run(cmd, &home, self.database.as_deref())
+                    .await
+                    .map(|_| 0)
+            }
             _ => {}
         }
-        let toolchains = open_toolchains(&home).await?;
+        let toolchains = open_toolchains(&home, self.database.as_deref()).await?;
         let result = match self.command {
             Command::Toolchain(cmd) => toolchain::run(cmd, &toolchains, self.output)
                 .await
@@ -114,8 +123,11 @@ impl Cli {
 }
 
 /// Opens the registry of `home` with the default limits and built-ins.
-pub async fn open_toolchains(home: &Home) -> Result<Toolchains, Error> {
-    let store = Store::open(&home.database()).await?;
+pub async fn open_toolchains(home: &Home, database: Option<&str>) -> Result<Toolchains, Error> {
+    let store = match database {
+        Some(url) => Store::connect(url).await?,
+        None => Store::open(&home.database()).await?,
+    };
     let runtime = Runtime::new(Limits::default())?;
     Ok(Toolchains::new(
         runtime,

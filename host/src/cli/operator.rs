@@ -76,7 +76,7 @@ pub struct RunArgs {
 }
 
 /// Runs an operator command.
-pub async fn run(cmd: OperatorCommand, home: &Home) -> Result<(), Error> {
+pub async fn run(cmd: OperatorCommand, home: &Home, database: Option<&str>) -> Result<(), Error> {
     match cmd {
         OperatorCommand::Crds => {
             print!(
@@ -113,7 +113,7 @@ pub async fn run(cmd: OperatorCommand, home: &Home) -> Result<(), Error> {
                 }),
                 health_listen: args.health_listen,
             };
-            let toolchains = super::open_toolchains(home).await?;
+            let toolchains = super::open_toolchains(home, database).await?;
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
             tokio::spawn(async move {

@@ -37,6 +37,10 @@ pub struct ServerArgs {
     /// again after this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease: std::time::Duration,
+    /// Runs this replica executes at once (default: one per CPU); planned
+    /// runs beyond it wait, `queued`, in order.
+    #[arg(long, value_name = "N")]
+    pub max_runs: Option<usize>,
 }
 
 /// `legion server token …`
@@ -97,7 +101,12 @@ pub async fn run(args: ServerArgs, home: &Home, toolchains: Toolchains) -> Resul
             message: "must be at least 1s".into(),
         });
     }
-    let runner = Runner::new(args.lease, &args.allow_paths)?;
+    let max_runs = args.max_runs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let runner = Runner::new(args.lease, &args.allow_paths, max_runs)?;
     crate::api::serve(
         Api::new(toolchains, home.clone(), tokens, runner),
         ServerOptions {

@@ -118,6 +118,7 @@ pub async fn run(
         timeout: args.timeout,
         run_id: None,
         lease: None,
+        gate: None,
     };
     let cluster = args.cluster.connect().await?;
     let executor = LocalExecutor;

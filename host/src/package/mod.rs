@@ -44,7 +44,9 @@ use crate::plan::{ImagePlan, ImageTarget, Layer, ModelId, PackagingRequest, Pair
 use crate::plugin::{Interface, Plugin, Toolchains};
 use crate::serve::{find_model, model_spec, serving_requirements, unpack_model, FoundModel};
 use crate::store::{JobRef, RunKind, RunPlan, RunRecord, RunRequest, RunState};
-use crate::train::{begin_attempt, blocking, cancellable, job_ended, now_ms, Stop};
+use crate::train::{
+    begin_attempt, blocking, cancellable, job_ended, now_ms, start_when_allowed, Stop,
+};
 use crate::Error;
 
 /// The packager used when none is named.
@@ -72,6 +74,8 @@ pub struct PackageOptions {
     pub run_id: Option<String>,
     /// The API replica holding the run, when the API started it.
     pub lease: Option<crate::store::Lease>,
+    /// Runs that may execute at once (as [`crate::train::TrainOptions::gate`]).
+    pub gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for PackageOptions {
@@ -85,6 +89,7 @@ impl Default for PackageOptions {
             timeout: DEFAULT_TIMEOUT,
             run_id: None,
             lease: None,
+            gate: None,
         }
     }
 }
@@ -178,6 +183,7 @@ impl<'a> Packager<'a> {
             cancel: &cancel,
             cluster: self.cluster,
             timeout: opts.timeout,
+            gate: opts.gate.as_ref(),
         };
         let plan = job.plan().await.map_err(Stop::into_error)?;
         c.policy.check_image(c.plugin.name(), &plan)?;
@@ -352,6 +358,7 @@ impl<'a> Packager<'a> {
             cancel: &cancel,
             cluster: self.cluster,
             timeout: opts.timeout,
+            gate: opts.gate.as_ref(),
         };
         match job.drive(&mut run, &mut out).await {
             Ok(()) => run.state = RunState::Succeeded,
@@ -401,19 +408,18 @@ struct Job<'a> {
     cancel: &'a CancellationToken,
     cluster: Option<&'a ClusterExecutor>,
     timeout: std::time::Duration,
+    gate: Option<&'a std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Job<'_> {
     async fn drive(&self, run: &mut RunRecord, out: &mut Packaged) -> Result<(), Stop> {
-        run.state = RunState::Running;
-        run.started_at = Some(now_ms());
-        self.store.update_run(run).await?;
-
         let plan = self.plan().await?;
         run.plan = Some(RunPlan::Packaging(plan.clone()));
         self.store.update_run(run).await?;
         self.policy.check_image(self.plugin.name(), &plan)?;
         self.events.planned(run);
+        let _permit =
+            start_when_allowed(self.gate, run, self.store, self.events, self.cancel).await?;
 
         if let Some(cluster) = self.cluster {
             return self.drive_on_cluster(cluster, run).await;

@@ -1,18 +1,21 @@
-//! Legion's state: toolchains now, runs and logs with the training issue.
+//! Legion's state: toolchains, runs, their events.
 //!
-//! SQLite in the data directory is the embedded default. Every write is a
-//! single statement or a transaction, committed before the command reports
-//! success, so what the user was told is what is on disk.
+//! SQLite in the data directory is the embedded default; PostgreSQL
+//! (`--database postgres://…`) lets several API replicas share it. Both
+//! are reached through sqlx's `Any` driver with one set of queries
+//! (`$N` parameters, which both read); the few statements that differ —
+//! schema, claiming a run — are chosen by [`Backend`]. Every write is a
+//! single statement or a transaction, committed before the command
+//! reports success, so what the user was told is what is on disk.
 
 mod runs;
 mod toolchains;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Once;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Executor};
 
 pub use runs::{
     JobRef, Lease, RunCursor, RunEvent, RunFilter, RunKind, RunPlan, RunRecord, RunRequest,
@@ -22,9 +25,18 @@ pub use toolchains::ToolchainRow;
 
 use crate::Error;
 
-/// Schema, applied in order; the index of the last applied statement is
-/// kept in SQLite's `user_version`.
-const MIGRATIONS: &[&str] = &[
+/// Which database a store is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A file in the data directory.
+    Sqlite,
+    /// A server.
+    Postgres,
+}
+
+/// SQLite's schema, applied in order; the index of the last applied
+/// statement is kept in SQLite's `user_version`.
+const SQLITE_MIGRATIONS: &[&str] = &[
     "CREATE TABLE toolchains (
         name        TEXT PRIMARY KEY,
         digest      TEXT NOT NULL,
@@ -94,31 +106,156 @@ const MIGRATIONS: &[&str] = &[
     END",
 ];
 
+/// PostgreSQL's schema, applied in order in one transaction under an
+/// advisory lock (replicas starting together apply it once); the count
+/// applied is kept in `legion_schema`. Integers are `BIGINT` throughout:
+/// the `Any` driver reads them as `i64`.
+const POSTGRES_MIGRATIONS: &[&str] = &[
+    "CREATE TABLE toolchains (
+        name        TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL,
+        interfaces  TEXT NOT NULL,
+        contract    TEXT NOT NULL,
+        info        TEXT NOT NULL,
+        config      TEXT NOT NULL,
+        builtin     BIGINT NOT NULL,
+        size        BIGINT NOT NULL,
+        added_at    BIGINT NOT NULL
+    )",
+    "CREATE TABLE runs (
+        id               TEXT PRIMARY KEY,
+        toolchain        TEXT NOT NULL,
+        toolchain_digest TEXT NOT NULL,
+        model_name       TEXT NOT NULL,
+        model_version    TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        request          TEXT NOT NULL,
+        plan             TEXT,
+        exit_code        BIGINT,
+        reason           TEXT,
+        created_at       BIGINT NOT NULL,
+        started_at       BIGINT,
+        finished_at      BIGINT,
+        model_digest     TEXT,
+        model_ref        TEXT,
+        pushed_ref       TEXT,
+        source_commit    TEXT,
+        workspace        TEXT NOT NULL,
+        log_path         TEXT NOT NULL,
+        pid              BIGINT,
+        kind             TEXT NOT NULL DEFAULT 'training',
+        image_ref        TEXT,
+        image_digest     TEXT,
+        job              TEXT,
+        owner            TEXT,
+        lease_until      BIGINT,
+        spec             TEXT,
+        cancel_requested BIGINT NOT NULL DEFAULT 0
+    )",
+    "CREATE INDEX runs_created ON runs (created_at)",
+    "CREATE INDEX runs_owner ON runs (owner, state)",
+    "CREATE TABLE events (
+        seq           BIGSERIAL PRIMARY KEY,
+        run_id        TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        model_name    TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        toolchain     TEXT NOT NULL,
+        at            BIGINT NOT NULL
+    )",
+    // A sequence hands out numbers in call order, not commit order: an
+    // event numbered 10 could become visible after 11, and a stream at 11
+    // would never see it. One writer of events at a time (a lock held to
+    // the commit) makes the numbers follow the commits.
+    "CREATE FUNCTION legion_run_event() RETURNS trigger LANGUAGE plpgsql AS $body$
+     BEGIN
+        IF TG_OP = 'INSERT' OR OLD.state <> NEW.state THEN
+            PERFORM pg_advisory_xact_lock(7236001);
+            INSERT INTO events (run_id, kind, state, model_name, model_version, toolchain, at)
+            VALUES (NEW.id, NEW.kind, NEW.state, NEW.model_name, NEW.model_version, NEW.toolchain,
+                    (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT);
+        END IF;
+        RETURN NEW;
+     END $body$",
+    "CREATE TRIGGER runs_event AFTER INSERT OR UPDATE OF state ON runs
+     FOR EACH ROW EXECUTE FUNCTION legion_run_event()",
+];
+
+/// The advisory lock migrations take.
+const MIGRATION_LOCK: i64 = 7236000;
+
 /// The state database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    /// The file, or the server's URL without its password: for messages.
     path: PathBuf,
+    backend: Backend,
+}
+
+fn install_drivers() {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+}
+
+/// `url` without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparsable database URL)".into(),
+    }
 }
 
 impl Store {
+    /// Opens the database `url` names: `postgres://…` (or
+    /// `postgresql://…`), or `sqlite://PATH`.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Self::open(Path::new(path)).await;
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(Error::InvalidArgument {
+                field: "--database".into(),
+                message: format!("'{}' is neither postgres://… nor sqlite://…", redact(url)),
+            });
+        }
+        install_drivers();
+        let shown = PathBuf::from(redact(url));
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(|e| Error::Database {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+        let store = Store {
+            pool,
+            path: shown,
+            backend: Backend::Postgres,
+        };
+        store.migrate_postgres().await?;
+        Ok(store)
+    }
+
     /// Opens (creating if needed) the SQLite database at `path` and brings
     /// its schema up to date.
     pub async fn open(path: &Path) -> Result<Self, Error> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
+        install_drivers();
         let db_err = |e: sqlx::Error| Error::Database {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(db_err)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
         // Turning a new database into WAL mode takes an exclusive lock
         // that SQLite's busy timeout does not wait for, so two processes
         // opening a new database at once could fail with "database is
@@ -134,26 +271,45 @@ impl Store {
             path: path.to_path_buf(),
             message: format!("waiting for the open lock: {e}"),
         })??;
-        let pool = SqlitePoolOptions::new()
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&format!("sqlite://{}?mode=rwc", path.display()))
             .await
             .map_err(db_err)?;
         let store = Store {
             pool,
             path: path.to_path_buf(),
+            backend: Backend::Sqlite,
         };
-        let migrated = store.migrate().await;
+        let migrated = store.migrate_sqlite().await;
         let _ = lock.unlock();
         migrated?;
         Ok(store)
     }
 
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// Applies the missing migrations. `BEGIN IMMEDIATE` takes the write
     /// lock before reading the schema version, so two processes opening a
     /// new database at once apply each migration exactly once.
-    async fn migrate(&self) -> Result<(), Error> {
+    async fn migrate_sqlite(&self) -> Result<(), Error> {
         let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.err(e))?;
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut *conn)
             .await
@@ -162,7 +318,11 @@ impl Store {
             let version: i64 = sqlx::query_scalar("PRAGMA user_version")
                 .fetch_one(&mut *conn)
                 .await?;
-            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            for (i, sql) in SQLITE_MIGRATIONS
+                .iter()
+                .enumerate()
+                .skip(version.max(0) as usize)
+            {
                 sqlx::query(sql).execute(&mut *conn).await?;
                 sqlx::query(&format!("PRAGMA user_version = {}", i + 1))
                     .execute(&mut *conn)
@@ -182,6 +342,39 @@ impl Store {
         Ok(())
     }
 
+    /// Applies the missing migrations in one transaction, under an
+    /// advisory lock so that replicas starting together apply each once.
+    async fn migrate_postgres(&self) -> Result<(), Error> {
+        let run = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("CREATE TABLE IF NOT EXISTS legion_schema (version BIGINT NOT NULL)")
+                .execute(&mut *tx)
+                .await?;
+            let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM legion_schema")
+                .fetch_one(&mut *tx)
+                .await?;
+            let version = version.unwrap_or(0).max(0) as usize;
+            for sql in POSTGRES_MIGRATIONS.iter().skip(version) {
+                sqlx::query(sql).execute(&mut *tx).await?;
+            }
+            if version < POSTGRES_MIGRATIONS.len() {
+                sqlx::query("DELETE FROM legion_schema")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO legion_schema (version) VALUES ($1)")
+                    .bind(POSTGRES_MIGRATIONS.len() as i64)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        };
+        run.await.map_err(|e| self.err(e))
+    }
+
     pub(crate) fn err(&self, e: sqlx::Error) -> Error {
         Error::Database {
             path: self.path.clone(),
@@ -189,7 +382,7 @@ impl Store {
         }
     }
 
-    /// Closes the pool, flushing the WAL.
+    /// Closes the pool (flushing SQLite's WAL).
     pub async fn close(&self) {
         self.pool.close().await;
     }

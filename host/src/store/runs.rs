@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::Store;
+use super::{Backend, Store};
 use crate::plan::{ImagePlan, ModelId, PackagingRequest, Plan, TrainingRequest};
 use crate::Error;
 
@@ -297,7 +297,7 @@ impl Store {
             "INSERT INTO runs (id, toolchain, toolchain_digest, model_name, model_version, state, request, plan,
                 exit_code, reason, created_at, started_at, finished_at, model_digest, model_ref, pushed_ref,
                 source_commit, workspace, log_path, pid, kind, image_ref, image_digest, job)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
         )
         .bind(&r.id)
         .bind(&r.toolchain)
@@ -307,7 +307,7 @@ impl Store {
         .bind(r.state.as_str())
         .bind(json(&r.request))
         .bind(r.plan.as_ref().map(json))
-        .bind(r.exit_code)
+        .bind(r.exit_code.map(i64::from))
         .bind(&r.reason)
         .bind(r.created_at)
         .bind(r.started_at)
@@ -332,15 +332,15 @@ impl Store {
     /// Writes every mutable field of `r` back.
     pub async fn update_run(&self, r: &RunRecord) -> Result<(), Error> {
         sqlx::query(
-            "UPDATE runs SET state = ?, request = ?, plan = ?, exit_code = ?, reason = ?, started_at = ?,
-                finished_at = ?, model_digest = ?, model_ref = ?, pushed_ref = ?, source_commit = ?, pid = ?,
-                image_ref = ?, image_digest = ?, job = ?
-             WHERE id = ?",
+            "UPDATE runs SET state = $1, request = $2, plan = $3, exit_code = $4, reason = $5, started_at = $6,
+                finished_at = $7, model_digest = $8, model_ref = $9, pushed_ref = $10, source_commit = $11, pid = $12,
+                image_ref = $13, image_digest = $14, job = $15
+             WHERE id = $16",
         )
         .bind(r.state.as_str())
         .bind(json(&r.request))
         .bind(r.plan.as_ref().map(json))
-        .bind(r.exit_code)
+        .bind(r.exit_code.map(i64::from))
         .bind(&r.reason)
         .bind(r.started_at)
         .bind(r.finished_at)
@@ -361,7 +361,7 @@ impl Store {
 
     /// The run `id`.
     pub async fn get_run(&self, id: &str) -> Result<Option<RunRecord>, Error> {
-        let row = sqlx::query("SELECT * FROM runs WHERE id = ?")
+        let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -371,7 +371,7 @@ impl Store {
 
     /// Runs, newest first.
     pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunRecord>, Error> {
-        let rows = sqlx::query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT ?")
+        let rows = sqlx::query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT $1")
             .bind(limit)
             .fetch_all(&self.pool)
             .await
@@ -388,41 +388,41 @@ impl Store {
         cursor: Option<&RunCursor>,
         limit: i64,
     ) -> Result<Vec<RunRecord>, Error> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM runs WHERE 1=1");
+        let mut q = Sql::new("SELECT * FROM runs WHERE 1=1");
         if let Some(kind) = filter.kind {
-            q.push(" AND kind = ").push_bind(kind.as_str());
+            q.push(" AND kind = ").bind(kind.as_str());
         }
         if let Some(v) = &filter.model_name {
-            q.push(" AND model_name = ").push_bind(v.clone());
+            q.push(" AND model_name = ").bind(v.as_str());
         }
         if let Some(v) = &filter.model_version {
-            q.push(" AND model_version = ").push_bind(v.clone());
+            q.push(" AND model_version = ").bind(v.as_str());
         }
         if let Some(v) = &filter.toolchain {
-            q.push(" AND toolchain = ").push_bind(v.clone());
+            q.push(" AND toolchain = ").bind(v.as_str());
         }
         if let Some(v) = filter.state {
-            q.push(" AND state = ").push_bind(v.as_str());
+            q.push(" AND state = ").bind(v.as_str());
         }
         if let Some(t) = filter.created_after {
-            q.push(" AND created_at >= ").push_bind(t);
+            q.push(" AND created_at >= ").bind(t);
         }
         if let Some(t) = filter.created_before {
-            q.push(" AND created_at < ").push_bind(t);
+            q.push(" AND created_at < ").bind(t);
         }
         if let Some(c) = cursor {
             q.push(" AND (created_at < ")
-                .push_bind(c.created_at)
+                .bind(c.created_at)
                 .push(" OR (created_at = ")
-                .push_bind(c.created_at)
+                .bind(c.created_at)
                 .push(" AND id < ")
-                .push_bind(c.id.clone())
+                .bind(c.id.as_str())
                 .push("))");
         }
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .push_bind(limit);
+            .bind(limit);
         let rows = q
-            .build()
+            .query()
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
@@ -438,7 +438,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    fn decode_run(&self, r: sqlx::sqlite::SqliteRow) -> Result<RunRecord, Error> {
+    fn decode_run(&self, r: sqlx::any::AnyRow) -> Result<RunRecord, Error> {
         let corrupt = |field: &str, e: String| Error::Database {
             path: self.path.clone(),
             message: format!("runs.{field}: {e}"),
@@ -507,6 +507,62 @@ impl Store {
     }
 }
 
+/// A query put together from parts, its parameters numbered `$1`, `$2`, …
+/// as both databases read them. (sqlx's `QueryBuilder` writes `?` for the
+/// `Any` driver, which PostgreSQL does not read.)
+struct Sql {
+    text: String,
+    args: Vec<Arg>,
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+impl From<&str> for Arg {
+    fn from(s: &str) -> Self {
+        Arg::Text(s.to_string())
+    }
+}
+
+impl From<i64> for Arg {
+    fn from(i: i64) -> Self {
+        Arg::Int(i)
+    }
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
+        Sql {
+            text: text.to_string(),
+            args: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn bind(&mut self, arg: impl Into<Arg>) -> &mut Self {
+        self.args.push(arg.into());
+        self.text.push_str(&format!("${}", self.args.len()));
+        self
+    }
+
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
+        let mut q = sqlx::query(&self.text);
+        for a in &self.args {
+            q = match a {
+                Arg::Text(s) => q.bind(s.as_str()),
+                Arg::Int(i) => q.bind(*i),
+            };
+        }
+        q
+    }
+}
+
 /// Runs still going: what leases cover.
 const LIVE: &str = "state IN ('queued', 'running')";
 
@@ -521,7 +577,7 @@ impl Store {
         until: i64,
         spec: &str,
     ) -> Result<(), Error> {
-        sqlx::query("UPDATE runs SET owner = ?, lease_until = ?, spec = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET owner = $1, lease_until = $2, spec = $3 WHERE id = $4")
             .bind(owner)
             .bind(until)
             .bind(spec)
@@ -535,7 +591,7 @@ impl Store {
     /// Extends every live lease `owner` holds to `until`; returns how many.
     pub async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64, Error> {
         let done = sqlx::query(&format!(
-            "UPDATE runs SET lease_until = ? WHERE owner = ? AND {LIVE}"
+            "UPDATE runs SET lease_until = $1 WHERE owner = $2 AND {LIVE}"
         ))
         .bind(until)
         .bind(owner)
@@ -554,10 +610,16 @@ impl Store {
         now: i64,
         until: i64,
     ) -> Result<Option<(String, Option<String>)>, Error> {
+        // PostgreSQL: rows another replica is claiming are skipped, not
+        // waited for; SQLite has one writer at a time anyway.
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
         let row = sqlx::query(&format!(
-            "UPDATE runs SET owner = ?, lease_until = ?
-             WHERE id = (SELECT id FROM runs WHERE owner IS NOT NULL AND {LIVE} AND lease_until < ?
-                         ORDER BY created_at LIMIT 1)
+            "UPDATE runs SET owner = $1, lease_until = $2
+             WHERE id = (SELECT id FROM runs WHERE owner IS NOT NULL AND {LIVE} AND lease_until < $3
+                         ORDER BY created_at LIMIT 1 {lock})
              RETURNING id, spec"
         ))
         .bind(owner)
@@ -580,7 +642,7 @@ impl Store {
     /// if it is over already.
     pub async fn request_cancel(&self, id: &str) -> Result<bool, Error> {
         let done = sqlx::query(&format!(
-            "UPDATE runs SET cancel_requested = 1 WHERE id = ? AND {LIVE}"
+            "UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND {LIVE}"
         ))
         .bind(id)
         .execute(&self.pool)
@@ -592,7 +654,7 @@ impl Store {
     /// The live runs of `owner` someone asked to cancel.
     pub async fn cancels_for(&self, owner: &str) -> Result<Vec<String>, Error> {
         sqlx::query_scalar(&format!(
-            "SELECT id FROM runs WHERE owner = ? AND cancel_requested = 1 AND {LIVE}"
+            "SELECT id FROM runs WHERE owner = $1 AND cancel_requested = 1 AND {LIVE}"
         ))
         .bind(owner)
         .fetch_all(&self.pool)
@@ -607,14 +669,14 @@ impl Store {
         kind: Option<RunKind>,
         limit: i64,
     ) -> Result<Vec<RunEvent>, Error> {
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT * FROM events WHERE seq > ");
-        q.push_bind(seq);
+        let mut q = Sql::new("SELECT * FROM events WHERE seq > ");
+        q.bind(seq);
         if let Some(k) = kind {
-            q.push(" AND kind = ").push_bind(k.as_str());
+            q.push(" AND kind = ").bind(k.as_str());
         }
-        q.push(" ORDER BY seq LIMIT ").push_bind(limit);
+        q.push(" ORDER BY seq LIMIT ").bind(limit);
         let rows = q
-            .build()
+            .query()
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;

@@ -36,17 +36,20 @@ impl Store {
     /// Inserts `row`, replacing a toolchain of the same name when `replace`.
     /// Returns `false` (and writes nothing) if the name exists and not `replace`.
     pub async fn put_toolchain(&self, row: &ToolchainRow, replace: bool) -> Result<bool, Error> {
-        let verb = if replace {
-            "INSERT OR REPLACE"
+        // `ON CONFLICT` reads the same in SQLite and PostgreSQL.
+        let on_conflict = if replace {
+            "ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, interfaces = excluded.interfaces,
+                contract = excluded.contract, info = excluded.info, config = excluded.config,
+                builtin = excluded.builtin, size = excluded.size, added_at = excluded.added_at"
         } else {
-            "INSERT OR IGNORE"
+            "ON CONFLICT (name) DO NOTHING"
         };
         let db = self.path.clone();
         let info = serde_json::to_string(&row.info).map_err(|e| Error::json(&db, e))?;
         let config = serde_json::to_string(&row.config).map_err(|e| Error::json(&db, e))?;
         let done = sqlx::query(&format!(
-            "{verb} INTO toolchains (name, digest, interfaces, contract, info, config, builtin, size, added_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO toolchains (name, digest, interfaces, contract, info, config, builtin, size, added_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) {on_conflict}"
         ))
         .bind(&row.name)
         .bind(&row.digest)
@@ -54,7 +57,7 @@ impl Store {
         .bind(&row.contract)
         .bind(info)
         .bind(config)
-        .bind(row.builtin)
+        .bind(i64::from(row.builtin))
         .bind(row.size as i64)
         .bind(row.added_at)
         .execute(&self.pool)
@@ -65,7 +68,7 @@ impl Store {
 
     /// The toolchain named `name`.
     pub async fn get_toolchain(&self, name: &str) -> Result<Option<ToolchainRow>, Error> {
-        let row = sqlx::query("SELECT * FROM toolchains WHERE name = ?")
+        let row = sqlx::query("SELECT * FROM toolchains WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -84,7 +87,7 @@ impl Store {
 
     /// Deletes the toolchain `name`; returns whether it existed.
     pub async fn delete_toolchain(&self, name: &str) -> Result<bool, Error> {
-        let done = sqlx::query("DELETE FROM toolchains WHERE name = ?")
+        let done = sqlx::query("DELETE FROM toolchains WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
             .await
@@ -94,14 +97,14 @@ impl Store {
 
     /// How many toolchains pin `digest`.
     pub async fn toolchains_using(&self, digest: &str) -> Result<i64, Error> {
-        sqlx::query_scalar("SELECT COUNT(*) FROM toolchains WHERE digest = ?")
+        sqlx::query_scalar("SELECT COUNT(*) FROM toolchains WHERE digest = $1")
             .bind(digest)
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))
     }
 
-    fn decode(&self, r: sqlx::sqlite::SqliteRow) -> Result<ToolchainRow, Error> {
+    fn decode(&self, r: sqlx::any::AnyRow) -> Result<ToolchainRow, Error> {
         let corrupt = |field: &str, e: String| Error::Database {
             path: self.path.clone(),
             message: format!("toolchains.{field}: {e}"),
@@ -120,7 +123,7 @@ impl Store {
             contract: r.try_get("contract").map_err(|e| self.err(e))?,
             info: serde_json::from_str(&info).map_err(|e| corrupt("info", e.to_string()))?,
             config: serde_json::from_str(&config).map_err(|e| corrupt("config", e.to_string()))?,
-            builtin: r.try_get("builtin").map_err(|e| self.err(e))?,
+            builtin: r.try_get::<i64, _>("builtin").map_err(|e| self.err(e))? != 0,
             size: r.try_get::<i64, _>("size").map_err(|e| self.err(e))? as u64,
             added_at: r.try_get("added_at").map_err(|e| self.err(e))?,
         })

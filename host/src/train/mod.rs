@@ -79,6 +79,9 @@ pub struct TrainOptions {
     pub run_id: Option<String>,
     /// The API replica holding the run, when the API started it.
     pub lease: Option<Lease>,
+    /// Runs that may execute at once (the API's `--max-runs`): a planned
+    /// run waits, `queued`, for a permit.
+    pub gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for TrainOptions {
@@ -100,6 +103,7 @@ impl Default for TrainOptions {
             timeout: DEFAULT_TIMEOUT,
             run_id: None,
             lease: None,
+            gate: None,
         }
     }
 }
@@ -374,9 +378,6 @@ impl<'a> Trainer<'a> {
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
         let store = self.toolchains.store();
-        run.state = RunState::Running;
-        run.started_at = Some(now_ms());
-        store.update_run(run).await.map_err(Stop::from)?;
 
         events.phase("fetch");
         // On a cluster the pod fetches the data; here only the source is
@@ -401,6 +402,7 @@ impl<'a> Trainer<'a> {
         store.update_run(run).await.map_err(Stop::from)?;
         policy.check(plugin.name(), &plan)?;
         events.planned(run);
+        let _permit = start_when_allowed(opts.gate.as_ref(), run, store, events, cancel).await?;
 
         let executor = match self.placement {
             Placement::Local(executor) => executor,
@@ -687,6 +689,33 @@ async fn close_run(
     }
     run.finished_at = Some(now_ms());
     store.update_run(run).await
+}
+
+/// Waits for a permit of `gate` (if any) with the run `queued`, then
+/// marks it `running`: from here its steps execute.
+pub(crate) async fn start_when_allowed(
+    gate: Option<&std::sync::Arc<tokio::sync::Semaphore>>,
+    run: &mut RunRecord,
+    store: &Store,
+    events: &dyn RunEvents,
+    cancel: &CancellationToken,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Stop> {
+    let permit = match gate {
+        Some(g) => {
+            if g.available_permits() == 0 {
+                events.phase("queued: waiting for a free slot");
+            }
+            tokio::select! {
+                p = g.clone().acquire_owned() => p.ok(),
+                _ = cancel.cancelled() => return Err(Stop::Cancelled(None)),
+            }
+        }
+        None => None,
+    };
+    run.state = RunState::Running;
+    run.started_at = Some(now_ms());
+    store.update_run(run).await.map_err(Stop::from)?;
+    Ok(permit)
 }
 
 /// Writes a new run; or, when a run of that id exists and is not over

@@ -9,7 +9,47 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 
+use super::postgres::Postgres;
 use super::{free_port, Legion};
+
+/// Where a test's server keeps its state.
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    /// The data dir's SQLite.
+    Sqlite,
+    /// A real PostgreSQL started for the test, its own database.
+    Postgres,
+}
+
+/// A data dir on `db`, and the PostgreSQL server (kept running while the
+/// returned guard lives) when there is one.
+pub fn legion_on(db: Db) -> (Legion, Option<Postgres>) {
+    match db {
+        Db::Sqlite => (Legion::new(), None),
+        Db::Postgres => {
+            let pg = Postgres::start();
+            (Legion::with_database(pg.database()), Some(pg))
+        }
+    }
+}
+
+/// Two tests of one body, `NAME::sqlite` and `NAME::postgres`: the same
+/// API, the same assertions, on each store.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name($crate::common::api::Db::Sqlite)
+            }
+            #[test]
+            fn postgres() {
+                super::$name($crate::common::api::Db::Postgres)
+            }
+        }
+    )*};
+}
 
 /// A token for `role`, made by `legion server token`: (token, entry).
 pub fn token(l: &Legion, name: &str, role: &str) -> (String, Value) {

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod emulator;
 pub mod podman;
+pub mod postgres;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
@@ -85,12 +86,23 @@ pub fn plugin(name: &str) -> PathBuf {
 /// A fresh data dir and a way to run `legion` on it.
 pub struct Legion {
     pub home: tempfile::TempDir,
+    /// The state database's URL when it is not the data dir's SQLite.
+    pub database: Option<String>,
 }
 
 impl Legion {
     pub fn new() -> Self {
         Legion {
             home: tempfile::tempdir().expect("tempdir"),
+            database: None,
+        }
+    }
+
+    /// A fresh data dir whose state lives in the database `url`.
+    pub fn with_database(url: String) -> Self {
+        Legion {
+            database: Some(url),
+            ..Legion::new()
         }
     }
 
@@ -102,6 +114,9 @@ impl Legion {
             .env("LEGION_ENV_DIR", env_dir())
             .env("LEGION_PLUGIN_DIR", plugin_dir())
             .env("NO_COLOR", "1");
+        if let Some(url) = &self.database {
+            c.env("LEGION_DATABASE", url);
+        }
         c
     }
 

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The HTTP API (EDI) under load, with wrk: the server pinned to core 0, wrk
+# to core 1. On SQLite, then on PostgreSQL (a throwaway cluster on
+# 127.0.0.1, fsync on, as shipped):
+#
+#   - GET of one run (/api/v1/trainings/ID),
+#   - GET of a page of 100 runs (/api/v1/trainings?limit=100),
+#   - creates (POST /api/v1/trainings) of a training whose script does
+#     nothing: accepted means recorded, fetched, planned by the python
+#     toolchain and past the policy; each then runs (a python process).
+#
+#   bash scripts/bench-api.sh      # after scripts/setup.sh
+#
+# DURATION (default 10s) is each GET run's length; CREATES_FOR (default 5s)
+# the creates run's. Prints one Markdown table for docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
+legion="$CARGO_TARGET_DIR/release/legion"
+DURATION="${DURATION:-10s}"
+CREATES_FOR="${CREATES_FOR:-5s}"
+work=$(mktemp -d)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export LEGION_ENV_DIR="${LEGION_ENV_DIR:-/var/cache/legion/envs}"
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+
+mkdir -p "$work/projects/noop"
+echo 'import os; os.makedirs(os.path.join(os.environ["LEGION_OUTPUT_DIR"], "model"), exist_ok=True); open(os.path.join(os.environ["LEGION_OUTPUT_DIR"], "model", "predict.py"), "w").write("def load(d):\n    return None\ndef predict(m, f):\n    return f\n")' \
+  > "$work/projects/noop/train.py"
+body="{\"toolchain\":\"python\",\"model\":{\"name\":\"noop\",\"version\":\"1\"},\"source\":{\"uri\":\"$work/projects/noop\"}}"
+cat > "$work/post.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '$body'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+
+# "Requests/sec", p50 and p99 (ms) from `wrk --latency` output.
+figures() {
+  awk '/Requests\/sec/ {rps=$2}
+       function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+       $1=="50.000%" || $1=="50%" {p50=ms($2)} $1=="99.000%" || $1=="99%" {p99=ms($2)}
+       END {printf "%.0f | %.2f | %.2f", rps, p50, p99}' "$1"
+}
+
+wait_idle() { # until no run is queued or running
+  local url=$1 token=$2
+  for _ in $(seq 1 1200); do
+    n=$(curl -s -H "Authorization: Bearer $token" "$url/api/v1/trainings?state=running&limit=1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["items"]))')
+    q=$(curl -s -H "Authorization: Bearer $token" "$url/api/v1/trainings?state=queued&limit=1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["items"]))')
+    [ "$n$q" = "00" ] && return 0
+    sleep 1
+  done
+  echo "runs never finished" >&2; return 1
+}
+
+rows=()
+for db in sqlite postgres; do
+  home="$work/$db"
+  mkdir -p "$home"
+  export LEGION_HOME="$home"
+  unset LEGION_DATABASE
+  if [ "$db" = postgres ]; then
+    mkdir -p "$work/pg"; chown postgres:postgres "$work/pg"
+    setpriv --reuid=postgres --regid=postgres --init-groups -- "$pgbin/initdb" --auth=trust -U postgres -D "$work/pg/data" >/dev/null
+    pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    taskset -c 0 setpriv --reuid=postgres --regid=postgres --init-groups -- "$pgbin/postgres" -D "$work/pg/data" \
+      -p "$pgport" -k "$work/pg" -c listen_addresses=127.0.0.1 -c max_connections=200 >"$work/pg.log" 2>&1 &
+    pids+=($!)
+    until "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$pgport"; do sleep 0.2; done
+    psql -h 127.0.0.1 -p "$pgport" -U postgres -qc 'CREATE DATABASE legion'
+    export LEGION_DATABASE="postgres://postgres@127.0.0.1:$pgport/legion"
+  fi
+  token=$("$legion" -o json server token bench --role data-scientist)
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); json.dump({"tokens":[d["entry"]]}, open(sys.argv[2],"w"))' "$token" "$home/tokens.json"
+  token=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["token"])' "$token")
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  url="http://127.0.0.1:$port"
+  taskset -c 0 "$legion" server --listen "127.0.0.1:$port" --tokens "$home/tokens.json" \
+    --allow-path "$work/projects" >"$work/server-$db.log" 2>&1 &
+  pids+=($!)
+  until curl -sf "$url/health" >/dev/null; do sleep 0.2; done
+
+  echo "== $db: 120 runs to read" >&2
+  seq 1 120 | xargs -P 8 -I{} curl -sf -o /dev/null -X POST -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' -d "$body" "$url/api/v1/trainings"
+  wait_idle "$url" "$token"
+  id=$(curl -s -H "Authorization: Bearer $token" "$url/api/v1/trainings?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])')
+
+  echo "== $db: GET one run" >&2
+  taskset -c 1 wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url/api/v1/trainings/$id" > "$work/one.txt"
+  echo "== $db: GET a page of 100" >&2
+  taskset -c 1 wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url/api/v1/trainings?limit=100" > "$work/page.txt"
+  echo "== $db: creates" >&2
+  taskset -c 1 wrk -t1 -c8 -d"$CREATES_FOR" --latency -s "$work/post.lua" -H "Authorization: Bearer $token" "$url/api/v1/trainings" > "$work/create.txt"
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/create.txt"); non2xx=${non2xx:-0}
+  wait_idle "$url" "$token"
+  rows+=("| $db | GET one run | $(figures "$work/one.txt") |")
+  rows+=("| $db | GET page of 100 | $(figures "$work/page.txt") |")
+  rows+=("| $db | POST create (accepted, then run) | $(figures "$work/create.txt") (non-2xx: $non2xx) |")
+done
+
+echo
+echo "| store | request | req/s | p50 ms | p99 ms |"
+echo "|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
