@@ -99,7 +99,7 @@ for db in sqlite postgres; do
   echo "== $db: creates" >&2
   taskset -c 1 wrk -t1 -c8 -d"$CREATES_FOR" --latency -s "$work/post.lua" -H "Authorization: Bearer $token" "$url/api/v1/trainings" > "$work/create.txt"
   non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/create.txt"); non2xx=${non2xx:-0}
-  wait_idle "$url" "$token"
+  # The accepted runs are left queued: the server goes with the temp dir.
   rows+=("| $db | GET one run | $(figures "$work/one.txt") |")
   rows+=("| $db | GET page of 100 | $(figures "$work/page.txt") |")
   rows+=("| $db | POST create (accepted, then run) | $(figures "$work/create.txt") (non-2xx: $non2xx) |")
