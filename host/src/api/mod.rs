@@ -13,6 +13,7 @@
 //! `?follow=true`, `?watch=true`), `/api/v1/events`, `/health`, `/ready`.
 
 pub mod auth;
+pub mod jwt;
 pub mod metrics;
 pub mod openapi;
 pub mod runs;
@@ -56,8 +57,10 @@ pub struct Api {
     pub toolchains: Toolchains,
     /// The data directory.
     pub home: Home,
-    /// Who may call.
+    /// Who may call: tokens configured here…
     pub tokens: Tokens,
+    /// …and JWTs of an identity provider.
+    pub jwt: Option<jwt::Jwt>,
     /// The runs this replica executes.
     pub runner: Runner,
     /// The newest event's position ([`watch::publish_events`]).
@@ -75,6 +78,7 @@ impl Api {
             toolchains,
             home,
             tokens,
+            jwt: None,
             runner,
             events: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
@@ -105,7 +109,7 @@ pub async fn serve(
     opts: ServerOptions,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    if !api.tokens.enabled() {
+    if !api.tokens.enabled() && api.jwt.is_none() {
         if !opts.listen.ip().is_loopback() {
             return Err(Error::InvalidArgument {
                 field: "--listen".into(),
@@ -115,7 +119,7 @@ pub async fn serve(
                 ),
             });
         }
-        tracing::warn!(listen = %opts.listen, "no --tokens: authentication is off; serving on loopback only");
+        tracing::warn!(listen = %opts.listen, "no --tokens and no --jwks: authentication is off; serving on loopback only");
     }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -299,13 +303,32 @@ impl FromRequestParts<Arc<Api>> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        api.tokens.caller(header).ok_or_else(|| {
+        let unauthenticated = |why: &str| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
-                "a valid bearer token is needed (Authorization: Bearer TOKEN)".into(),
+                format!("{why}: a valid bearer token is needed (Authorization: Bearer TOKEN)"),
             )
-        })
+        };
+        if let Some(jwt) = &api.jwt {
+            let token = header
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim);
+            if let Some(token) = token.filter(|t| t.matches('.').count() == 2) {
+                return jwt.caller(token).map_err(|refusal| match refusal {
+                    jwt::Refusal::Invalid(why) => unauthenticated(&why),
+                    jwt::Refusal::NoRole(why) => {
+                        ApiError::new(StatusCode::FORBIDDEN, "forbidden", why)
+                    }
+                });
+            }
+            if !api.tokens.enabled() {
+                return Err(unauthenticated("no JWT"));
+            }
+        }
+        api.tokens
+            .caller(header)
+            .ok_or_else(|| unauthenticated("no valid token"))
     }
 }
 

@@ -382,7 +382,7 @@ pub fn document() -> Value {
         "paths": paths,
         "components": {
             "schemas": g.take_definitions(true),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "a token from the tokens file, or an RS256/ES256 JWT of the configured issuer"}},
         },
         "security": [{"bearer": []}],
     })

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::{new_token, Role, Tokens};
+use crate::api::jwt::{Jwt, JwtSettings};
 use crate::api::runs::Runner;
 use crate::api::{Api, ServerOptions};
 use crate::home::Home;
@@ -41,6 +42,20 @@ pub struct ServerArgs {
     /// runs beyond it wait, `queued`, in order.
     #[arg(long, value_name = "N")]
     pub max_runs: Option<usize>,
+    /// The identity provider's JSON Web Key Set (a file): bearer JWTs
+    /// signed by its keys (RS256, ES256) are accepted.
+    #[arg(long, value_name = "FILE", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwks: Option<PathBuf>,
+    /// The issuer (`iss`) JWTs must name.
+    #[arg(long, value_name = "URL", requires = "jwks")]
+    pub jwt_issuer: Option<String>,
+    /// The audience (`aud`) JWTs must include.
+    #[arg(long, value_name = "AUD", requires = "jwks")]
+    pub jwt_audience: Option<String>,
+    /// Where a JWT holds the caller's roles: a dotted claim path
+    /// (Keycloak: `realm_access.roles`).
+    #[arg(long, default_value = "roles", value_name = "PATH")]
+    pub jwt_roles_claim: String,
 }
 
 /// `legion server token …`
@@ -107,8 +122,19 @@ pub async fn run(args: ServerArgs, home: &Home, toolchains: Toolchains) -> Resul
             .unwrap_or(2)
     });
     let runner = Runner::new(args.lease, &args.allow_paths, max_runs)?;
+    let mut api = Api::new(toolchains, home.clone(), tokens, runner);
+    if let Some(path) = &args.jwks {
+        api.jwt = Some(Jwt::load(
+            path,
+            JwtSettings {
+                issuer: args.jwt_issuer.clone().unwrap_or_default(),
+                audience: args.jwt_audience.clone().unwrap_or_default(),
+                roles_claim: args.jwt_roles_claim.clone(),
+            },
+        )?);
+    }
     crate::api::serve(
-        Api::new(toolchains, home.clone(), tokens, runner),
+        api,
         ServerOptions {
             listen: args.listen,
         },
