@@ -229,6 +229,33 @@ fn a_training_is_planned_before_it_is_accepted_then_followed_to_its_model_and_pa
             .contains(&format!("run {pid} succeeded")),
         "{log}"
     );
+
+    // The stored artifacts: the model, and the image packaged from it.
+    let (st, models) = srv.call("GET", "/api/v1/models", Some(viewer));
+    assert_eq!(st, 200, "{models}");
+    let model = models["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["reference"] == "epochs:1")
+        .unwrap_or_else(|| panic!("epochs:1 not listed: {models:#}"));
+    assert_eq!(model["digest"], done["modelDigest"]);
+    let (st, one) = srv.call("GET", "/api/v1/models/epochs:1", Some(viewer));
+    assert_eq!((st, &one["digest"]), (200, &done["modelDigest"]), "{one}");
+    assert_eq!(
+        srv.call("GET", "/api/v1/models/nope:1", Some(viewer)).0,
+        404
+    );
+    let (st, images) = srv.call("GET", "/api/v1/images", Some(viewer));
+    assert_eq!(st, 200, "{images}");
+    assert!(
+        images["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["digest"] == p["imageDigest"] && i["model"] == "epochs:1"),
+        "{images:#}"
+    );
 }
 
 fn bad_creates_are_refused_naming_the_field_and_refused_plans_keep_their_run(db: Db) {

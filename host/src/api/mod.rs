@@ -10,7 +10,8 @@
 //!
 //! So far: toolchains (list, get, delete), trainings and packagings
 //! (create, list with filters and cursor paging, get, cancel, logs with
-//! `?follow=true`, `?watch=true`), `/api/v1/events`, `/health`, `/ready`.
+//! `?follow=true`, `?watch=true`), `/api/v1/events`, models and images,
+//! `/metrics`, the OpenAPI document and its page, `/health`, `/ready`.
 
 pub mod auth;
 pub mod jwt;
@@ -188,6 +189,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/packagings/{id}/cancel", post(cancel_packaging))
         .route("/api/v1/packagings/{id}/logs", get(packaging_logs))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/models", get(list_models))
+        .route("/api/v1/models/{reference}", get(get_model))
+        .route("/api/v1/images", get(list_images))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -845,4 +849,54 @@ async fn packaging_logs(
 ) -> Result<Response, ApiError> {
     require(&caller, Role::Viewer)?;
     run_logs(api, RunKind::Packaging, &id, query(q)?).await
+}
+
+/// A list of stored models.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+struct ModelList {
+    items: Vec<crate::oci::catalog::ModelEntry>,
+}
+
+/// A list of packaged images.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+struct ImageList {
+    items: Vec<crate::oci::catalog::ImageEntry>,
+}
+
+async fn list_models(State(api): Shared, caller: Caller) -> Result<Json<ModelList>, ApiError> {
+    require(&caller, Role::Viewer)?;
+    let home = api.home.clone();
+    let items = tokio::task::spawn_blocking(move || crate::oci::catalog::models(&home))
+        .await
+        .map_err(|e| Error::Engine {
+            context: "listing models",
+            source: e.into(),
+        })??;
+    Ok(Json(ModelList { items }))
+}
+
+async fn get_model(
+    State(api): Shared,
+    caller: Caller,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Viewer)?;
+    let layout = crate::oci::layout::Layout::open(api.home.models())?;
+    match crate::oci::model::read_model(&layout, &reference)? {
+        Some((desc, manifest, config)) => Ok(Json(
+            json!({"reference": reference, "digest": desc.digest, "manifest": manifest, "config": config}),
+        )
+        .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no stored model '{reference}' (name:version or sha256:…)"),
+        )),
+    }
+}
+
+async fn list_images(State(api): Shared, caller: Caller) -> Result<Json<ImageList>, ApiError> {
+    require(&caller, Role::Viewer)?;
+    let items = crate::oci::catalog::images(&api.home, api.toolchains.store()).await?;
+    Ok(Json(ImageList { items }))
 }

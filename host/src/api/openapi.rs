@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::auth::Role;
-use super::{EventsQuery, LogQuery, Page, RunQuery};
+use super::{EventsQuery, ImageList, LogQuery, ModelList, Page, RunQuery};
 use crate::operator::crd::{ModelPackagingSpec, ModelTrainingSpec};
 use crate::store::{RunEvent, RunRecord, ToolchainRow};
 
@@ -122,6 +122,8 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
     let packaging: Value = g.subschema_for::<ModelPackagingSpec>().into();
     // Named here so that clients find the event's shape in the document.
     let event: Value = g.subschema_for::<RunEvent>().into();
+    let models: Value = g.subschema_for::<ModelList>().into();
+    let images: Value = g.subschema_for::<ImageList>().into();
     let run_query = query_params::<RunQuery>(g);
     let log_query = query_params::<LogQuery>(g);
     let events_query = query_params::<EventsQuery>(g);
@@ -250,6 +252,44 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             errors: &[400],
         },
     ];
+    ops.push(Op {
+        method: "get",
+        path: "/api/v1/models".into(),
+        id: "listModels".into(),
+        summary: "Stored models".into(),
+        role: Some(Role::Viewer),
+        params: vec![],
+        body: None,
+        ok: vec![(200, "The models", "application/json", models)],
+        errors: &[],
+    });
+    ops.push(Op {
+        method: "get",
+        path: "/api/v1/models/{reference}".into(),
+        id: "getModel".into(),
+        summary: "One stored model: its manifest and config".into(),
+        role: Some(Role::Viewer),
+        params: vec![path_param("reference", "name:version or sha256:…")],
+        body: None,
+        ok: vec![(
+            200,
+            "The model",
+            "application/json",
+            json!({"type": "object"}),
+        )],
+        errors: &[404],
+    });
+    ops.push(Op {
+        method: "get",
+        path: "/api/v1/images".into(),
+        id: "listImages".into(),
+        summary: "Packaged images, local and pushed".into(),
+        role: Some(Role::Viewer),
+        params: vec![],
+        body: None,
+        ok: vec![(200, "The images", "application/json", images)],
+        errors: &[],
+    });
     for (kind, plural, spec) in [
         ("Training", "trainings", training),
         ("Packaging", "packagings", packaging),

@@ -8,12 +8,12 @@ use super::train::{cancel_on_ctrl_c, Progress};
 use super::Format;
 use crate::home::Home;
 use crate::names::ToolchainName;
-use crate::oci::image::{read_image, ImageSettings, REF_NAME_LABEL};
+use crate::oci::image::ImageSettings;
 use crate::oci::layout::Layout;
 use crate::package::assemble::{assemble, Assembly, Target};
 use crate::package::{PackageOptions, Packaged, Packager, DEFAULT_PACKAGER};
 use crate::plugin::Toolchains;
-use crate::store::{RunKind, RunState};
+use crate::store::RunState;
 use crate::Error;
 
 /// `legion package`.
@@ -195,16 +195,6 @@ fn bytes(n: u64) -> String {
     }
 }
 
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ImageRow {
-    reference: String,
-    digest: String,
-    model: String,
-    size: u64,
-    location: &'static str,
-}
-
 /// Runs `legion images …`.
 pub async fn images(
     cmd: ImagesCommand,
@@ -256,34 +246,7 @@ pub async fn images(
             );
         }
         ImagesCommand::Ls => {
-            let mut rows = Vec::new();
-            let layout = Layout::open(home.images())?;
-            for (name, desc) in layout.list()? {
-                let (manifest, config) = read_image(&layout, &desc.digest)?;
-                let labels = config.config.and_then(|c| c.labels).unwrap_or_default();
-                rows.push(ImageRow {
-                    reference: format!("oci:{}:{name}", layout.root().display()),
-                    digest: desc.digest,
-                    model: model_of(&labels),
-                    size: manifest.layers.iter().map(|l| l.size.max(0) as u64).sum(),
-                    location: "local",
-                });
-            }
-            for run in toolchains.store().list_runs(10_000).await? {
-                if run.kind != RunKind::Packaging || run.state != RunState::Succeeded {
-                    continue;
-                }
-                let Some(pushed) = run.pushed_ref else {
-                    continue;
-                };
-                rows.push(ImageRow {
-                    reference: pushed,
-                    digest: run.image_digest.unwrap_or_default(),
-                    model: format!("{}:{}", run.model.name, run.model.version),
-                    size: 0,
-                    location: "registry",
-                });
-            }
+            let rows = crate::oci::catalog::images(home, toolchains.store()).await?;
             let table = rows
                 .iter()
                 .map(|r| {
@@ -291,7 +254,7 @@ pub async fn images(
                         r.reference.clone(),
                         r.digest.chars().take(19).collect(),
                         r.model.clone(),
-                        r.location.to_string(),
+                        r.location.clone(),
                         if r.size > 0 {
                             bytes(r.size)
                         } else {
@@ -309,14 +272,4 @@ pub async fn images(
         }
     }
     Ok(())
-}
-
-fn model_of(labels: &std::collections::BTreeMap<String, String>) -> String {
-    match (
-        labels.get("org.legion-platform.model.name"),
-        labels.get("org.legion-platform.model.version"),
-    ) {
-        (Some(n), Some(v)) => format!("{n}:{v}"),
-        _ => labels.get(REF_NAME_LABEL).cloned().unwrap_or_default(),
-    }
 }

@@ -240,35 +240,11 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
     Ok(())
 }
 
-/// A stored model, as `models ls` shows it.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ModelRow {
-    reference: String,
-    digest: String,
-    flavor: String,
-    toolchain: String,
-    size: i64,
-}
-
 pub(super) async fn models(cmd: ModelsCommand, home: &Home, format: Format) -> Result<(), Error> {
     let layout = Layout::open(home.models())?;
     match cmd {
         ModelsCommand::Ls => {
-            let mut rows = Vec::new();
-            for (reference, desc) in layout.list()? {
-                let Some((_, manifest, config)) = read_model(&layout, &reference)? else {
-                    continue;
-                };
-                let size = manifest.layers.iter().map(|l| l.size).sum();
-                rows.push(ModelRow {
-                    reference,
-                    digest: desc.digest,
-                    flavor: config.manifest.flavor,
-                    toolchain: config.toolchain.name,
-                    size,
-                });
-            }
+            let rows = crate::oci::catalog::models(home)?;
             let table = rows
                 .iter()
                 .map(|m| {

@@ -11,6 +11,7 @@
 //! - [`source`]: a training's source folder as an artifact a pod fetches;
 //! - [`registry`]: pushing and pulling through a registry (oci-client).
 
+pub mod catalog;
 pub mod image;
 pub mod layer;
 pub mod layout;
