@@ -6,6 +6,7 @@
 //! publishes it on a `watch` channel; each stream queries the store only
 //! when that position moves past its own, so idle streams cost nothing.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Api;
-use crate::store::{RunKind, Store};
+use crate::store::{RunEvent, RunKind, Store};
 
 /// How often the store is asked for new events, and a followed log for
 /// new bytes.
@@ -58,13 +59,12 @@ pub fn events(
     kind: Option<RunKind>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let newest = api.events.subscribe();
-    let state = (api, since, newest, std::collections::VecDeque::new());
+    let state = (api, since, newest, VecDeque::<RunEvent>::new());
     let stream = futures_util::stream::unfold(
         state,
         move |(api, mut cursor, mut newest, mut pending)| async move {
             loop {
                 if let Some(ev) = pending.pop_front() {
-                    let ev: crate::store::RunEvent = ev;
                     let out = Event::default()
                         .id(ev.seq.to_string())
                         .event(ev.kind.as_str())

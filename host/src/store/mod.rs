@@ -296,11 +296,6 @@ impl Store {
         Ok(store)
     }
 
-    /// Which database this is.
-    pub fn backend(&self) -> Backend {
-        self.backend
-    }
-
     /// Applies the missing migrations. `BEGIN IMMEDIATE` takes the write
     /// lock before reading the schema version, so two processes opening a
     /// new database at once apply each migration exactly once.

@@ -223,7 +223,7 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SIGINT is PostgreSQL's fast shutdown: children go too.
-            unsafe_sigint(c.id());
+            sigint(c.id());
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -237,7 +237,7 @@ impl Drop for Postgres {
     }
 }
 
-fn unsafe_sigint(pid: u32) {
+fn sigint(pid: u32) {
     let _ = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status();
