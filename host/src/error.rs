@@ -321,6 +321,27 @@ pub enum Error {
     /// The model server failed.
     #[error(transparent)]
     Serve(#[from] legion_serve::Error),
+    /// The API server (`--server`) answered with an error.
+    #[error("{server}: {message} ({status} {code})")]
+    Remote {
+        /// The server's URL.
+        server: String,
+        /// The HTTP status.
+        status: u16,
+        /// The API's error code (`forbidden`, `invalid-argument`, …).
+        code: String,
+        /// The API's message.
+        message: String,
+    },
+    /// The API server (`--server`) could not be reached or its answer read.
+    #[error("{server}: {}", causes(source))]
+    Unreachable {
+        /// The server's URL.
+        server: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
     /// The state database failed.
     #[error("state database {}: {message}", path.display())]
     Database {
@@ -329,6 +350,22 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message names
+/// the request and leaves out why it failed).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 impl Error {

@@ -203,6 +203,194 @@ fn trainings_are_listed_by_filter_and_cursor_and_read_with_their_logs(db: Db) {
     assert_eq!(st, 404);
 }
 
+/// `POST /api/v1/toolchains` with a `multipart/form-data` body, as
+/// `curl -F` sends it.
+fn upload(srv: &Server, token: &str, parts: Vec<(&str, Part)>) -> (u16, Value, Option<String>) {
+    let mut form = reqwest::blocking::multipart::Form::new();
+    for (name, part) in parts {
+        form = match part {
+            Part::File(file, bytes) => form.part(
+                name.to_string(),
+                reqwest::blocking::multipart::Part::bytes(bytes).file_name(file.to_string()),
+            ),
+            Part::Text(t) => form.text(name.to_string(), t.to_string()),
+        };
+    }
+    let r = srv
+        .http
+        .post(format!("{}/api/v1/toolchains", srv.base))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .unwrap();
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, r.json().unwrap(), location)
+}
+
+enum Part {
+    File(&'static str, Vec<u8>),
+    Text(&'static str),
+}
+
+fn toolchains_are_registered_by_upload_and_every_replica_runs_them(db: Db) {
+    let s = setup(db);
+    let srv = &s.server;
+    let wasm = std::fs::read(common::plugin("hello-toolchain")).unwrap();
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm))
+    );
+    let file = || Part::File("hello-toolchain.wasm", wasm.clone());
+
+    // Only an admin registers.
+    for t in [&s.viewer, &s.scientist] {
+        let (st, body, _) = upload(srv, t, vec![("component", file())]);
+        assert_eq!(st, 403, "{body}");
+    }
+    let (st, body, location) = upload(
+        srv,
+        &s.admin,
+        vec![
+            ("component", file()),
+            ("config", Part::Text("requirements=numpy")),
+        ],
+    );
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body["name"], "hello", "the name the toolchain gives itself");
+    assert_eq!(body["digest"], digest.as_str());
+    assert_eq!(body["interfaces"], json!(["trainer"]));
+    assert_eq!(body["config"], json!({"requirements": "numpy"}));
+    assert_eq!(location.as_deref(), Some("/api/v1/toolchains/hello"));
+    let (st, got) = srv.call("GET", "/api/v1/toolchains/hello", Some(&s.viewer));
+    assert_eq!((st, &got), (200, &body));
+
+    // Again: 409 unless replace=true; under another name it is a second one.
+    let (st, body, _) = upload(srv, &s.admin, vec![("component", file())]);
+    assert_eq!(st, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("replace=true") && message.contains(&digest),
+        "{message}"
+    );
+    let (st, body, _) = upload(
+        srv,
+        &s.admin,
+        vec![
+            ("component", file()),
+            ("replace", Part::Text("true")),
+            ("config", Part::Text("requirements=pandas")),
+        ],
+    );
+    assert_eq!(
+        (st, &body["config"]),
+        (201, &json!({"requirements": "pandas"})),
+        "{body}"
+    );
+    let (st, body, _) = upload(
+        srv,
+        &s.admin,
+        vec![("name", Part::Text("hello-two")), ("component", file())],
+    );
+    assert_eq!(
+        (st, body["name"].as_str()),
+        (201, Some("hello-two")),
+        "{body}"
+    );
+
+    // What is not a usable component is refused naming the file, and
+    // nothing is kept.
+    for (file, bytes, says) in [
+        (
+            "notes.txt",
+            b"hello".to_vec(),
+            "notes.txt is not a WebAssembly file",
+        ),
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core.wasm is a core WebAssembly module",
+        ),
+    ] {
+        let (st, body, _) = upload(
+            srv,
+            &s.admin,
+            vec![
+                ("name", Part::Text("broken")),
+                ("component", Part::File(file, bytes)),
+            ],
+        );
+        assert_eq!(
+            (st, body["error"]["code"].as_str()),
+            (422, Some("invalid-toolchain")),
+            "{body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    let (st, _) = srv.call("GET", "/api/v1/toolchains/broken", Some(&s.admin));
+    assert_eq!(st, 404);
+
+    // A malformed form names the part.
+    for (parts, field) in [
+        (vec![("name", Part::Text("x"))], "component"),
+        (
+            vec![("component", file()), ("name", Part::Text("Bad Name"))],
+            "name",
+        ),
+        (
+            vec![("component", file()), ("config", Part::Text("novalue"))],
+            "config",
+        ),
+        (
+            vec![("component", file()), ("replace", Part::Text("yes"))],
+            "replace",
+        ),
+        (
+            vec![("component", file()), ("colour", Part::Text("red"))],
+            "colour",
+        ),
+    ] {
+        let (st, body, _) = upload(srv, &s.admin, parts);
+        assert_eq!(st, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{field}: ")), "{message}");
+    }
+    // Not a form at all.
+    let (st, body) = srv.send(
+        "POST",
+        "/api/v1/toolchains",
+        Some(&s.admin),
+        Some(&json!({})),
+    );
+    assert_eq!(st, 400, "{body}");
+
+    // Another replica on the same database (its own data directory, which
+    // has never seen the file) plans with the uploaded toolchain and its
+    // config: the component travels in the database.
+    if let Some(url) = &s.l.database {
+        let other = Legion::with_database(url.clone());
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("train.py"), "print('hi')\n").unwrap();
+        let req = src.path().join("req.json");
+        std::fs::write(&req, r#"{"model": {"name": "m", "version": "1"}}"#).unwrap();
+        let plan = other.json(&[
+            "toolchain",
+            "plan",
+            "hello",
+            "--request",
+            req.to_str().unwrap(),
+            "--source",
+            src.path().to_str().unwrap(),
+        ]);
+        assert_eq!(plan["steps"][0]["name"], "train", "{plan}");
+        assert_eq!(plan["python"]["requirements"], json!(["pandas"]), "{plan}");
+    }
+}
+
 #[test]
 fn without_tokens_the_server_refuses_to_listen_beyond_loopback() {
     let l = Legion::new();
@@ -243,4 +431,5 @@ on_both_stores!(
     health_and_readiness_answer_without_a_token,
     each_role_gets_what_it_may_and_nothing_more,
     trainings_are_listed_by_filter_and_cursor_and_read_with_their_logs,
+    toolchains_are_registered_by_upload_and_every_replica_runs_them,
 );

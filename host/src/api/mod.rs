@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod openapi;
 pub mod runs;
+pub mod toolchains;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -94,7 +95,7 @@ impl Api {
     }
 }
 
-type Shared = State<Arc<Api>>;
+pub(crate) type Shared = State<Arc<Api>>;
 
 /// How `legion server` serves.
 #[derive(Debug, Clone)]
@@ -169,10 +170,15 @@ pub fn router(api: Arc<Api>) -> Router {
             "/api/v1/docs",
             get(|State(api): Shared| async move { axum::response::Html(api.docs.1.clone()) }),
         )
-        .route("/api/v1/toolchains", get(list_toolchains))
+        .route(
+            "/api/v1/toolchains",
+            get(toolchains::list)
+                .post(toolchains::register)
+                .layer(axum::extract::DefaultBodyLimit::max(toolchains::MAX_UPLOAD)),
+        )
         .route(
             "/api/v1/toolchains/{name}",
-            get(get_toolchain).delete(delete_toolchain),
+            get(toolchains::get).delete(toolchains::delete),
         )
         .route(
             "/api/v1/trainings",
@@ -215,17 +221,21 @@ pub fn router(api: Arc<Api>) -> Router {
         .with_state(api)
 }
 
-/// Every request ends within [`REQUEST_TIMEOUT`].
+/// Every request ends within [`REQUEST_TIMEOUT`], a registration (which
+/// compiles the component) within [`toolchains::REGISTER_TIMEOUT`].
 async fn deadline(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    let limit =
+        if req.method() == axum::http::Method::POST && req.uri().path() == "/api/v1/toolchains" {
+            toolchains::REGISTER_TIMEOUT
+        } else {
+            REQUEST_TIMEOUT
+        };
+    match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
-            format!(
-                "the request took longer than {}s",
-                REQUEST_TIMEOUT.as_secs()
-            ),
+            format!("the request took longer than {}s", limit.as_secs()),
         )
         .into_response(),
     }
@@ -242,7 +252,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: String) -> Self {
         ApiError {
             status,
             code,
@@ -251,7 +261,7 @@ impl ApiError {
         }
     }
 
-    fn bad(field: &str, message: String) -> Self {
+    pub(crate) fn bad(field: &str, message: String) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "invalid-argument",
@@ -337,7 +347,7 @@ impl FromRequestParts<Arc<Api>> for Caller {
 }
 
 /// 403 unless `caller` has at least `role`.
-fn require(caller: &Caller, role: Role) -> Result<(), ApiError> {
+pub(crate) fn require(caller: &Caller, role: Role) -> Result<(), ApiError> {
     if caller.role >= role {
         Ok(())
     } else {
@@ -361,32 +371,6 @@ async fn ready(State(api): Shared) -> Result<Json<serde_json::Value>, ApiError> 
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", e.to_string()))?;
     Ok(Json(json!({"status": "ready"})))
-}
-
-async fn list_toolchains(State(api): Shared, caller: Caller) -> Result<Response, ApiError> {
-    require(&caller, Role::Viewer)?;
-    let rows = api.toolchains.list().await?;
-    Ok(Json(json!({"items": rows})).into_response())
-}
-
-async fn get_toolchain(
-    State(api): Shared,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    require(&caller, Role::Viewer)?;
-    Ok(Json(api.toolchains.get(&name).await?).into_response())
-}
-
-async fn delete_toolchain(
-    State(api): Shared,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    require(&caller, Role::Admin)?;
-    let removed = api.toolchains.remove(&name).await?;
-    tracing::info!(toolchain = %name, by = %caller.name, "toolchain removed");
-    Ok(Json(removed).into_response())
 }
 
 /// A list's query: filters, a page size, a cursor; or a watch.

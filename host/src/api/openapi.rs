@@ -64,7 +64,8 @@ struct Op {
     /// `None`: no token needed.
     role: Option<Role>,
     params: Vec<Value>,
-    body: Option<Value>,
+    /// Content type and schema of the request body.
+    body: Option<(&'static str, Value)>,
     /// Status, description, content type, schema.
     ok: Vec<(u16, &'static str, &'static str, Value)>,
     /// Error statuses besides 401/403 (implied by `role`).
@@ -106,7 +107,7 @@ fn describe(code: u16) -> &'static str {
         403 => "The caller's role may not do this",
         404 => "No such resource",
         409 => "The resource is not in a state that allows this",
-        422 => "Refused by the toolchain's plan or the admin's policy; the run is kept",
+        422 => "Refused: by the toolchain's plan or the admin's policy (the run is kept), or an unusable component",
         503 => "Not ready, or the request took too long",
         _ => "Error",
     }
@@ -210,6 +211,29 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             errors: &[],
         },
         Op {
+            method: "post",
+            path: "/api/v1/toolchains".into(),
+            id: "registerToolchain".into(),
+            summary: "Register a toolchain: upload its component (`curl -F component=@x.wasm`); checked, compiled and described before it is kept".into(),
+            role: Some(Role::Admin),
+            params: vec![],
+            body: Some(("multipart/form-data", json!({
+                "type": "object",
+                "required": ["component"],
+                "properties": {
+                    "component": {"type": "string", "contentMediaType": "application/wasm",
+                        "description": "The component (`.wasm`, built for wasm32-wasip2)"},
+                    "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$",
+                        "description": "Name to register under (default: the name the toolchain gives itself)"},
+                    "config": {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$"},
+                        "description": "`KEY=VALUE` the toolchain reads with `host.config`; one part each"},
+                    "replace": {"type": "boolean", "description": "Replace a toolchain of that name"},
+                },
+            }))),
+            ok: vec![(201, "Registered: the toolchain", "application/json", toolchain.clone())],
+            errors: &[400, 409, 422],
+        },
+        Op {
             method: "get",
             path: "/api/v1/toolchains/{name}".into(),
             id: "getToolchain".into(),
@@ -308,7 +332,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: format!("Start a {lower}: answered once planned and past the policy"),
             role: Some(Role::DataScientist),
             params: vec![],
-            body: Some(spec),
+            body: Some(("application/json", spec)),
             ok: vec![(
                 202,
                 "Accepted: the run, planned",
@@ -383,7 +407,7 @@ pub fn document() -> Value {
         errors.dedup();
         for code in errors {
             let what = if code == 413 {
-                "The body is over 1 MiB"
+                "The body is too large: 1 MiB, a toolchain's upload 65 MiB"
             } else {
                 describe(code)
             };
@@ -404,9 +428,8 @@ pub fn document() -> Value {
             None => o["security"] = json!([]),
             Some(r) => o["x-legion-role"] = json!(r.as_str()),
         }
-        if let Some(schema) = op.body {
-            o["requestBody"] =
-                json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        if let Some((ctype, schema)) = op.body {
+            o["requestBody"] = json!({"required": true, "content": {ctype: {"schema": schema}}});
         }
         let entry = paths.entry(op.path).or_insert_with(|| json!({}));
         entry[op.method] = o;

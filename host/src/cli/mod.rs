@@ -6,6 +6,7 @@ mod cluster;
 mod operator;
 mod output;
 mod package;
+mod remote;
 mod runs;
 mod serve;
 mod server;
@@ -34,6 +35,21 @@ pub struct Cli {
     /// between API replicas; default SQLite in the data directory.
     #[arg(long, global = true, env = "LEGION_DATABASE", value_name = "URL")]
     pub database: Option<String>,
+
+    /// A Legion API server to run the command on, instead of this
+    /// machine's data directory (`legion server`).
+    #[arg(long, global = true, env = "LEGION_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Bearer token for --server (`legion server token`, or a JWT).
+    #[arg(
+        long,
+        global = true,
+        env = "LEGION_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Table)]
@@ -89,6 +105,10 @@ pub enum Command {
 impl Cli {
     /// Runs the command; returns the process exit code.
     pub async fn run(self) -> Result<i32, Error> {
+        if let Some(server) = &self.server {
+            let remote = remote::Remote::new(server, self.token.clone())?;
+            return remote::run(self.command, &remote, self.output).await;
+        }
         let home = Home::new(self.data_dir.clone().unwrap_or_else(Home::default_root));
         match self.command {
             Command::Models(cmd) => return runs::models(cmd, &home, self.output).await.map(|_| 0),

@@ -8,12 +8,13 @@ use super::train::{cancel_on_ctrl_c, Progress};
 use super::Format;
 use crate::home::Home;
 use crate::names::ToolchainName;
+use crate::oci::catalog::ImageEntry;
 use crate::oci::image::ImageSettings;
 use crate::oci::layout::Layout;
 use crate::package::assemble::{assemble, Assembly, Target};
 use crate::package::{PackageOptions, Packaged, Packager, DEFAULT_PACKAGER};
 use crate::plugin::Toolchains;
-use crate::store::RunState;
+use crate::store::{RunRecord, RunState};
 use crate::Error;
 
 /// `legion package`.
@@ -147,27 +148,9 @@ fn report(p: &Packaged, format: Format) {
     if format == Format::Json {
         return output::json(p);
     }
-    let run = &p.run;
-    let took = match (run.started_at, run.finished_at) {
-        (Some(s), Some(f)) => format!(" in {:.1}s", (f - s) as f64 / 1000.0),
-        _ => String::new(),
-    };
-    if run.state != RunState::Succeeded {
-        eprintln!(
-            "run {} {}{took}: {}",
-            run.id,
-            run.state.as_str(),
-            run.reason.as_deref().unwrap_or("")
-        );
-        eprintln!("full log: {}  (legion runs logs {})", run.log_path, run.id);
+    if !report_run(&p.run) {
         return;
     }
-    println!("run {} succeeded{took}", run.id);
-    println!("image   {}", run.image_ref.as_deref().unwrap_or_default());
-    println!(
-        "digest  {}",
-        run.image_digest.as_deref().unwrap_or_default()
-    );
     let built: Vec<_> = p.layers.iter().filter(|l| !l.reused).collect();
     println!(
         "layers  {} ({} built, {} reused)",
@@ -185,6 +168,57 @@ fn report(p: &Packaged, format: Format) {
             bytes(r.bytes_skipped)
         );
     }
+}
+
+/// Images as a table.
+pub(super) fn print_images(rows: &[ImageEntry], format: Format) {
+    let table = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.reference.clone(),
+                r.digest.chars().take(19).collect(),
+                r.model.clone(),
+                r.location.clone(),
+                if r.size > 0 {
+                    bytes(r.size)
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    output::table(
+        format,
+        rows,
+        &["image", "digest", "model", "where", "size"],
+        table,
+    );
+}
+
+/// A packaging's outcome for a person; whether it succeeded.
+pub(super) fn report_run(run: &RunRecord) -> bool {
+    let took = match (run.started_at, run.finished_at) {
+        (Some(s), Some(f)) => format!(" in {:.1}s", (f - s) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    if run.state != RunState::Succeeded {
+        eprintln!(
+            "run {} {}{took}: {}",
+            run.id,
+            run.state.as_str(),
+            run.reason.as_deref().unwrap_or("")
+        );
+        eprintln!("full log: {}  (legion runs logs {})", run.log_path, run.id);
+        return false;
+    }
+    println!("run {} succeeded{took}", run.id);
+    println!("image   {}", run.image_ref.as_deref().unwrap_or_default());
+    println!(
+        "digest  {}",
+        run.image_digest.as_deref().unwrap_or_default()
+    );
+    true
 }
 
 fn bytes(n: u64) -> String {
@@ -245,31 +279,10 @@ pub async fn images(
                 ]],
             );
         }
-        ImagesCommand::Ls => {
-            let rows = crate::oci::catalog::images(home, toolchains.store()).await?;
-            let table = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.reference.clone(),
-                        r.digest.chars().take(19).collect(),
-                        r.model.clone(),
-                        r.location.clone(),
-                        if r.size > 0 {
-                            bytes(r.size)
-                        } else {
-                            String::new()
-                        },
-                    ]
-                })
-                .collect();
-            output::table(
-                format,
-                &rows,
-                &["image", "digest", "model", "where", "size"],
-                table,
-            );
-        }
+        ImagesCommand::Ls => print_images(
+            &crate::oci::catalog::images(home, toolchains.store()).await?,
+            format,
+        ),
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use super::output;
 use super::Format;
 use crate::exec::kube::executor::ClusterOptions;
 use crate::home::Home;
+use crate::oci::catalog::ModelEntry;
 use crate::oci::layout::Layout;
 use crate::oci::model::read_model;
 use crate::store::{RunRecord, RunRequest, Store};
@@ -86,103 +87,107 @@ async fn get(store: &Store, id: &str) -> Result<RunRecord, Error> {
         })
 }
 
+/// Runs as a table, newest first.
+pub(super) fn print_runs(runs: &[RunRecord], format: Format) {
+    let rows = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.kind.as_str().to_string(),
+                format!("{}:{}", r.model.name, r.model.version),
+                r.toolchain.clone(),
+                r.state.as_str().to_string(),
+                when(r.created_at),
+                took(r),
+                r.model_digest
+                    .as_deref()
+                    .map(|d| d.chars().take(19).collect())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    output::table(
+        format,
+        runs,
+        &[
+            "id",
+            "kind",
+            "model",
+            "toolchain",
+            "state",
+            "created",
+            "took",
+            "model digest",
+        ],
+        rows,
+    );
+}
+
+/// One run's fields.
+pub(super) fn print_run(r: &RunRecord, format: Format) {
+    let mut pairs = vec![
+        ("id", r.id.clone()),
+        ("kind", r.kind.as_str().to_string()),
+        ("model", format!("{}:{}", r.model.name, r.model.version)),
+        (
+            "toolchain",
+            format!("{} ({})", r.toolchain, r.toolchain_digest),
+        ),
+        ("state", r.state.as_str().to_string()),
+        ("created", when(r.created_at)),
+        ("took", took(r)),
+    ];
+    match &r.request {
+        RunRequest::Training(req) => {
+            pairs.push(("source", req.source.uri.clone()));
+            if let Some(c) = &r.source_commit {
+                pairs.push(("commit", c.clone()));
+            }
+            if let Some(e) = &req.entrypoint {
+                pairs.push(("entrypoint", e.clone()));
+            }
+            for (k, v) in &req.hyper_parameters {
+                pairs.push(("param", format!("{k}={v}")));
+            }
+        }
+        RunRequest::Packaging(req) => {
+            if let Some(b) = &req.base_image {
+                pairs.push(("base", b.clone()));
+            }
+            for (k, v) in &req.arguments {
+                pairs.push(("arg", format!("{k}={v}")));
+            }
+        }
+    }
+    if let Some(code) = r.exit_code {
+        pairs.push(("exit code", code.to_string()));
+    }
+    if let Some(reason) = &r.reason {
+        pairs.push(("reason", reason.clone()));
+    }
+    if let Some(d) = &r.model_digest {
+        pairs.push(("model digest", d.clone()));
+    }
+    if let Some(p) = &r.pushed_ref {
+        pairs.push(("pushed", p.clone()));
+    }
+    if let Some(i) = &r.image_ref {
+        pairs.push(("image", i.clone()));
+    }
+    if let Some(j) = &r.job {
+        pairs.push(("job", format!("{}/{}", j.namespace, j.name)));
+    }
+    pairs.push(("workspace", r.workspace.clone()));
+    pairs.push(("log", r.log_path.clone()));
+    output::fields(format, r, pairs);
+}
+
 pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Result<(), Error> {
     crate::train::reconcile_orphans(store).await?;
     match cmd {
-        RunsCommand::Ls { limit } => {
-            let runs = store.list_runs(limit).await?;
-            let rows = runs
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.id.clone(),
-                        r.kind.as_str().to_string(),
-                        format!("{}:{}", r.model.name, r.model.version),
-                        r.toolchain.clone(),
-                        r.state.as_str().to_string(),
-                        when(r.created_at),
-                        took(r),
-                        r.model_digest
-                            .as_deref()
-                            .map(|d| d.chars().take(19).collect())
-                            .unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            output::table(
-                format,
-                &runs,
-                &[
-                    "id",
-                    "kind",
-                    "model",
-                    "toolchain",
-                    "state",
-                    "created",
-                    "took",
-                    "model digest",
-                ],
-                rows,
-            );
-        }
-        RunsCommand::Show { id } => {
-            let r = get(store, &id).await?;
-            let mut pairs = vec![
-                ("id", r.id.clone()),
-                ("kind", r.kind.as_str().to_string()),
-                ("model", format!("{}:{}", r.model.name, r.model.version)),
-                (
-                    "toolchain",
-                    format!("{} ({})", r.toolchain, r.toolchain_digest),
-                ),
-                ("state", r.state.as_str().to_string()),
-                ("created", when(r.created_at)),
-                ("took", took(&r)),
-            ];
-            match &r.request {
-                RunRequest::Training(req) => {
-                    pairs.push(("source", req.source.uri.clone()));
-                    if let Some(c) = &r.source_commit {
-                        pairs.push(("commit", c.clone()));
-                    }
-                    if let Some(e) = &req.entrypoint {
-                        pairs.push(("entrypoint", e.clone()));
-                    }
-                    for (k, v) in &req.hyper_parameters {
-                        pairs.push(("param", format!("{k}={v}")));
-                    }
-                }
-                RunRequest::Packaging(req) => {
-                    if let Some(b) = &req.base_image {
-                        pairs.push(("base", b.clone()));
-                    }
-                    for (k, v) in &req.arguments {
-                        pairs.push(("arg", format!("{k}={v}")));
-                    }
-                }
-            }
-            if let Some(code) = r.exit_code {
-                pairs.push(("exit code", code.to_string()));
-            }
-            if let Some(reason) = &r.reason {
-                pairs.push(("reason", reason.clone()));
-            }
-            if let Some(d) = &r.model_digest {
-                pairs.push(("model digest", d.clone()));
-            }
-            if let Some(p) = &r.pushed_ref {
-                pairs.push(("pushed", p.clone()));
-            }
-            if let Some(i) = &r.image_ref {
-                pairs.push(("image", i.clone()));
-            }
-            if let Some(j) = &r.job {
-                pairs.push(("job", format!("{}/{}", j.namespace, j.name)));
-            }
-            pairs.push(("workspace", r.workspace.clone()));
-            pairs.push(("log", r.log_path.clone()));
-            output::fields(format, &r, pairs);
-        }
+        RunsCommand::Ls { limit } => print_runs(&store.list_runs(limit).await?, format),
+        RunsCommand::Show { id } => print_run(&get(store, &id).await?, format),
         RunsCommand::Logs { id, follow } => {
             let r = get(store, &id).await?;
             let path = std::path::PathBuf::from(&r.log_path);
@@ -240,30 +245,32 @@ pub(super) async fn runs(cmd: RunsCommand, store: &Store, format: Format) -> Res
     Ok(())
 }
 
+/// Stored models as a table.
+pub(super) fn print_models(rows: &[ModelEntry], format: Format) {
+    let table = rows
+        .iter()
+        .map(|m| {
+            vec![
+                m.reference.clone(),
+                m.digest.chars().take(19).collect(),
+                m.flavor.clone(),
+                m.toolchain.clone(),
+                format!("{:.1} KiB", m.size as f64 / 1024.0),
+            ]
+        })
+        .collect();
+    output::table(
+        format,
+        rows,
+        &["model", "digest", "flavor", "toolchain", "size"],
+        table,
+    );
+}
+
 pub(super) async fn models(cmd: ModelsCommand, home: &Home, format: Format) -> Result<(), Error> {
     let layout = Layout::open(home.models())?;
     match cmd {
-        ModelsCommand::Ls => {
-            let rows = crate::oci::catalog::models(home)?;
-            let table = rows
-                .iter()
-                .map(|m| {
-                    vec![
-                        m.reference.clone(),
-                        m.digest.chars().take(19).collect(),
-                        m.flavor.clone(),
-                        m.toolchain.clone(),
-                        format!("{:.1} KiB", m.size as f64 / 1024.0),
-                    ]
-                })
-                .collect();
-            output::table(
-                format,
-                &rows,
-                &["model", "digest", "flavor", "toolchain", "size"],
-                table,
-            );
-        }
+        ModelsCommand::Ls => print_models(&crate::oci::catalog::models(home)?, format),
         ModelsCommand::Show { reference } => {
             let Some((desc, manifest, config)) = read_model(&layout, &reference)? else {
                 return Err(Error::InvalidArgument {

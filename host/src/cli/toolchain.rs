@@ -112,28 +112,7 @@ pub(super) async fn run(
                 .await?;
             print_record(format, &row);
         }
-        ToolchainCommand::Ls => {
-            let rows = toolchains.list().await?;
-            let table = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.name.clone(),
-                        r.info.version.clone(),
-                        r.interfaces.join(","),
-                        r.contract.clone(),
-                        short(&r.digest),
-                        if r.builtin { "builtin" } else { "" }.to_string(),
-                    ]
-                })
-                .collect();
-            output::table(
-                format,
-                &rows,
-                &["name", "version", "interfaces", "contract", "digest", ""],
-                table,
-            );
-        }
+        ToolchainCommand::Ls => print_toolchains(&toolchains.list().await?, format),
         ToolchainCommand::Show { name } => {
             let row = toolchains.get(&name).await?;
             print_record(format, &row);
@@ -262,7 +241,30 @@ fn short(digest: &str) -> String {
     digest.chars().take("sha256:".len() + 12).collect()
 }
 
-fn print_record(format: Format, r: &ToolchainRecord) {
+/// Toolchains as a table.
+pub(super) fn print_toolchains(rows: &[ToolchainRecord], format: Format) {
+    let table = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.info.version.clone(),
+                r.interfaces.join(","),
+                r.contract.clone(),
+                short(&r.digest),
+                if r.builtin { "builtin" } else { "" }.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        format,
+        rows,
+        &["name", "version", "interfaces", "contract", "digest", ""],
+        table,
+    );
+}
+
+pub(super) fn print_record(format: Format, r: &ToolchainRecord) {
     let mut pairs = vec![
         ("name", r.name.clone()),
         ("digest", r.digest.clone()),

@@ -11,7 +11,7 @@ use crate::store::{RunKind, RunState, Store};
 use crate::Error;
 
 /// A stored model.
-#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelEntry {
     /// `name:version`.
@@ -27,7 +27,7 @@ pub struct ModelEntry {
 }
 
 /// A packaged image.
-#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageEntry {
     /// `oci:DIR:NAME` locally, `REGISTRY/REPO@sha256:…` when pushed.

@@ -30,7 +30,7 @@ pub type ToolchainRecord = ToolchainRow;
 pub const BUILTIN_TOOLCHAINS: &[&str] = &["python", "mlflow", "docker-rest"];
 
 /// Largest wasm file accepted.
-const MAX_WASM_BYTES: usize = 64 << 20;
+pub const MAX_WASM_BYTES: usize = 64 << 20;
 
 /// What `legion toolchain add` asks for.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +52,8 @@ pub struct Toolchains {
     home: Home,
     cache: ComponentCache,
     builtin_dir: Option<PathBuf>,
-    loaded: Mutex<BTreeMap<String, Plugin>>,
+    /// Plugins made ready, with the row they were made from.
+    loaded: Mutex<BTreeMap<String, (ToolchainRecord, Plugin)>>,
 }
 
 impl Toolchains {
@@ -97,9 +98,30 @@ impl Toolchains {
     pub async fn add(&self, req: &AddToolchain) -> Result<ToolchainRecord, Error> {
         let display = req.path.display().to_string();
         let bytes = std::fs::read(&req.path).map_err(|e| Error::io(&req.path, e))?;
+        self.add_bytes(
+            &bytes,
+            &display,
+            req.name.as_ref(),
+            req.config.clone(),
+            req.replace,
+        )
+        .await
+    }
+
+    /// Registers a toolchain from bytes received elsewhere (an upload to
+    /// the API); `file` names them in errors and, without `name`, gives
+    /// the fallback name.
+    pub async fn add_bytes(
+        &self,
+        bytes: &[u8],
+        file: &str,
+        name: Option<&ToolchainName>,
+        config: BTreeMap<String, String>,
+        replace: bool,
+    ) -> Result<ToolchainRecord, Error> {
         if bytes.len() > MAX_WASM_BYTES {
             return Err(Error::InvalidArgument {
-                field: display,
+                field: file.to_string(),
                 message: format!(
                     "{} bytes is more than the {} MiB a toolchain may be",
                     bytes.len(),
@@ -108,11 +130,11 @@ impl Toolchains {
             });
         }
         self.register(
-            &bytes,
-            &display,
-            req.name.as_ref().map(ToolchainName::as_str),
-            req.config.clone(),
-            req.replace,
+            bytes,
+            file,
+            name.map(ToolchainName::as_str),
+            config,
+            replace,
             false,
         )
         .await
@@ -204,6 +226,11 @@ impl Toolchains {
                 })?;
                 crate::fsutil::write_atomic(&cached, &code)?;
             }
+            // Other replicas sharing the database load it from there;
+            // the built-ins ship with every replica.
+            if !builtin {
+                self.store.put_toolchain_blob(&digest, bytes).await?;
+            }
             if !self.store.put_toolchain(&row, replace).await? {
                 return Err(Error::AlreadyRegistered {
                     name: name.clone(),
@@ -222,6 +249,7 @@ impl Toolchains {
                 if wrote_cache {
                     let _ = std::fs::remove_file(&cached);
                 }
+                let _ = self.store.delete_toolchain_blob(&digest).await;
             }
             return Err(e);
         }
@@ -274,6 +302,7 @@ impl Toolchains {
         self.store.delete_toolchain(name).await?;
         self.forget(name);
         if self.store.toolchains_using(&row.digest).await? == 0 {
+            self.store.delete_toolchain_blob(&row.digest).await?;
             let hex = row.digest.trim_start_matches("sha256:");
             let _ = std::fs::remove_file(self.blob_path(hex));
             self.cache.remove(&self.runtime, hex);
@@ -281,15 +310,19 @@ impl Toolchains {
         Ok(row)
     }
 
-    /// The plugin for `name`, ready to call: from memory, else from the
+    /// The plugin for `name`, ready to call: from memory while its row is
+    /// unchanged (another replica may have replaced it), else from the
     /// compiled cache, else compiled from the pinned wasm.
     pub async fn load(&self, name: &str) -> Result<Plugin, Error> {
-        if let Some(p) = self.lock().get(name) {
-            return Ok(p.clone());
-        }
         let row = self.get(name).await?;
+        if let Some((seen, p)) = self.lock().get(name) {
+            if seen.digest == row.digest && seen.config == row.config {
+                return Ok(p.clone());
+            }
+        }
+        self.fetch_blob(&row).await?;
         let plugin = self.load_row(&row)?;
-        self.lock().insert(name.to_string(), plugin.clone());
+        self.lock().insert(name.to_string(), (row, plugin.clone()));
         Ok(plugin)
     }
 
@@ -346,11 +379,26 @@ impl Toolchains {
         Ok(())
     }
 
+    /// Brings a toolchain's wasm from the database when this replica has
+    /// neither it nor its compiled code (another replica registered it).
+    /// What is written is checked against the pinned digest when loaded.
+    async fn fetch_blob(&self, row: &ToolchainRecord) -> Result<(), Error> {
+        let hex = row.digest.trim_start_matches("sha256:");
+        let blob = self.blob_path(hex);
+        if blob.is_file() || self.cache.path(&self.runtime, hex).is_file() {
+            return Ok(());
+        }
+        if let Some(bytes) = self.store.get_toolchain_blob(&row.digest).await? {
+            crate::fsutil::write_atomic(&blob, &bytes)?;
+        }
+        Ok(())
+    }
+
     fn blob_path(&self, hex: &str) -> PathBuf {
         self.home.toolchain_blobs().join(format!("{hex}.wasm"))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Plugin>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (ToolchainRecord, Plugin)>> {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -104,6 +104,12 @@ const SQLITE_MIGRATIONS: &[&str] = &[
         VALUES (NEW.id, NEW.kind, NEW.state, NEW.model_name, NEW.model_version, NEW.toolchain,
                 CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
     END",
+    // Registered toolchains' wasm, so that every replica sharing the
+    // database can load a toolchain one of them registered.
+    "CREATE TABLE toolchain_blobs (
+        digest TEXT PRIMARY KEY,
+        bytes  BLOB NOT NULL
+    )",
 ];
 
 /// PostgreSQL's schema, applied in order in one transaction under an
@@ -180,6 +186,10 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
      END $body$",
     "CREATE TRIGGER runs_event AFTER INSERT OR UPDATE OF state ON runs
      FOR EACH ROW EXECUTE FUNCTION legion_run_event()",
+    "CREATE TABLE toolchain_blobs (
+        digest TEXT PRIMARY KEY,
+        bytes  BYTEA NOT NULL
+    )",
 ];
 
 /// The advisory lock migrations take.

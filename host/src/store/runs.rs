@@ -90,7 +90,9 @@ impl RunKind {
 }
 
 /// The request a run was started with.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(untagged)]
 pub enum RunRequest {
     /// A training's.
@@ -110,7 +112,9 @@ impl RunRequest {
 }
 
 /// The plan a toolchain returned for a run.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(untagged)]
 pub enum RunPlan {
     /// Steps of a training.
@@ -120,7 +124,9 @@ pub enum RunPlan {
 }
 
 /// A run: a training or a packaging.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
     /// Run id.

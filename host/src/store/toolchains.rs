@@ -9,7 +9,9 @@ use crate::plan::ToolchainInfo;
 use crate::Error;
 
 /// A registered toolchain as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolchainRow {
     /// Registered name.
@@ -102,6 +104,38 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))
+    }
+
+    /// Keeps a toolchain's wasm under its digest (once per digest).
+    pub async fn put_toolchain_blob(&self, digest: &str, bytes: &[u8]) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO toolchain_blobs (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(bytes.to_vec())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The wasm kept under `digest`, if any.
+    pub async fn get_toolchain_blob(&self, digest: &str) -> Result<Option<Vec<u8>>, Error> {
+        sqlx::query_scalar("SELECT bytes FROM toolchain_blobs WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forgets the wasm kept under `digest`.
+    pub async fn delete_toolchain_blob(&self, digest: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM toolchain_blobs WHERE digest = $1")
+            .bind(digest)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     fn decode(&self, r: sqlx::any::AnyRow) -> Result<ToolchainRow, Error> {

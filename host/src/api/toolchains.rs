@@ -1,0 +1,221 @@
+//! `/api/v1/toolchains`: the registry over HTTP. Reading is for every
+//! role; registering and removing are the admin's.
+//!
+//! A registration is a `multipart/form-data` upload, what `curl -F` and
+//! every HTTP client send for a file: the component (`component`, the
+//! `.wasm`), and optionally `name`, `config` (`KEY=VALUE`, repeatable) and
+//! `replace` (`true`). It is checked as `legion toolchain add` checks a
+//! file — a component of a supported contract that links and answers
+//! `describe` in the sandbox — and kept in the database, so every replica
+//! sharing it can load the toolchain.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
+use axum::extract::Path;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::auth::{Caller, Role};
+use super::{require, ApiError, Shared};
+use crate::names::ToolchainName;
+use crate::plugin::registry::MAX_WASM_BYTES;
+use crate::Error;
+
+/// Largest registration body: the largest component, and room for the form.
+pub const MAX_UPLOAD: usize = MAX_WASM_BYTES + (1 << 20);
+
+/// Longest a registration may take: it compiles the component.
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `GET /api/v1/toolchains`.
+pub(super) async fn list(
+    axum::extract::State(api): Shared,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Viewer)?;
+    let rows = api.toolchains.list().await?;
+    Ok(Json(json!({"items": rows})).into_response())
+}
+
+/// `GET /api/v1/toolchains/{name}`.
+pub(super) async fn get(
+    axum::extract::State(api): Shared,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Viewer)?;
+    Ok(Json(api.toolchains.get(&name).await?).into_response())
+}
+
+/// `DELETE /api/v1/toolchains/{name}`.
+pub(super) async fn delete(
+    axum::extract::State(api): Shared,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require(&caller, Role::Admin)?;
+    let removed = api.toolchains.remove(&name).await?;
+    tracing::info!(toolchain = %name, by = %caller.name, "toolchain removed");
+    Ok(Json(removed).into_response())
+}
+
+/// The registration form, read.
+#[derive(Debug, Default)]
+struct Form {
+    /// The part's file name, and the bytes.
+    component: Option<(String, bytes::Bytes)>,
+    name: Option<ToolchainName>,
+    config: BTreeMap<String, String>,
+    replace: bool,
+}
+
+fn form_error(e: MultipartError) -> ApiError {
+    let status = e.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "too-large"
+    } else {
+        "invalid-argument"
+    };
+    ApiError::new(status, code, format!("body: {}", e.body_text()))
+}
+
+async fn read_form(mut form: Multipart) -> Result<Form, ApiError> {
+    let mut out = Form::default();
+    while let Some(field) = form.next_field().await.map_err(form_error)? {
+        let part = field.name().unwrap_or_default().to_string();
+        if part == "component" {
+            if out.component.is_some() {
+                return Err(ApiError::bad("component", "given twice".into()));
+            }
+            let file = field
+                .file_name()
+                .filter(|f| !f.is_empty())
+                .unwrap_or("component.wasm")
+                .to_string();
+            out.component = Some((file, field.bytes().await.map_err(form_error)?));
+            continue;
+        }
+        let text = field.text().await.map_err(form_error)?;
+        match part.as_str() {
+            "name" => {
+                out.name = Some(
+                    ToolchainName::new(text).map_err(|e| ApiError::bad("name", e.to_string()))?,
+                )
+            }
+            "config" => {
+                let Some((k, v)) = text.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                    return Err(ApiError::bad(
+                        "config",
+                        format!("expected KEY=VALUE, got '{text}'"),
+                    ));
+                };
+                if out.config.insert(k.to_string(), v.to_string()).is_some() {
+                    return Err(ApiError::bad("config", format!("'{k}' is given twice")));
+                }
+            }
+            "replace" => {
+                out.replace = match text.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(ApiError::bad(
+                            "replace",
+                            format!("'{other}' is neither true nor false"),
+                        ))
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::bad(
+                    if other.is_empty() { "body" } else { other },
+                    "unknown part; the form takes component, name, config and replace".into(),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Errors of a registration: what is wrong with the component is 422.
+fn refused(e: Error) -> ApiError {
+    match e {
+        Error::AlreadyRegistered { name, digest } => ApiError::new(
+            StatusCode::CONFLICT,
+            "already-exists",
+            format!("toolchain '{name}' is already registered ({digest}); send replace=true (legion toolchain add --replace) to replace it"),
+        ),
+        e @ (Error::NotWasm { .. }
+        | Error::CoreModule { .. }
+        | Error::NoInterfaces { .. }
+        | Error::ContractVersion { .. }
+        | Error::Compile { .. }
+        | Error::Link { .. }
+        | Error::Deadline { .. }
+        | Error::MemoryCap { .. }
+        | Error::ResultTooLarge { .. }
+        | Error::Trap { .. }
+        | Error::Toolchain { .. }
+        | Error::BadOutput { .. }) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-toolchain",
+            e.to_string(),
+        ),
+        e => e.into(),
+    }
+}
+
+/// Reads and drops what is left of a refused upload (up to
+/// [`MAX_UPLOAD`]), so that the client, still sending, reads the refusal
+/// rather than a connection closed under it.
+async fn drain(body: axum::body::Body) {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    while let Some(Ok(chunk)) = stream.next().await {
+        read += chunk.len();
+        if read > MAX_UPLOAD {
+            break;
+        }
+    }
+}
+
+/// `POST /api/v1/toolchains`: registers an uploaded component; 201 with
+/// the toolchain.
+pub(super) async fn register(
+    axum::extract::State(api): Shared,
+    caller: Result<Caller, ApiError>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let caller = match caller.and_then(|c| require(&c, Role::Admin).map(|_| c)) {
+        Ok(c) => c,
+        Err(refusal) => {
+            drain(req.into_body()).await;
+            return Err(refusal);
+        }
+    };
+    let form = <Multipart as axum::extract::FromRequest<_>>::from_request(req, &api)
+        .await
+        .map_err(|e: MultipartRejection| ApiError::bad("body", e.body_text()))?;
+    let form = read_form(form).await?;
+    let Some((file, bytes)) = form.component else {
+        return Err(ApiError::bad(
+            "component",
+            "required: the toolchain's .wasm file (curl -F component=@toolchain.wasm)".into(),
+        ));
+    };
+    let row = api
+        .toolchains
+        .add_bytes(&bytes, &file, form.name.as_ref(), form.config, form.replace)
+        .await
+        .map_err(refused)?;
+    tracing::info!(toolchain = %row.name, digest = %row.digest, by = %caller.name, "toolchain registered");
+    let mut r = (StatusCode::CREATED, Json(&row)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/toolchains/{}", row.name)) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
+}
