@@ -282,3 +282,114 @@ fn a_bad_key_set_or_missing_issuer_stops_the_server_at_start() {
     let err = l.fails(&["server", "--jwks", jwks.to_str().unwrap()]);
     assert!(err.contains("--jwt-issuer"), "{err}");
 }
+
+/// A folder served over HTTP on 127.0.0.1 (Python's `http.server`), as
+/// an identity provider serves its key set; stopped on drop.
+struct Provider {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Provider {
+    fn start(dir: &Path) -> Self {
+        let port = common::free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}/certs.json");
+        // A hang guard, not a timing check.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while reqwest::blocking::get(&url).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the provider never answered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Provider { child, url }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn keys_from_the_providers_url_follow_a_rotation_and_survive_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, old_jwk) = rsa_key(dir.path(), "old");
+    let (new, new_jwk) = ec_key(dir.path(), "new");
+    let certs = dir.path().join("certs.json");
+    std::fs::write(&certs, json!({"keys": [old_jwk]}).to_string()).unwrap();
+    let mut provider = Provider::start(dir.path());
+
+    let l = Legion::new();
+    let tokens = Tokens::new(&l);
+    // No rate limit on fetches for an unknown key: the test rotates at once.
+    let srv = Server::start(
+        &l,
+        Some(&tokens.file),
+        &[
+            "--jwks",
+            &provider.url,
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            "legion",
+            "--jwt-roles-claim",
+            "realm_access.roles",
+            "--jwks-min-refresh",
+            "0s",
+        ],
+    );
+    let get = |token: &str| srv.call("GET", "/api/v1/trainings", Some(token));
+    let by_old = sign(Algorithm::RS256, "old", &old, &claims("ann", &["viewer"]));
+    let by_new = sign(Algorithm::ES256, "new", &new, &claims("ann", &["viewer"]));
+    assert_eq!(get(&by_old).0, 200);
+
+    // The provider rotates: the new key is fetched when a token names it,
+    // and the old one is gone with the old set.
+    std::fs::write(&certs, json!({"keys": [new_jwk]}).to_string()).unwrap();
+    assert_eq!(get(&by_new).0, 200, "a token of the rotated-in key");
+    let (st, body) = get(&by_old);
+    assert_eq!(st, 401, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no key of the key set"),
+        "{body}"
+    );
+
+    // The provider down: the keys held still verify.
+    let url = provider.url.clone();
+    let _ = provider.child.kill();
+    let _ = provider.child.wait();
+    assert_eq!(get(&by_new).0, 200);
+    assert_eq!(get(&by_old).0, 401);
+
+    // A key set that cannot be fetched stops the server at start, naming it.
+    let err = l.fails(&[
+        "server",
+        "--jwks",
+        &url,
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        "legion",
+    ]);
+    assert!(err.contains(&format!("--jwks {url}")), "{err}");
+}

@@ -4,8 +4,17 @@
 //! role taken from a configurable claim — a dotted path such as Keycloak's
 //! `realm_access.roles` — holding `admin`, `data-scientist` (or ODAHU's
 //! `data_scientist`) or `viewer`; the highest one counts.
+//!
+//! The key set is a file, or the provider's URL (Keycloak:
+//! `…/realms/R/protocol/openid-connect/certs`): fetched at start, again
+//! every `--jwks-refresh`, and at once when a token names a key it does
+//! not hold (a rotation) — at most once per `--jwks-min-refresh`, so that
+//! made-up key ids cannot turn the API against the provider. A failed
+//! fetch keeps the keys it had.
 
 use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -25,21 +34,39 @@ pub struct JwtSettings {
     pub roles_claim: String,
 }
 
-/// A verifier over one key set.
-#[derive(Clone)]
+/// A key of the set: its id, algorithm and key.
+type Key = (Option<String>, Algorithm, DecodingKey);
+
+/// A verifier over a key set, fetched again from its URL when it has one.
 pub struct Jwt {
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
+    keys: RwLock<Arc<Vec<Key>>>,
     settings: JwtSettings,
+    remote: Option<KeySource>,
+}
+
+/// A key set's URL, and when it was last asked.
+struct KeySource {
+    url: String,
+    http: reqwest::Client,
+    /// Fetches on an unknown key id wait for each other, and come no
+    /// closer than `min_refresh` after the last one.
+    last: tokio::sync::Mutex<Instant>,
+    min_refresh: Duration,
 }
 
 impl std::fmt::Debug for Jwt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Jwt")
-            .field("keys", &self.keys.len())
+            .field("keys", &self.current().len())
             .field("settings", &self.settings)
+            .field("url", &self.remote.as_ref().map(|r| &r.url))
             .finish()
     }
 }
+
+/// What the refusal says when no key matches: the one that may mean the
+/// provider rotated its keys.
+const NO_KEY: &str = "no key of the key set matches the token's kid and algorithm";
 
 /// Why a token was refused (said in the 401, never with the token).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,36 +89,100 @@ impl Jwt {
         })
     }
 
+    /// Fetches the key set at `url` (an `http://` or `https://` URL);
+    /// refused at start if it cannot be read.
+    pub async fn fetch(
+        url: &str,
+        settings: JwtSettings,
+        min_refresh: Duration,
+    ) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|source| Error::Unreachable {
+                server: url.to_string(),
+                source,
+            })?;
+        let keys = fetch_keys(&http, url)
+            .await
+            .map_err(|message| Error::InvalidArgument {
+                field: format!("--jwks {url}"),
+                message,
+            })?;
+        Ok(Jwt {
+            keys: RwLock::new(Arc::new(keys)),
+            settings,
+            remote: Some(KeySource {
+                url: url.to_string(),
+                http,
+                last: tokio::sync::Mutex::new(Instant::now()),
+                min_refresh,
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<Vec<Key>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Fetches the key set again (a URL's; a file's is read once). With
+    /// `forced` false, not sooner than `--jwks-min-refresh` after the
+    /// last fetch. Whether the keys were replaced.
+    pub async fn refresh(&self, forced: bool) -> bool {
+        let Some(source) = &self.remote else {
+            return false;
+        };
+        let mut last = source.last.lock().await;
+        if !forced && last.elapsed() < source.min_refresh {
+            return false;
+        }
+        *last = Instant::now();
+        match fetch_keys(&source.http, &source.url).await {
+            Ok(keys) => {
+                tracing::info!(url = %source.url, keys = keys.len(), "JWKS fetched");
+                *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+                true
+            }
+            Err(message) => {
+                tracing::warn!(url = %source.url, "JWKS fetch failed, keeping the keys held: {message}");
+                false
+            }
+        }
+    }
+
+    /// Fetches the key set every `every` until `stop` (nothing for a file).
+    pub async fn keep_fresh(&self, every: Duration, stop: tokio_util::sync::CancellationToken) {
+        if self.remote.is_none() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            self.refresh(true).await;
+        }
+    }
+
+    /// The caller `token` names; a token whose key is not held makes the
+    /// set be fetched again (see the module's notes), then is checked once
+    /// more.
+    pub async fn caller_fresh(&self, token: &str) -> Result<Caller, Refusal> {
+        match self.caller(token) {
+            Err(Refusal::Invalid(m)) if m == NO_KEY && self.refresh(false).await => {
+                self.caller(token)
+            }
+            r => r,
+        }
+    }
+
     /// A verifier over `set`.
     pub fn from_set(set: &JwkSet, settings: JwtSettings) -> Result<Self, String> {
-        use jsonwebtoken::jwk::AlgorithmParameters;
-        let mut keys = Vec::new();
-        for (i, jwk) in set.keys.iter().enumerate() {
-            let name = jwk
-                .common
-                .key_id
-                .clone()
-                .unwrap_or_else(|| format!("keys[{i}]"));
-            let alg = match &jwk.algorithm {
-                AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                AlgorithmParameters::EllipticCurve(p)
-                    if p.curve == jsonwebtoken::jwk::EllipticCurve::P256 =>
-                {
-                    Algorithm::ES256
-                }
-                _ => {
-                    return Err(format!(
-                        "key {name}: only RSA and EC P-256 keys are accepted"
-                    ))
-                }
-            };
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {name}: {e}"))?;
-            keys.push((jwk.common.key_id.clone(), alg, key));
-        }
-        if keys.is_empty() {
-            return Err("the key set has no keys".into());
-        }
-        Ok(Jwt { keys, settings })
+        Ok(Jwt {
+            keys: RwLock::new(Arc::new(keys_of(set)?)),
+            settings,
+            remote: None,
+        })
     }
 
     /// The caller `token` names.
@@ -101,7 +192,8 @@ impl Jwt {
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(bad("only RS256 and ES256 tokens are accepted"));
         }
-        let candidates = self.keys.iter().filter(|(kid, alg, _)| {
+        let keys = self.current();
+        let candidates = keys.iter().filter(|(kid, alg, _)| {
             *alg == header.alg && (header.kid.is_none() || kid.as_deref() == header.kid.as_deref())
         });
         let mut validation = Validation::new(header.alg);
@@ -110,7 +202,7 @@ impl Jwt {
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = 60;
-        let mut last = bad("no key of the key set matches the token's kid and algorithm");
+        let mut last = bad(NO_KEY);
         for (_, _, key) in candidates {
             match jsonwebtoken::decode::<Value>(token, key, &validation) {
                 Ok(data) => return self.claims_caller(&data.claims),
@@ -163,6 +255,56 @@ impl Jwt {
             ))),
         }
     }
+}
+
+/// The signing keys of `set`; keys that are not RSA or EC P-256 are
+/// refused, naming the key.
+fn keys_of(set: &JwkSet) -> Result<Vec<Key>, String> {
+    use jsonwebtoken::jwk::AlgorithmParameters;
+    let mut keys = Vec::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let name = jwk
+            .common
+            .key_id
+            .clone()
+            .unwrap_or_else(|| format!("keys[{i}]"));
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(p)
+                if p.curve == jsonwebtoken::jwk::EllipticCurve::P256 =>
+            {
+                Algorithm::ES256
+            }
+            _ => {
+                return Err(format!(
+                    "key {name}: only RSA and EC P-256 keys are accepted"
+                ))
+            }
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {name}: {e}"))?;
+        keys.push((jwk.common.key_id.clone(), alg, key));
+    }
+    if keys.is_empty() {
+        return Err("the key set has no keys".into());
+    }
+    Ok(keys)
+}
+
+/// GETs and reads a key set.
+async fn fetch_keys(http: &reqwest::Client, url: &str) -> Result<Vec<Key>, String> {
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot fetch it: {e}"))?;
+    if !r.status().is_success() {
+        return Err(format!("answered {}", r.status()));
+    }
+    let set: JwkSet = r
+        .json()
+        .await
+        .map_err(|e| format!("not a JSON Web Key Set: {e}"))?;
+    keys_of(&set)
 }
 
 #[cfg(test)]

@@ -102,6 +102,8 @@ pub(crate) type Shared = State<Arc<Api>>;
 pub struct ServerOptions {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// How often a JWKS URL is fetched again.
+    pub jwks_refresh: Duration,
 }
 
 /// Serves until `shutdown` fires. Without tokens only a loopback address
@@ -139,6 +141,14 @@ pub async fn serve(
         background.clone(),
     ));
     let leases = tokio::spawn(runs::keep_leases(api.clone(), background.clone()));
+    let keys = {
+        let (api, stop, every) = (api.clone(), background.clone(), opts.jwks_refresh);
+        tokio::spawn(async move {
+            if let Some(jwt) = &api.jwt {
+                jwt.keep_fresh(every, stop).await;
+            }
+        })
+    };
     let served = axum::serve(listener, router(api.clone()))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -148,6 +158,7 @@ pub async fn serve(
     background.cancel();
     let _ = leases.await;
     let _ = publisher.await;
+    let _ = keys.await;
     served
 }
 
@@ -329,12 +340,15 @@ impl FromRequestParts<Arc<Api>> for Caller {
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .map(str::trim);
             if let Some(token) = token.filter(|t| t.matches('.').count() == 2) {
-                return jwt.caller(token).map_err(|refusal| match refusal {
-                    jwt::Refusal::Invalid(why) => unauthenticated(&why),
-                    jwt::Refusal::NoRole(why) => {
-                        ApiError::new(StatusCode::FORBIDDEN, "forbidden", why)
-                    }
-                });
+                return jwt
+                    .caller_fresh(token)
+                    .await
+                    .map_err(|refusal| match refusal {
+                        jwt::Refusal::Invalid(why) => unauthenticated(&why),
+                        jwt::Refusal::NoRole(why) => {
+                            ApiError::new(StatusCode::FORBIDDEN, "forbidden", why)
+                        }
+                    });
             }
             if !api.tokens.enabled() {
                 return Err(unauthenticated("no JWT"));

@@ -42,10 +42,18 @@ pub struct ServerArgs {
     /// runs beyond it wait, `queued`, in order.
     #[arg(long, value_name = "N")]
     pub max_runs: Option<usize>,
-    /// The identity provider's JSON Web Key Set (a file): bearer JWTs
-    /// signed by its keys (RS256, ES256) are accepted.
-    #[arg(long, value_name = "FILE", requires_all = ["jwt_issuer", "jwt_audience"])]
-    pub jwks: Option<PathBuf>,
+    /// The identity provider's JSON Web Key Set, a file or an http(s) URL
+    /// (Keycloak: …/realms/REALM/protocol/openid-connect/certs): bearer
+    /// JWTs signed by its keys (RS256, ES256) are accepted.
+    #[arg(long, value_name = "FILE|URL", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwks: Option<String>,
+    /// How often a JWKS URL is fetched again.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub jwks_refresh: std::time::Duration,
+    /// A token signed by a key the set lacks makes the URL be fetched at
+    /// once (the provider rotated its keys), but not more often than this.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub jwks_min_refresh: std::time::Duration,
     /// The issuer (`iss`) JWTs must name.
     #[arg(long, value_name = "URL", requires = "jwks")]
     pub jwt_issuer: Option<String>,
@@ -123,20 +131,25 @@ pub async fn run(args: ServerArgs, home: &Home, toolchains: Toolchains) -> Resul
     });
     let runner = Runner::new(args.lease, &args.allow_paths, max_runs)?;
     let mut api = Api::new(toolchains, home.clone(), tokens, runner);
-    if let Some(path) = &args.jwks {
-        api.jwt = Some(Jwt::load(
-            path,
-            JwtSettings {
-                issuer: args.jwt_issuer.clone().unwrap_or_default(),
-                audience: args.jwt_audience.clone().unwrap_or_default(),
-                roles_claim: args.jwt_roles_claim.clone(),
+    if let Some(source) = &args.jwks {
+        let settings = JwtSettings {
+            issuer: args.jwt_issuer.clone().unwrap_or_default(),
+            audience: args.jwt_audience.clone().unwrap_or_default(),
+            roles_claim: args.jwt_roles_claim.clone(),
+        };
+        api.jwt = Some(
+            if source.starts_with("http://") || source.starts_with("https://") {
+                Jwt::fetch(source, settings, args.jwks_min_refresh).await?
+            } else {
+                Jwt::load(std::path::Path::new(source), settings)?
             },
-        )?);
+        );
     }
     crate::api::serve(
         api,
         ServerOptions {
             listen: args.listen,
+            jwks_refresh: args.jwks_refresh,
         },
         shutdown,
     )
