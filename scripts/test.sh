@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
-# The shared target folder outlives clones; rustc's incremental data in it
-# only grows. Sessions untouched for a day are dropped, so the disk the
-# tests (and podman) write to does not fill up.
-find "$CARGO_TARGET_DIR"/*/incremental -mindepth 1 -maxdepth 1 -mtime +0 -exec rm -rf {} + 2>/dev/null || true
+# The shared target folder outlives clones and only grows (incremental
+# sessions, test binaries superseded by new hashes): what was not used for a
+# day and has a newer twin is dropped, so the disk the tests (and podman)
+# write to does not fill up.
+[ -d "$CARGO_TARGET_DIR" ] && python3 scripts/prune-target.py "$CARGO_TARGET_DIR"
 bash scripts/setup.sh
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 

@@ -8,7 +8,7 @@
 //!   replica running them, started again if it dies, cancelled from any.
 //! - [`watch`]: logs followed as they grow, and the event stream.
 //!
-//! So far: toolchains (list, get, delete), trainings and packagings
+//! So far: toolchains (list, get, register by upload, delete), trainings and packagings
 //! (create, list with filters and cursor paging, get, cancel, logs with
 //! `?follow=true`, `?watch=true`), `/api/v1/events`, models and images,
 //! `/metrics`, the OpenAPI document and its page, `/health`, `/ready`.
