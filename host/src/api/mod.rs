@@ -14,6 +14,7 @@
 //! `/metrics`, the OpenAPI document and its page, `/health`, `/ready`.
 
 pub mod auth;
+pub mod deployments;
 pub mod jwt;
 pub mod metrics;
 pub mod openapi;
@@ -65,6 +66,8 @@ pub struct Api {
     pub jwt: Option<jwt::Jwt>,
     /// The runs this replica executes.
     pub runner: Runner,
+    /// The deployments this replica serves.
+    pub deployer: deployments::Deployer,
     /// The newest event's position ([`watch::publish_events`]).
     pub events: tokio::sync::watch::Sender<i64>,
     /// Request and run metrics.
@@ -82,6 +85,7 @@ impl Api {
             tokens,
             jwt: None,
             runner,
+            deployer: deployments::Deployer::new(std::net::Ipv4Addr::LOCALHOST.into()),
             events: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
             docs: {
@@ -205,6 +209,14 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/packagings/{id}", get(get_packaging))
         .route("/api/v1/packagings/{id}/cancel", post(cancel_packaging))
         .route("/api/v1/packagings/{id}/logs", get(packaging_logs))
+        .route(
+            "/api/v1/deployments",
+            get(deployments::list).post(deployments::create),
+        )
+        .route(
+            "/api/v1/deployments/{name}",
+            get(deployments::get).delete(deployments::delete),
+        )
         .route("/api/v1/events", get(events))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/models/{reference}", get(get_model))
@@ -260,6 +272,8 @@ pub struct ApiError {
     message: String,
     /// The run it concerns, when one was recorded.
     run: Option<Box<RunRecord>>,
+    /// The deployment it concerns, when one was recorded.
+    deployment: Option<Box<crate::store::DeploymentRecord>>,
 }
 
 impl ApiError {
@@ -269,7 +283,19 @@ impl ApiError {
             code,
             message,
             run: None,
+            deployment: None,
         }
+    }
+
+    /// What went wrong.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The same error, about `d` (which the answer carries).
+    pub(crate) fn with_deployment(mut self, d: crate::store::DeploymentRecord) -> Self {
+        self.deployment = Some(Box::new(d));
+        self
     }
 
     pub(crate) fn bad(field: &str, message: String) -> Self {
@@ -286,6 +312,9 @@ impl IntoResponse for ApiError {
         let mut error = json!({"code": self.code, "message": self.message});
         if let Some(run) = self.run {
             error["run"] = json!(run);
+        }
+        if let Some(d) = self.deployment {
+            error["deployment"] = json!(d);
         }
         let mut r = (self.status, Json(json!({ "error": error }))).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -543,7 +572,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 /// A JSON body as `T`: malformed input and unknown fields are refused,
 /// naming the field.
-fn body<T: DeserializeOwned>(
+pub(crate) fn body<T: DeserializeOwned>(
     b: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<T, ApiError> {
     let Json(value) = b.map_err(|e| ApiError::bad("body", e.body_text()))?;

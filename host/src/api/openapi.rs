@@ -17,9 +17,10 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::auth::Role;
+use super::deployments::{DeploymentList, DeploymentRequest};
 use super::{EventsQuery, ImageList, LogQuery, ModelList, Page, RunQuery};
 use crate::operator::crd::{ModelPackagingSpec, ModelTrainingSpec};
-use crate::store::{RunEvent, RunRecord, ToolchainRow};
+use crate::store::{DeploymentRecord, RunEvent, RunRecord, ToolchainRow};
 
 /// An error answer.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -125,6 +126,9 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
     let event: Value = g.subschema_for::<RunEvent>().into();
     let models: Value = g.subschema_for::<ModelList>().into();
     let images: Value = g.subschema_for::<ImageList>().into();
+    let deployment: Value = g.subschema_for::<DeploymentRecord>().into();
+    let deployments: Value = g.subschema_for::<DeploymentList>().into();
+    let deployment_request: Value = g.subschema_for::<DeploymentRequest>().into();
     let run_query = query_params::<RunQuery>(g);
     let log_query = query_params::<LogQuery>(g);
     let events_query = query_params::<EventsQuery>(g);
@@ -253,6 +257,53 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             params: vec![path_param("name", "The toolchain's name")],
             body: None,
             ok: vec![(200, "The toolchain removed", "application/json", toolchain)],
+            errors: &[404],
+        },
+        Op {
+            method: "get",
+            path: "/api/v1/deployments".into(),
+            id: "listDeployments".into(),
+            summary: "Deployments, by name".into(),
+            role: Some(Role::Viewer),
+            params: vec![],
+            body: None,
+            ok: vec![(200, "The deployments", "application/json", deployments)],
+            errors: &[],
+        },
+        Op {
+            method: "post",
+            path: "/api/v1/deployments".into(),
+            id: "createDeployment".into(),
+            summary: "Serve a packaged image: 201 once it answers, 202 while its model loads".into(),
+            role: Some(Role::DataScientist),
+            params: vec![],
+            body: Some(("application/json", deployment_request)),
+            ok: vec![
+                (201, "Serving: the deployment, with its URL", "application/json", deployment.clone()),
+                (202, "Accepted: the model still loads", "application/json", deployment.clone()),
+            ],
+            errors: &[400, 409, 422],
+        },
+        Op {
+            method: "get",
+            path: "/api/v1/deployments/{name}".into(),
+            id: "getDeployment".into(),
+            summary: "One deployment: its state and URL".into(),
+            role: Some(Role::Viewer),
+            params: vec![path_param("name", "The deployment's name")],
+            body: None,
+            ok: vec![(200, "The deployment", "application/json", deployment.clone())],
+            errors: &[404],
+        },
+        Op {
+            method: "delete",
+            path: "/api/v1/deployments/{name}".into(),
+            id: "deleteDeployment".into(),
+            summary: "Stop and remove a deployment, wherever it is served".into(),
+            role: Some(Role::DataScientist),
+            params: vec![path_param("name", "The deployment's name")],
+            body: None,
+            ok: vec![(202, "Being stopped: the deployment, `deleting`", "application/json", deployment)],
             errors: &[404],
         },
         Op {

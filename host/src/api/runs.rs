@@ -105,7 +105,7 @@ impl Runner {
         })
     }
 
-    fn lease_until(&self) -> i64 {
+    pub(crate) fn lease_until(&self) -> i64 {
         now_ms() + self.lease.as_millis() as i64
     }
 
@@ -404,6 +404,7 @@ pub async fn keep_leases(api: Arc<Api>, stop: CancellationToken) {
                 }
             }
         }
+        super::deployments::keep(&api).await;
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(tick) => {}
@@ -412,6 +413,7 @@ pub async fn keep_leases(api: Arc<Api>, stop: CancellationToken) {
     if let Err(e) = store.renew_leases(&me, 0).await {
         tracing::warn!(error = %e, "letting leases go");
     }
+    super::deployments::release(&api).await;
 }
 
 /// Starts again a run claimed from a replica that died; one that cannot

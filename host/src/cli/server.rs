@@ -42,6 +42,10 @@ pub struct ServerArgs {
     /// runs beyond it wait, `queued`, in order.
     #[arg(long, value_name = "N")]
     pub max_runs: Option<usize>,
+    /// The address deployments' model servers listen on (each on a port
+    /// of its own); their URLs name it, or this machine's name for 0.0.0.0.
+    #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
+    pub deploy_host: std::net::IpAddr,
     /// The identity provider's JSON Web Key Set, a file or an http(s) URL
     /// (Keycloak: …/realms/REALM/protocol/openid-connect/certs): bearer
     /// JWTs signed by its keys (RS256, ES256) are accepted.
@@ -131,6 +135,7 @@ pub async fn run(args: ServerArgs, home: &Home, toolchains: Toolchains) -> Resul
     });
     let runner = Runner::new(args.lease, &args.allow_paths, max_runs)?;
     let mut api = Api::new(toolchains, home.clone(), tokens, runner);
+    api.deployer = crate::api::deployments::Deployer::new(args.deploy_host);
     if let Some(source) = &args.jwks {
         let settings = JwtSettings {
             issuer: args.jwt_issuer.clone().unwrap_or_default(),

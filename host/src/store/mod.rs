@@ -8,6 +8,7 @@
 //! single statement or a transaction, committed before the command
 //! reports success, so what the user was told is what is on disk.
 
+mod deployments;
 mod runs;
 mod toolchains;
 
@@ -17,6 +18,7 @@ use std::sync::Once;
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
+pub use deployments::{DeploymentRecord, DeploymentState};
 pub use runs::{
     JobRef, Lease, RunCursor, RunEvent, RunFilter, RunKind, RunPlan, RunRecord, RunRequest,
     RunState,
@@ -110,6 +112,20 @@ const SQLITE_MIGRATIONS: &[&str] = &[
         digest TEXT PRIMARY KEY,
         bytes  BLOB NOT NULL
     )",
+    // Deployments the API serves: what is asked (spec), where it is, and
+    // the replica serving it, leased like runs.
+    "CREATE TABLE deployments (
+        name        TEXT PRIMARY KEY,
+        spec        TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        url         TEXT,
+        reason      TEXT,
+        owner       TEXT,
+        lease_until INTEGER,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    )",
 ];
 
 /// PostgreSQL's schema, applied in order in one transaction under an
@@ -189,6 +205,18 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     "CREATE TABLE toolchain_blobs (
         digest TEXT PRIMARY KEY,
         bytes  BYTEA NOT NULL
+    )",
+    "CREATE TABLE deployments (
+        name        TEXT PRIMARY KEY,
+        spec        TEXT NOT NULL,
+        model       TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        url         TEXT,
+        reason      TEXT,
+        owner       TEXT,
+        lease_until BIGINT,
+        created_at  BIGINT NOT NULL,
+        updated_at  BIGINT NOT NULL
     )",
 ];
 
