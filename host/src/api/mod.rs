@@ -10,7 +10,7 @@
 //!
 //! So far: toolchains (list, get, register by upload, delete), trainings and packagings
 //! (create, list with filters and cursor paging, get, cancel, logs with
-//! `?follow=true`, `?watch=true`), `/api/v1/events`, models and images,
+//! `?follow=true`, `?watch=true`), deployments, `/api/v1/events`, models and images,
 //! `/metrics`, the OpenAPI document and its page, `/health`, `/ready`.
 
 pub mod auth;
