@@ -13,26 +13,10 @@ use std::time::{Duration, Instant};
 use common::api::{legion_on, Db, Server, Tokens};
 use serde_json::{json, Value};
 
-/// Trains a `legion.python` model (its `predict.py` as given) on the
-/// command line and packages it into the local image store.
+/// Trains a `legion.python` model `name:1` (its `predict.py` as given)
+/// on the command line and packages it into the local image store.
 fn packaged(l: &common::Legion, name: &str, predict: &str) {
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(
-        src.path().join("train.py"),
-        format!(
-            "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
-             open(os.path.join(d, 'predict.py'), 'w').write({predict:?})\n"
-        ),
-    )
-    .unwrap();
-    l.ok(&[
-        "train",
-        src.path().to_str().unwrap(),
-        "-t",
-        "python",
-        "--name",
-        name,
-    ]);
+    common::train_with(l, name, "1", predict);
     let base = format!("oci:{}", common::registry::base_layout());
     l.ok(&["package", &format!("{name}:1"), "--base", &base]);
 }
@@ -88,12 +72,9 @@ fn predict(url: &str) -> Value {
     r.json::<Value>().unwrap()["predictions"].clone()
 }
 
-const ECHO: &str =
-    "def load(d):\n    return None\ndef predict(m, frame):\n    return frame.iloc[:, 0]\n";
-
 fn a_packaged_image_is_deployed_served_restarted_and_deleted(db: Db) {
     let (l, _pg) = legion_on(db);
-    packaged(&l, "echo", ECHO);
+    packaged(&l, "echo", common::ECHO_PREDICT);
     packaged(&l, "broken", "def load(d):\n    raise RuntimeError('no weights here')\ndef predict(m, frame):\n    return frame\n");
     let tokens = Tokens::new(&l);
     let server = |l: &common::Legion| Server::start(l, Some(&tokens.file), &["--lease", "2s"]);

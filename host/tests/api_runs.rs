@@ -18,23 +18,9 @@ use common::postgres::Postgres;
 use common::Legion;
 use serde_json::{json, Value};
 
-/// What a `legion.python` model's `predict.py` holds.
-const WRITE_MODEL: &str = "import os\n\
-d = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\n\
-os.makedirs(d)\n\
-open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n";
-
-/// A project folder under `root` whose `train.py` runs `body`, then
-/// writes a model.
+/// A project under `root` whose `train.py` runs `body`, then writes a model.
 fn project(root: &Path, name: &str, body: &str) -> String {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("train.py"),
-        format!("import os, sys, time\n{body}\n{WRITE_MODEL}"),
-    )
-    .unwrap();
-    dir.display().to_string()
+    common::project(root, name, body, common::ECHO_PREDICT)
 }
 
 fn training(source: &str, name: &str, version: &str) -> Value {

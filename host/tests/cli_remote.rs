@@ -85,18 +85,7 @@ impl Setup {
 
     /// A project whose `train.py` runs `body`, then writes a model.
     fn project(&self, name: &str, body: &str) -> String {
-        let dir = self.projects.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("train.py"),
-            format!(
-                "import os, sys, time\n{body}\n\
-                 d = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
-                 open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n"
-            ),
-        )
-        .unwrap();
-        dir.display().to_string()
+        common::project(self.projects.path(), name, body, common::ECHO_PREDICT)
     }
 }
 

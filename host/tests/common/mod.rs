@@ -342,19 +342,41 @@ pub fn kube_validate_all(objects: &[serde_json::Value]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// A `legion.python` model's `predict.py` that loads nothing and echoes
+/// the first column.
+pub const ECHO_PREDICT: &str =
+    "def load(d):\n    return None\ndef predict(m, frame):\n    return frame.iloc[:, 0]\n";
+
+/// A one-file project `root/name` whose `train.py` runs `body`, then
+/// writes a `legion.python` model whose `predict.py` is `predict`; its path.
+pub fn project(root: &Path, name: &str, body: &str, predict: &str) -> String {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("train.py"),
+        format!(
+            "import os, sys, time\n{body}\n\
+             d = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
+             open(os.path.join(d, 'predict.py'), 'w').write({predict:?})\n"
+        ),
+    )
+    .unwrap();
+    dir.display().to_string()
+}
+
 /// Trains a `legion.python` model `name:version` on this machine from a
 /// one-file project with no requirements; returns the run as JSON.
 pub fn train_tiny(l: &Legion, name: &str, version: &str) -> serde_json::Value {
-    let src = tempfile::tempdir().unwrap();
-    std::fs::write(
-        src.path().join("train.py"),
-        "import os\nd = os.path.join(os.environ['LEGION_OUTPUT_DIR'], 'model')\nos.makedirs(d)\n\
-         open(os.path.join(d, 'predict.py'), 'w').write('def load(d):\\n    return None\\ndef predict(m, frame):\\n    return frame.iloc[:, 0]\\n')\n",
-    )
-    .unwrap();
+    train_with(l, name, version, ECHO_PREDICT)
+}
+
+/// [`train_tiny`] with `predict` as the model's `predict.py`.
+pub fn train_with(l: &Legion, name: &str, version: &str, predict: &str) -> serde_json::Value {
+    let root = tempfile::tempdir().unwrap();
+    let src = project(root.path(), name, "", predict);
     l.json(&[
         "train",
-        src.path().to_str().unwrap(),
+        &src,
         "-t",
         "python",
         "--name",
