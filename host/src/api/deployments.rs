@@ -69,8 +69,12 @@ pub struct DeploymentList {
 
 /// The deployments this replica serves.
 pub struct Deployer {
-    /// Name -> what stops its server.
-    serving: Mutex<HashMap<String, CancellationToken>>,
+    /// Name -> the serving task's number and what stops it. An entry is
+    /// removed by its task as it ends (after its server has stopped), so
+    /// an entry means a server still running here.
+    serving: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// Numbers the serving tasks.
+    started: std::sync::atomic::AtomicU64,
     /// The address deployments listen on.
     host: IpAddr,
     /// The host their URLs name.
@@ -92,33 +96,43 @@ impl Deployer {
         };
         Deployer {
             serving: Mutex::new(HashMap::new()),
+            started: std::sync::atomic::AtomicU64::new(0),
             host,
             advertise,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, CancellationToken)>> {
         self.serving.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stops serving `name` here.
-    pub fn stop(&self, name: &str) {
-        if let Some(t) = self.lock().remove(name) {
-            t.cancel();
+    /// Stops serving `name` here; whether a server was running.
+    pub fn stop(&self, name: &str) -> bool {
+        match self.lock().get(name) {
+            Some((_, t)) => {
+                t.cancel();
+                true
+            }
+            None => false,
         }
     }
 
     /// Stops every deployment served here whose name is not in `held`
     /// (another replica took it while this one was cut off), or all.
     pub fn keep_only(&self, held: Option<&BTreeSet<String>>) {
-        let mut map = self.lock();
-        map.retain(|name, token| {
-            let keep = held.is_some_and(|h| h.contains(name));
-            if !keep {
+        for (name, (_, token)) in self.lock().iter() {
+            if !held.is_some_and(|h| h.contains(name)) {
                 token.cancel();
             }
-            keep
-        });
+        }
+    }
+
+    /// Forgets task `id`'s entry for `name` (not a newer task's).
+    fn ended(&self, name: &str, id: u64) {
+        let mut map = self.lock();
+        if map.get(name).is_some_and(|(n, _)| *n == id) {
+            map.remove(name);
+        }
     }
 }
 
@@ -223,10 +237,23 @@ type FirstOutcome = oneshot::Sender<Result<String, String>>;
 /// became ready (its URL) or failed (why).
 pub fn start(api: &Arc<Api>, d: DeploymentRecord, first: Option<FirstOutcome>) {
     let stop = CancellationToken::new();
-    if let Some(old) = api.deployer.lock().insert(d.name.clone(), stop.clone()) {
+    let id = api
+        .deployer
+        .started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some((_, old)) = api
+        .deployer
+        .lock()
+        .insert(d.name.clone(), (id, stop.clone()))
+    {
         old.cancel();
     }
-    tokio::spawn(serve_one(api.clone(), d, stop, first));
+    let api = api.clone();
+    tokio::spawn(async move {
+        let name = d.name.clone();
+        serve_one(api.clone(), d, stop, first).await;
+        api.deployer.ended(&name, id);
+    });
 }
 
 async fn serve_one(
@@ -319,11 +346,6 @@ async fn serve_one(
             if let Some(tx) = first.take() {
                 let _ = tx.send(Err(why));
             }
-            // Its entry, unless a newer start replaced it (which cancelled this one).
-            let mut serving = api.deployer.lock();
-            if serving.get(&d.name).is_some_and(|t| !t.is_cancelled()) {
-                serving.remove(&d.name);
-            }
         }
         _ => {
             // Stopped: removed if it was deleted; otherwise (this replica
@@ -351,9 +373,9 @@ pub async fn keep(api: &Arc<Api>) {
             .renew_deployment_leases(me, api.runner.lease_until())
             .await?;
         for name in store.deployment_deletes_for(me).await? {
-            api.deployer.stop(&name);
-            if !api.deployer.lock().contains_key(&name) {
-                // Not served here (failed, or never started): remove it.
+            // A server running here removes its row once it has stopped;
+            // with none (failed, or never started), it goes now.
+            if !api.deployer.stop(&name) {
                 store.delete_deployment(&name).await?;
             }
         }

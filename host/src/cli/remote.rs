@@ -459,6 +459,9 @@ async fn follow(remote: &Remote, run: RunRecord) -> Result<RunRecord, Error> {
     let mut body = r.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
     let mut cancelled = false;
+    // One listener for the whole follow: no Ctrl-C is missed between chunks.
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::io(Path::new("SIGINT"), e))?;
     loop {
         tokio::select! {
             chunk = body.next() => match chunk {
@@ -475,7 +478,7 @@ async fn follow(remote: &Remote, run: RunRecord) -> Result<RunRecord, Error> {
                 }
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupts.recv() => {
                 if cancelled {
                     std::process::exit(130);
                 }
