@@ -121,6 +121,24 @@ fn sign(alg: Algorithm, kid: &str, pem: &[u8], claims: &Value) -> String {
     encode(&header, claims, &key).unwrap()
 }
 
+/// A server taking JWTs of the key set `jwks` (a file or a URL) as
+/// Keycloak issues them (`ISSUER`, audience `legion`, roles in
+/// `realm_access.roles`), and the static `tokens` too.
+fn keycloak_like(l: &Legion, tokens: &Tokens, jwks: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--jwks",
+        jwks,
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        "legion",
+        "--jwt-roles-claim",
+        "realm_access.roles",
+    ];
+    args.extend_from_slice(extra);
+    Server::start(l, Some(&tokens.file), &args)
+}
+
 #[test]
 fn jwts_are_checked_for_signature_issuer_audience_expiry_and_role() {
     let keys = tempfile::tempdir().unwrap();
@@ -132,20 +150,7 @@ fn jwts_are_checked_for_signature_issuer_audience_expiry_and_role() {
 
     let l = Legion::new();
     let tokens = Tokens::new(&l);
-    let srv = Server::start(
-        &l,
-        Some(&tokens.file),
-        &[
-            "--jwks",
-            jwks.to_str().unwrap(),
-            "--jwt-issuer",
-            ISSUER,
-            "--jwt-audience",
-            "legion",
-            "--jwt-roles-claim",
-            "realm_access.roles",
-        ],
-    );
+    let srv = keycloak_like(&l, &tokens, jwks.to_str().unwrap(), &[]);
     let admin = sign(
         Algorithm::RS256,
         "rsa-1",
@@ -339,22 +344,7 @@ fn keys_from_the_providers_url_follow_a_rotation_and_survive_an_outage() {
     let l = Legion::new();
     let tokens = Tokens::new(&l);
     // No rate limit on fetches for an unknown key: the test rotates at once.
-    let srv = Server::start(
-        &l,
-        Some(&tokens.file),
-        &[
-            "--jwks",
-            &provider.url,
-            "--jwt-issuer",
-            ISSUER,
-            "--jwt-audience",
-            "legion",
-            "--jwt-roles-claim",
-            "realm_access.roles",
-            "--jwks-min-refresh",
-            "0s",
-        ],
-    );
+    let srv = keycloak_like(&l, &tokens, &provider.url, &["--jwks-min-refresh", "0s"]);
     let get = |token: &str| srv.call("GET", "/api/v1/trainings", Some(token));
     let by_old = sign(Algorithm::RS256, "old", &old, &claims("ann", &["viewer"]));
     let by_new = sign(Algorithm::ES256, "new", &new, &claims("ann", &["viewer"]));

@@ -275,7 +275,7 @@ async fn serve_one(
             .await
             .map_err(|e| e.to_string())?;
         let shutdown = stop.clone().cancelled_owned();
-        let server =
+        let mut server =
             tokio::spawn(
                 async move { legion_serve::serve(listener, model, &args, shutdown).await },
             );
@@ -283,12 +283,9 @@ async fn serve_one(
         // readiness probe, asked on loopback).
         let probe = format!("http://127.0.0.1:{port}/v2/health/ready");
         let http = reqwest::Client::new();
-        let mut server = server;
         loop {
-            if stop.is_cancelled() {
-                break;
-            }
             tokio::select! {
+                _ = stop.cancelled() => break,
                 ended = &mut server => {
                     return Err(match ended {
                         Ok(Ok(())) => "the model server stopped".to_string(),
@@ -372,22 +369,16 @@ pub async fn keep(api: &Arc<Api>) {
         store
             .renew_deployment_leases(me, api.runner.lease_until())
             .await?;
-        for name in store.deployment_deletes_for(me).await? {
-            // A server running here removes its row once it has stopped;
-            // with none (failed, or never started), it goes now.
-            if !api.deployer.stop(&name) {
+        let mut held = BTreeSet::new();
+        for (name, state) in store.deployments_held_by(me).await? {
+            if state != DeploymentState::Deleting {
+                held.insert(name);
+            } else if !api.deployer.stop(&name) {
+                // A server running here removes its row once it has
+                // stopped; with none (failed, or never started), it goes now.
                 store.delete_deployment(&name).await?;
             }
         }
-        let held: BTreeSet<String> = store
-            .list_deployments()
-            .await?
-            .into_iter()
-            .filter(|d| {
-                d.owner.as_deref() == Some(me.as_str()) && d.state != DeploymentState::Deleting
-            })
-            .map(|d| d.name)
-            .collect();
         api.deployer.keep_only(Some(&held));
         store.reap_deleted_deployments(now_ms()).await?;
         while let Some(d) = store

@@ -9,7 +9,6 @@
 //! `describe` in the sandbox — and kept in the database, so every replica
 //! sharing it can load the toolchain.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
@@ -69,7 +68,7 @@ struct Form {
     /// The part's file name, and the bytes.
     component: Option<(String, bytes::Bytes)>,
     name: Option<ToolchainName>,
-    config: BTreeMap<String, String>,
+    config: Vec<(String, String)>,
     replace: bool,
 }
 
@@ -106,17 +105,9 @@ async fn read_form(mut form: Multipart) -> Result<Form, ApiError> {
                     ToolchainName::new(text).map_err(|e| ApiError::bad("name", e.to_string()))?,
                 )
             }
-            "config" => {
-                let Some((k, v)) = text.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-                    return Err(ApiError::bad(
-                        "config",
-                        format!("expected KEY=VALUE, got '{text}'"),
-                    ));
-                };
-                if out.config.insert(k.to_string(), v.to_string()).is_some() {
-                    return Err(ApiError::bad("config", format!("'{k}' is given twice")));
-                }
-            }
+            "config" => out
+                .config
+                .push(crate::plan::parse_key_value(&text).map_err(|m| ApiError::bad("config", m))?),
             "replace" => {
                 out.replace = match text.as_str() {
                     "true" => true,
@@ -209,7 +200,13 @@ pub(super) async fn register(
     };
     let row = api
         .toolchains
-        .add_bytes(&bytes, &file, form.name.as_ref(), form.config, form.replace)
+        .add_bytes(
+            &bytes,
+            &file,
+            form.name.as_ref(),
+            crate::plan::unique_pairs("config", form.config)?,
+            form.replace,
+        )
         .await
         .map_err(refused)?;
     tracing::info!(toolchain = %row.name, digest = %row.digest, by = %caller.name, "toolchain registered");

@@ -37,7 +37,7 @@ pub struct PackageArgs {
     pub push: Option<String>,
     /// A packager argument (repeatable); `legion toolchain show docker-rest`
     /// lists them.
-    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = super::toolchain::parse_key_value)]
+    #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = crate::plan::parse_key_value)]
     pub args: Vec<(String, String)>,
     /// Time a packaging on a cluster may run, e.g. 30m.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -65,7 +65,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "IMAGE-REF")]
     pub base: String,
     /// A file or folder to copy in (repeatable): HOST_PATH=IMAGE_PATH.
-    #[arg(long, value_name = "HOST=IMAGE", value_parser = super::toolchain::parse_key_value)]
+    #[arg(long, value_name = "HOST=IMAGE", value_parser = crate::plan::parse_key_value)]
     pub add: Vec<(String, String)>,
     /// The entrypoint, one argument per use.
     #[arg(long, value_name = "ARG")]
@@ -74,10 +74,10 @@ pub struct BuildArgs {
     #[arg(long, value_name = "ARG")]
     pub cmd: Vec<String>,
     /// An environment variable (repeatable).
-    #[arg(long, value_name = "KEY=VALUE", value_parser = super::toolchain::parse_key_value)]
+    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::plan::parse_key_value)]
     pub env: Vec<(String, String)>,
     /// A label (repeatable).
-    #[arg(long, value_name = "KEY=VALUE", value_parser = super::toolchain::parse_key_value)]
+    #[arg(long, value_name = "KEY=VALUE", value_parser = crate::plan::parse_key_value)]
     pub label: Vec<(String, String)>,
     /// The user the image runs as (`UID[:GID]`).
     #[arg(long)]
@@ -100,15 +100,7 @@ pub async fn run(
     toolchains: &Toolchains,
     format: Format,
 ) -> Result<i32, Error> {
-    let mut arguments = crate::plan::Pairs::new();
-    for (k, v) in args.args {
-        if arguments.insert(k.clone(), v).is_some() {
-            return Err(Error::InvalidArgument {
-                field: "--arg".into(),
-                message: format!("'{k}' is given twice"),
-            });
-        }
-    }
+    let arguments = crate::plan::unique_pairs("--arg", args.args)?;
     let opts = PackageOptions {
         model: args.model,
         toolchain: args.toolchain.to_string(),
@@ -137,11 +129,7 @@ pub async fn run(
     watcher.abort();
     let packaged = result?;
     report(&packaged, format);
-    Ok(match packaged.run.state {
-        RunState::Succeeded => 0,
-        RunState::Cancelled => 130,
-        _ => 1,
-    })
+    Ok(super::train::exit_code(packaged.run.state))
 }
 
 fn report(p: &Packaged, format: Format) {

@@ -11,7 +11,6 @@
 //! `runs attach`, and the cluster and `--push` options of a run (the
 //! server's configuration decides those).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,14 +24,14 @@ use super::cluster::{ClusterArgs, ExecutorKind};
 use super::package::{ImagesCommand, PackageArgs};
 use super::runs::{ModelsCommand, RunsCommand};
 use super::toolchain::ToolchainCommand;
-use super::train::TrainArgs;
+use super::train::{exit_code, TrainArgs};
 use super::{output, Command, Format};
 use crate::fetch::source::SourceSpec;
 use crate::operator::crd::{
     DataSpec, ModelPackagingSpec, ModelSpec, ModelTrainingSpec, ResourceSpec,
     SourceSpec as SourceField,
 };
-use crate::store::{RunKind, RunRecord, RunState, ToolchainRow};
+use crate::store::{RunKind, RunRecord, ToolchainRow};
 use crate::Error;
 
 /// Times a create answered `503 busy` is sent again (after the server's
@@ -401,15 +400,7 @@ async fn train(a: TrainArgs, remote: &Remote, format: Format) -> Result<i32, Err
 
 async fn package(a: PackageArgs, remote: &Remote, format: Format) -> Result<i32, Error> {
     refuse_cluster(&a.cluster, a.push.is_some())?;
-    let mut arguments = BTreeMap::new();
-    for (k, v) in a.args {
-        if arguments.insert(k.clone(), v).is_some() {
-            return Err(Error::InvalidArgument {
-                field: "--arg".into(),
-                message: format!("'{k}' is given twice"),
-            });
-        }
-    }
+    let arguments = crate::plan::unique_pairs("--arg", a.args)?;
     let spec = ModelPackagingSpec {
         toolchain: a.toolchain.to_string(),
         training_ref: None,
@@ -427,14 +418,6 @@ async fn package(a: PackageArgs, remote: &Remote, format: Format) -> Result<i32,
         super::package::report_run(&run);
     }
     Ok(exit_code(run.state))
-}
-
-fn exit_code(state: RunState) -> i32 {
-    match state {
-        RunState::Succeeded => 0,
-        RunState::Cancelled => 130,
-        _ => 1,
-    }
 }
 
 /// Follows a run the server accepted to its end: its log on stderr as it
@@ -494,13 +477,17 @@ async fn follow(remote: &Remote, run: RunRecord) -> Result<RunRecord, Error> {
     if !pending.is_empty() {
         eprintln!("  {}", String::from_utf8_lossy(&pending));
     }
-    // The stream ends when the run does; a broken one is waited out here.
+    // The stream ends when the run does; a broken one is waited out here
+    // (Ctrl-C still leaves: the listener above replaced its default).
     loop {
         let now: RunRecord = remote.get(&["api", "v1", kind, &run.id], &[]).await?;
         if now.state.is_final() {
             return Ok(now);
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::select! {
+            _ = interrupts.recv() => std::process::exit(130),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::output;
 use super::Format;
 use crate::names::ToolchainName;
-use crate::plan::{PackagingRequest, ServingRequest, TrainingRequest};
+use crate::plan::{parse_key_value, PackagingRequest, ServingRequest, TrainingRequest};
 use crate::plugin::registry::AddToolchain;
 use crate::plugin::{Interface, ToolchainRecord, Toolchains};
 use crate::Error;
@@ -80,13 +80,6 @@ pub enum Call {
     Packaging,
     /// `server.plan-serving`.
     Serving,
-}
-
-pub(super) fn parse_key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got '{s}'")),
-    }
 }
 
 pub(super) async fn run(

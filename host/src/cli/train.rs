@@ -10,14 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::cluster::ClusterArgs;
 use super::output;
-use super::toolchain::parse_key_value;
 use super::Format;
 use crate::exec::kube::executor::yaml_documents;
 use crate::exec::local::LocalExecutor;
 use crate::exec::{RunEvents, Stream};
 use crate::home::Home;
 use crate::names::{ModelName, ModelVersion, ToolchainName};
-use crate::plan::{DataBinding, Resources};
+use crate::plan::{parse_key_value, DataBinding, Resources};
 use crate::plugin::Toolchains;
 use crate::store::{RunRecord, RunState};
 use crate::train::{TrainOptions, Trainer};
@@ -138,11 +137,17 @@ pub async fn run(
     watcher.abort();
     let run = run?;
     report(&run, format);
-    Ok(match run.state {
+    Ok(exit_code(run.state))
+}
+
+/// A run's end as the process's exit code: 0, 130 (cancelled, as after
+/// Ctrl-C), else 1.
+pub(super) fn exit_code(state: RunState) -> i32 {
+    match state {
         RunState::Succeeded => 0,
         RunState::Cancelled => 130,
         _ => 1,
-    })
+    }
 }
 
 /// A token cancelled by the first Ctrl-C (the second exits at once), and

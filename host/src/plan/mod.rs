@@ -18,6 +18,34 @@ pub use policy::Policy;
 /// Name/value pairs, in a stable order.
 pub type Pairs = BTreeMap<String, String>;
 
+/// `KEY=VALUE`, split at the first `=` (the key not empty): how the
+/// command line and the API's forms spell one pair.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got '{s}'")),
+    }
+}
+
+/// `items` as [`Pairs`], refusing a key given twice; `field` names the
+/// flag or field they came from.
+pub fn unique_pairs(
+    field: &str,
+    items: impl IntoIterator<Item = (String, String)>,
+) -> Result<Pairs, crate::Error> {
+    let mut pairs = Pairs::new();
+    for (k, v) in items {
+        if pairs.contains_key(&k) {
+            return Err(crate::Error::InvalidArgument {
+                field: field.to_string(),
+                message: format!("'{k}' is given twice"),
+            });
+        }
+        pairs.insert(k, v);
+    }
+    Ok(pairs)
+}
+
 /// Compute a step or service asks for; `None` is the executor's default.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,

@@ -187,13 +187,28 @@ impl Store {
         Ok(())
     }
 
-    /// Names of `owner`'s deployments asked to be deleted.
-    pub async fn deployment_deletes_for(&self, owner: &str) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar("SELECT name FROM deployments WHERE owner = $1 AND state = 'deleting'")
+    /// The names and states of the deployments `owner` holds.
+    pub async fn deployments_held_by(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<(String, DeploymentState)>, Error> {
+        let rows = sqlx::query("SELECT name, state FROM deployments WHERE owner = $1")
             .bind(owner)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|r| {
+                let state: String = r.try_get("state").map_err(|e| self.err(e))?;
+                Ok((
+                    r.try_get("name").map_err(|e| self.err(e))?,
+                    DeploymentState::parse(&state).ok_or_else(|| Error::Database {
+                        path: self.path.clone(),
+                        message: format!("deployments.state: unknown state '{state}'"),
+                    })?,
+                ))
+            })
+            .collect()
     }
 
     /// Removes deployments asked to be deleted whose holder is gone (its
