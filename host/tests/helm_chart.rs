@@ -415,13 +415,11 @@ const OPERATOR_RULES: &[(&str, &[&str], &[&str])] = &[
     ),
 ];
 
-#[test]
-fn rbac_grants_only_what_the_operator_uses_in_its_namespace() {
-    let (objects, _) = rendered(&json!({"registry": {"url": REGISTRY}}));
-    assert!(find(&objects, "ClusterRole").is_none());
-    assert!(find(&objects, "ClusterRoleBinding").is_none());
-    let role = find(&objects, "Role").unwrap();
-    let rules: Vec<(String, Vec<String>, Vec<String>)> = role["rules"]
+type Rule = (String, Vec<String>, Vec<String>);
+
+/// A Role's rules as (API group, resources, verbs), one group a rule.
+fn rules_of(role: &Value) -> Vec<Rule> {
+    role["rules"]
         .as_array()
         .unwrap()
         .iter()
@@ -434,8 +432,11 @@ fn rbac_grants_only_what_the_operator_uses_in_its_namespace() {
                 serde_json::from_value(r["verbs"].clone()).unwrap(),
             )
         })
-        .collect();
-    let want: Vec<(String, Vec<String>, Vec<String>)> = OPERATOR_RULES
+        .collect()
+}
+
+fn owned(rules: &[(&str, &[&str], &[&str])]) -> Vec<Rule> {
+    rules
         .iter()
         .map(|(g, r, v)| {
             (
@@ -444,9 +445,133 @@ fn rbac_grants_only_what_the_operator_uses_in_its_namespace() {
                 v.iter().map(|s| s.to_string()).collect(),
             )
         })
-        .collect();
-    assert_eq!(rules, want);
+        .collect()
+}
+
+#[test]
+fn rbac_grants_only_what_the_operator_uses_in_its_namespace() {
+    let (objects, _) = rendered(&json!({"registry": {"url": REGISTRY}}));
+    assert!(find(&objects, "ClusterRole").is_none());
+    assert!(find(&objects, "ClusterRoleBinding").is_none());
+    let role = find(&objects, "Role").unwrap();
+    assert_eq!(rules_of(role), owned(OPERATOR_RULES));
     let binding = find(&objects, "RoleBinding").unwrap();
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
+}
+
+/// What the API does on the cluster (`host/src/api/cluster.rs`), and so
+/// all its Role grants.
+const API_RULES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "legion-platform.org",
+        &["modeltrainings", "modelpackagings", "modeldeployments"],
+        &["get", "list", "create", "delete"],
+    ),
+    ("legion-platform.org", &["toolchains"], &["get"]),
+];
+
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn the_api_is_deployed_on_the_operators_database_with_its_own_least_rights() {
+    let values = json!({
+        "registry": {"url": REGISTRY},
+        "database": {"urlSecret": "legion-db"},
+        "api": {"enabled": true, "tokensSecret": "legion-tokens", "service": {"port": 8080}},
+    });
+    let (objects, _) = rendered(&values);
+    validate(&objects);
+    let deployment = named(&objects, "Deployment", "legion-api");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "legion-api");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let c = &pod["containers"][0];
+    let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap();
+    assert_eq!(
+        args,
+        [
+            "server",
+            "--executor=kube",
+            "--namespace=ml",
+            "--listen=0.0.0.0:8080",
+            "--tokens=/etc/legion-api/tokens.json"
+        ]
+    );
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let database = json!({"name": "LEGION_DATABASE", "valueFrom": {"secretKeyRef": {"name": "legion-db", "key": "url"}}});
+    let env = c["env"].as_array().unwrap();
+    assert!(env.contains(&database), "{env:?}");
+    // The operator writes the runs the API reads: the same database.
+    let op = &named(&objects, "Deployment", "legion-operator")["spec"]["template"]["spec"]
+        ["containers"][0];
+    assert!(op["env"].as_array().unwrap().contains(&database), "{op:#}");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/ready");
+    let service = named(&objects, "Service", "legion-api");
+    assert_eq!(service["spec"]["ports"][0]["port"], 8080);
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_ne!(
+        deployment["spec"]["selector"]["matchLabels"],
+        named(&objects, "Deployment", "legion-operator")["spec"]["selector"]["matchLabels"],
+        "the API's Service must not select the operator's pods"
+    );
+    let role = named(&objects, "Role", "legion-api");
+    assert_eq!(rules_of(role), owned(API_RULES));
+    assert_eq!(
+        named(&objects, "RoleBinding", "legion-api")["subjects"][0]["name"],
+        "legion-api"
+    );
+
+    // JWTs instead of tokens: the identity provider's URL, issuer, audience.
+    let (objects, _) = rendered(&json!({
+        "registry": {"url": REGISTRY},
+        "database": {"urlSecret": "legion-db"},
+        "api": {"enabled": true, "jwt": {"jwksUrl": "https://sso.example/realms/ml/protocol/openid-connect/certs",
+                 "issuer": "https://sso.example/realms/ml", "audience": "legion", "rolesClaim": "realm_access.roles"}},
+    }));
+    validate(&objects);
+    let c =
+        &named(&objects, "Deployment", "legion-api")["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = serde_json::from_value(c["args"].clone()).unwrap();
+    for want in [
+        "--jwks=https://sso.example/realms/ml/protocol/openid-connect/certs",
+        "--jwt-issuer=https://sso.example/realms/ml",
+        "--jwt-audience=legion",
+        "--jwt-roles-claim=realm_access.roles",
+    ] {
+        assert!(
+            args.iter().any(|a| a == want),
+            "{want} missing from {args:?}"
+        );
+    }
+    assert!(!args.iter().any(|a| a.starts_with("--tokens")), "{args:?}");
+
+    // What the API cannot run without is refused, saying what for.
+    let e = render(
+        &json!({"registry": {"url": REGISTRY}, "api": {"enabled": true, "tokensSecret": "t"}}),
+    )
+    .expect_err("an API without a database rendered");
+    assert!(e.contains("database.urlSecret is required"), "{e}");
+    let e = render(&json!({"registry": {"url": REGISTRY}, "database": {"urlSecret": "db"}, "api": {"enabled": true}}))
+        .expect_err("an API without authentication rendered");
+    assert!(e.contains("api.tokensSecret or api.jwt.jwksUrl"), "{e}");
+    let e = render(
+        &json!({"registry": {"url": REGISTRY}, "database": {"urlSecret": "db"},
+        "api": {"enabled": true, "jwt": {"jwksUrl": "https://sso/certs"}}}),
+    )
+    .expect_err("a JWKS without an issuer rendered");
+    assert!(e.contains("api.jwt.issuer is required"), "{e}");
+    // Off by default: the default render has no API objects.
+    let (objects, _) = rendered(&json!({"registry": {"url": REGISTRY}}));
+    assert!(objects
+        .iter()
+        .all(|o| !o["metadata"]["name"].as_str().unwrap().ends_with("-api")));
 }

@@ -421,6 +421,9 @@ pub(super) async fn create(
     let req: DeploymentRequest = body(b)?;
     check_name(&req.name)?;
     serve_args(&req.spec)?;
+    if let Some(c) = &api.cluster {
+        return create_on_cluster(&api, c, req, &caller).await;
+    }
     let model = model_of(&api, &req.spec.image).await?;
     let now = now_ms();
     let record = DeploymentRecord {
@@ -469,24 +472,65 @@ pub(super) async fn create(
     Ok(r)
 }
 
-async fn get_record(api: &Api, name: &str) -> Result<DeploymentRecord, ApiError> {
-    api.toolchains
-        .store()
-        .get_deployment(name)
+/// On a cluster: a `ModelDeployment` object, answered 202 (the operator
+/// rolls it out; GET shows its phase and URL).
+async fn create_on_cluster(
+    api: &Api,
+    c: &super::cluster::Cluster,
+    req: DeploymentRequest,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    let image = req.spec.image.clone();
+    let model = match api.toolchains.store().packaging_of_image(&image).await? {
+        Some(run) => format!("{}:{}", run.model.name, run.model.version),
+        None => {
+            return Err(ApiError::bad(
+                "spec.image",
+                format!("no packaging made '{image}' (GET /api/v1/packagings lists them; their imageRef is what a deployment serves)"),
+            ))
+        }
+    };
+    match c
+        .create_deployment(&req.name, req.spec, model, &caller.name)
         .await?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                format!("no deployment '{name}'"),
-            )
-        })
+    {
+        Some(d) => {
+            tracing::info!(deployment = %req.name, by = %caller.name, "ModelDeployment created");
+            let mut r = (StatusCode::ACCEPTED, Json(&d)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/deployments/{}", req.name)) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(r)
+        }
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already-exists",
+            format!("deployment '{}' exists: delete it first", req.name),
+        )),
+    }
+}
+
+async fn get_record(api: &Api, name: &str) -> Result<DeploymentRecord, ApiError> {
+    let found = match &api.cluster {
+        Some(c) => c.deployment(name).await?,
+        None => api.toolchains.store().get_deployment(name).await?,
+    };
+    found.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no deployment '{name}'"),
+        )
+    })
 }
 
 /// `GET /api/v1/deployments`.
 pub(super) async fn list(State(api): Shared, caller: Caller) -> Result<Response, ApiError> {
     require(&caller, Role::Viewer)?;
-    let items = api.toolchains.store().list_deployments().await?;
+    let items = match &api.cluster {
+        Some(c) => c.deployments().await?,
+        None => api.toolchains.store().list_deployments().await?,
+    };
     Ok(Json(DeploymentList { items }).into_response())
 }
 
@@ -509,6 +553,13 @@ pub(super) async fn delete(
 ) -> Result<Response, ApiError> {
     require(&caller, Role::DataScientist)?;
     let mut d = get_record(&api, &name).await?;
+    if let Some(c) = &api.cluster {
+        // The operator removes what serves it, then the object goes.
+        c.delete_deployment(&name).await?;
+        tracing::info!(deployment = %name, by = %caller.name, "ModelDeployment deleted");
+        d.state = DeploymentState::Deleting;
+        return Ok((StatusCode::ACCEPTED, Json(d)).into_response());
+    }
     api.toolchains
         .store()
         .request_delete_deployment(&name, now_ms())

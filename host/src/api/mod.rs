@@ -14,6 +14,7 @@
 //! `/metrics`, the OpenAPI document and its page, `/health`, `/ready`.
 
 pub mod auth;
+pub mod cluster;
 pub mod deployments;
 pub mod jwt;
 pub mod metrics;
@@ -68,6 +69,9 @@ pub struct Api {
     pub runner: Runner,
     /// The deployments this replica serves.
     pub deployer: deployments::Deployer,
+    /// On a cluster (`--executor kube`): runs and deployments are the
+    /// operator's custom resources.
+    pub cluster: Option<cluster::Cluster>,
     /// The newest event's position ([`watch::publish_events`]).
     pub events: tokio::sync::watch::Sender<i64>,
     /// Request and run metrics.
@@ -86,6 +90,7 @@ impl Api {
             jwt: None,
             runner,
             deployer: deployments::Deployer::new(std::net::Ipv4Addr::LOCALHOST.into()),
+            cluster: None,
             events: tokio::sync::watch::channel(0).0,
             metrics: metrics::Metrics::new(),
             docs: {
@@ -334,6 +339,11 @@ impl From<Error> for ApiError {
             }
             Error::AlreadyRegistered { .. } => (StatusCode::CONFLICT, "already-exists"),
             Error::Policy { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy"),
+            // The cluster's API server down or refusing us: try again later.
+            Error::Kubernetes { .. } => {
+                tracing::warn!(error = %e, "kubernetes API");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             // The database down or restarting: try again later.
             Error::Database { .. } => {
                 tracing::warn!(error = %e, "state database");
@@ -557,11 +567,7 @@ async fn run_logs(
         )
             .into_response());
     }
-    let text = match tokio::fs::read(&run.log_path).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io(std::path::Path::new(&run.log_path), e).into()),
-    };
+    let text = watch::read_log(&api, &run.id, std::path::Path::new(&run.log_path)).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
@@ -731,9 +737,11 @@ async fn create_training(
     crate::operator::runs::training_options(&spec, "")
         .map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid-argument", m))?;
     runs::check_training(&api.runner, &spec)?;
-    let a = runs::start(&api, Stored::Training { spec })
-        .await
-        .map_err(refused)?;
+    let a = match &api.cluster {
+        Some(c) => c.create_training(&api, spec, &caller.name).await,
+        None => runs::start(&api, Stored::Training { spec }).await,
+    }
+    .map_err(refused)?;
     tracing::info!(by = %caller.name, "training created");
     Ok(accepted(RunKind::Training, a))
 }
@@ -746,6 +754,7 @@ async fn create_packaging(
     require(&caller, Role::DataScientist)?;
     let spec: ModelPackagingSpec = body(b)?;
     runs::check_packaging(&api.runner, &spec)?;
+    let mut training = None;
     let model = match (&spec.training_ref, &spec.model_ref) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(ApiError::bad(
@@ -757,8 +766,11 @@ async fn create_packaging(
         (Some(t), None) => {
             let run = api.toolchains.store().get_run(t).await?;
             match run {
-                Some(run) if run.kind == RunKind::Training => match (run.state, run.pushed_ref.or(run.model_ref)) {
-                    (RunState::Succeeded, Some(m)) => m,
+                Some(run) if run.kind == RunKind::Training => match (run.state, run.pushed_ref.clone().or(run.model_ref.clone())) {
+                    (RunState::Succeeded, Some(m)) => {
+                        training = Some(run);
+                        m
+                    }
                     (state, _) => {
                         return Err(ApiError::new(
                             StatusCode::CONFLICT,
@@ -771,9 +783,14 @@ async fn create_packaging(
             }
         }
     };
-    let a = runs::start(&api, Stored::Packaging { spec, model })
-        .await
-        .map_err(refused)?;
+    let a = match &api.cluster {
+        Some(c) => {
+            c.create_packaging(&api, spec, training.as_ref(), &caller.name)
+                .await
+        }
+        None => runs::start(&api, Stored::Packaging { spec, model }).await,
+    }
+    .map_err(refused)?;
     tracing::info!(by = %caller.name, "packaging created");
     Ok(accepted(RunKind::Packaging, a))
 }
@@ -786,6 +803,13 @@ async fn cancel_run(
     caller: &Caller,
 ) -> Result<Response, ApiError> {
     let run = get_run(api, kind, id).await?;
+    if let Some(c) = &api.cluster {
+        // On a cluster a run is its object's: deleting it cancels the run.
+        if !run.state.is_final() && c.cancel(kind, id).await? {
+            tracing::info!(run = %id, by = %caller.name, "object deleted to cancel its run");
+            return Ok((StatusCode::ACCEPTED, Json(get_run(api, kind, id).await?)).into_response());
+        }
+    }
     if !api.toolchains.store().request_cancel(id).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

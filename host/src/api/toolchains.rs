@@ -188,6 +188,17 @@ pub(super) async fn register(
             return Err(refusal);
         }
     };
+    if let Some(c) = &api.cluster {
+        drain(req.into_body()).await;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cluster-mode",
+            format!(
+                "this server works on a cluster (--executor kube): toolchains there are Toolchain objects the operator checks (kubectl apply -n {} a Toolchain)",
+                c.namespace()
+            ),
+        ));
+    }
     let form = <Multipart as axum::extract::FromRequest<_>>::from_request(req, &api)
         .await
         .map_err(|e: MultipartRejection| ApiError::bad("body", e.body_text()))?;

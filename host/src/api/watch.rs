@@ -102,7 +102,9 @@ pub fn events(
 }
 
 /// A run's log from its start, then each line as it is written, until
-/// the run is over and the log read to its end.
+/// the run is over and the log read to its end. The file is read where
+/// this replica sees it; elsewhere, the copy a shared store keeps
+/// (`store::logs`), whose byte positions are the file's.
 pub fn follow_log(
     api: Arc<Api>,
     id: String,
@@ -115,6 +117,7 @@ pub fn follow_log(
                 if file.is_none() {
                     file = tokio::fs::File::open(&path).await.ok();
                 }
+                let store = api.toolchains.store();
                 if let Some(f) = file.as_mut() {
                     let mut buf = vec![0u8; 64 * 1024];
                     if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
@@ -129,13 +132,23 @@ pub fn follow_log(
                             }
                         }
                     }
+                } else if store.ships_logs() {
+                    if let Ok((bytes, next)) = store.stored_log(&id, offset as i64, 16).await {
+                        if !bytes.is_empty() {
+                            offset = next as u64;
+                            return Some((
+                                Ok(Bytes::from(bytes)),
+                                (api, id, path, file, offset, done),
+                            ));
+                        }
+                    }
                 }
                 if done {
                     return None;
                 }
                 // Over: one more read picks up the last lines written
                 // before the final state.
-                done = match api.toolchains.store().get_run(&id).await {
+                done = match store.get_run(&id).await {
                     Ok(Some(run)) => run.state.is_final(),
                     Ok(None) => true,
                     Err(_) => false,
@@ -146,4 +159,31 @@ pub fn follow_log(
             }
         },
     )
+}
+
+/// A run's whole log as it stands: its file where this replica sees it,
+/// else the copy a shared store keeps; empty if neither exists yet.
+pub async fn read_log(
+    api: &Api,
+    id: &str,
+    path: &std::path::Path,
+) -> Result<Vec<u8>, crate::Error> {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => return Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(crate::Error::io(path, e)),
+    }
+    let store = api.toolchains.store();
+    let mut out = Vec::new();
+    if store.ships_logs() {
+        loop {
+            let (bytes, next) = store.stored_log(id, out.len() as i64, 64).await?;
+            if bytes.is_empty() {
+                break;
+            }
+            debug_assert_eq!(next as usize, out.len() + bytes.len());
+            out.extend_from_slice(&bytes);
+        }
+    }
+    Ok(out)
 }

@@ -10,6 +10,7 @@ use crate::api::auth::{new_token, Role, Tokens};
 use crate::api::jwt::{Jwt, JwtSettings};
 use crate::api::runs::Runner;
 use crate::api::{Api, ServerOptions};
+use crate::cli::cluster::ExecutorKind;
 use crate::home::Home;
 use crate::plugin::Toolchains;
 use crate::Error;
@@ -42,6 +43,19 @@ pub struct ServerArgs {
     /// runs beyond it wait, `queued`, in order.
     #[arg(long, value_name = "N")]
     pub max_runs: Option<usize>,
+    /// Where trainings, packagings and deployments run: on this machine
+    /// (the API runs them), or on a cluster as the operator's custom
+    /// resources (the API creates them and reads the store the operator
+    /// writes: give both the same --database postgres://…).
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Local)]
+    pub executor: ExecutorKind,
+    /// The namespace of the custom resources (default: the kubeconfig
+    /// context's, else `default`).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// The address deployments' model servers listen on (each on a port
     /// of its own); their URLs name it, or this machine's name for 0.0.0.0.
     #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
@@ -134,7 +148,34 @@ pub async fn run(args: ServerArgs, home: &Home, toolchains: Toolchains) -> Resul
             .unwrap_or(2)
     });
     let runner = Runner::new(args.lease, &args.allow_paths, max_runs)?;
+    let cluster = match args.executor {
+        ExecutorKind::Local => {
+            if args.namespace.is_some() || args.kubeconfig.is_some() {
+                return Err(Error::InvalidArgument {
+                    field: "--namespace".into(),
+                    message: "--namespace and --kubeconfig are for --executor kube".into(),
+                });
+            }
+            None
+        }
+        ExecutorKind::Kube => {
+            if !toolchains.store().shared() {
+                return Err(Error::InvalidArgument {
+                    field: "--database".into(),
+                    message: "--executor kube reads the runs the operator records: give the operator's database (--database postgres://…)".into(),
+                });
+            }
+            let c = crate::api::cluster::Cluster::connect(
+                args.kubeconfig.as_deref(),
+                args.namespace.clone(),
+            )
+            .await?;
+            tracing::info!(namespace = %c.namespace(), "on a cluster: runs and deployments are the operator's custom resources");
+            Some(c)
+        }
+    };
     let mut api = Api::new(toolchains, home.clone(), tokens, runner);
+    api.cluster = cluster;
     api.deployer = crate::api::deployments::Deployer::new(args.deploy_host);
     if let Some(source) = &args.jwks {
         let settings = JwtSettings {

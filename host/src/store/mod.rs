@@ -9,6 +9,7 @@
 //! reports success, so what the user was told is what is on disk.
 
 mod deployments;
+mod logs;
 mod runs;
 mod toolchains;
 
@@ -126,6 +127,14 @@ const SQLITE_MIGRATIONS: &[&str] = &[
         created_at  INTEGER NOT NULL,
         updated_at  INTEGER NOT NULL
     )",
+    // Run logs copied into a shared database (`store::logs`), in chunks
+    // keyed by their byte position.
+    "CREATE TABLE run_logs (
+        run_id TEXT NOT NULL,
+        pos    INTEGER NOT NULL,
+        bytes  BLOB NOT NULL,
+        PRIMARY KEY (run_id, pos)
+    )",
 ];
 
 /// PostgreSQL's schema, applied in order in one transaction under an
@@ -218,6 +227,12 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
         created_at  BIGINT NOT NULL,
         updated_at  BIGINT NOT NULL
     )",
+    "CREATE TABLE run_logs (
+        run_id TEXT NOT NULL,
+        pos    BIGINT NOT NULL,
+        bytes  BYTEA NOT NULL,
+        PRIMARY KEY (run_id, pos)
+    )",
 ];
 
 /// The advisory lock migrations take.
@@ -230,6 +245,8 @@ pub struct Store {
     /// The file, or the server's URL without its password: for messages.
     path: PathBuf,
     backend: Backend,
+    /// Copies run logs into a shared database ([`logs`]).
+    shipper: std::sync::Arc<logs::Shipper>,
 }
 
 fn install_drivers() {
@@ -278,6 +295,7 @@ impl Store {
             pool,
             path: shown,
             backend: Backend::Postgres,
+            shipper: logs::shipper(),
         };
         store.migrate_postgres().await?;
         Ok(store)
@@ -327,6 +345,7 @@ impl Store {
             pool,
             path: path.to_path_buf(),
             backend: Backend::Sqlite,
+            shipper: logs::shipper(),
         };
         let migrated = store.migrate_sqlite().await;
         let _ = lock.unlock();

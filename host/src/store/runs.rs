@@ -299,6 +299,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 impl Store {
     /// Inserts a new run.
     pub async fn insert_run(&self, r: &RunRecord) -> Result<(), Error> {
+        self.ship_log(r).await;
         sqlx::query(
             "INSERT INTO runs (id, toolchain, toolchain_digest, model_name, model_version, state, request, plan,
                 exit_code, reason, created_at, started_at, finished_at, model_digest, model_ref, pushed_ref,
@@ -335,8 +336,10 @@ impl Store {
         Ok(())
     }
 
-    /// Writes every mutable field of `r` back.
+    /// Writes every mutable field of `r` back (a final state after the
+    /// end of its log, when logs are copied: `store::logs`).
     pub async fn update_run(&self, r: &RunRecord) -> Result<(), Error> {
+        self.ship_log(r).await;
         sqlx::query(
             "UPDATE runs SET state = $1, request = $2, plan = $3, exit_code = $4, reason = $5, started_at = $6,
                 finished_at = $7, model_digest = $8, model_ref = $9, pushed_ref = $10, source_commit = $11, pid = $12,
@@ -363,6 +366,23 @@ impl Store {
         .await
         .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// The newest succeeded packaging that made `image` (its reference,
+    /// or its digest).
+    pub async fn packaging_of_image(&self, image: &str) -> Result<Option<RunRecord>, Error> {
+        let digest = image.rsplit_once('@').map(|(_, d)| d).unwrap_or(image);
+        let row = sqlx::query(
+            "SELECT * FROM runs WHERE kind = 'packaging' AND state = 'succeeded'
+               AND (image_ref = $1 OR image_digest = $2)
+             ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(image)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        row.map(|r| self.decode_run(r)).transpose()
     }
 
     /// The run `id`.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod emulator;
 pub mod podman;
 pub mod postgres;
