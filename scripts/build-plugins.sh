@@ -20,6 +20,7 @@ plugins=(
   hello-toolchain
   legion-test-hostile
   legion-test-future-contract
+  legion-test-noop
 )
 if [ "${1:-}" = "--clippy" ]; then
   for p in "${plugins[@]}"; do

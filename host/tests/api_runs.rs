@@ -654,3 +654,73 @@ on_both_stores!(
     a_server_killed_mid_training_has_the_run_started_again_by_the_next_with_its_whole_log,
     fifty_concurrent_creates_on_two_replicas_make_fifty_runs_each_started_once,
 );
+
+/// More runs waiting their turn than a tokio blocking pool has threads
+/// (512): with one run executing at a time, 600 creates are all accepted
+/// and all finish. (Each run once held a thread of that pool while queued:
+/// past 512 the running ones found no thread for their own blocking work
+/// and everything stopped.) The no-op test toolchain keeps each run cheap.
+#[test]
+fn more_queued_runs_than_blocking_threads_all_finish() {
+    let s = Setup::new(Db::Sqlite);
+    s.l.ok(&["toolchain", "add", common::plugin("noop").to_str().unwrap()]);
+    let srv = s.server(&["--max-runs", "1"]);
+    let src = s.projects.path().join("empty");
+    std::fs::create_dir(&src).unwrap();
+    let src = src.to_str().unwrap().to_string();
+    let sci = s.tokens.scientist.clone();
+    const RUNS: usize = 600;
+    const CLIENTS: usize = 8;
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (srv, src, sci) = (&srv, &src, &sci);
+                scope.spawn(move || {
+                    let mut ids = Vec::new();
+                    for i in (c..RUNS).step_by(CLIENTS) {
+                        let body = json!({"toolchain": "noop", "model": {"name": "noop", "version": format!("{i}")},
+                                          "source": {"uri": src}});
+                        let (st, run) = srv.send("POST", "/api/v1/trainings", Some(sci), Some(&body));
+                        assert_eq!(st, 202, "create {i}: {run}");
+                        ids.push(run["id"].as_str().unwrap().to_string());
+                    }
+                    ids
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(ids.len(), RUNS);
+    // A hang guard, not a timing check.
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let (st, page) = srv.call(
+            "GET",
+            "/api/v1/trainings?state=succeeded&limit=500",
+            Some(&sci),
+        );
+        assert_eq!(st, 200);
+        let (_, rest) = srv.call("GET", "/api/v1/trainings?state=queued&limit=1", Some(&sci));
+        let (_, running) = srv.call("GET", "/api/v1/trainings?state=running&limit=1", Some(&sci));
+        if rest["items"].as_array().unwrap().is_empty()
+            && running["items"].as_array().unwrap().is_empty()
+        {
+            let (_, failed) = srv.call("GET", "/api/v1/trainings?state=failed&limit=5", Some(&sci));
+            assert!(failed["items"].as_array().unwrap().is_empty(), "{failed:#}");
+            assert_eq!(page["items"].as_array().unwrap().len(), 500);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "runs stopped progressing: {rest:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for id in [&ids[0], &ids[RUNS / 2], &ids[RUNS - 1]] {
+        let (_, run) = srv.call("GET", &format!("/api/v1/trainings/{id}"), Some(&sci));
+        assert_eq!(run["state"], "succeeded", "{run:#}");
+    }
+}

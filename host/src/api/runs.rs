@@ -80,6 +80,9 @@ pub struct Runner {
     active: Mutex<HashMap<String, CancellationToken>>,
     /// Runs that execute at once here; planned runs wait `queued`.
     gate: Arc<tokio::sync::Semaphore>,
+    /// The threads runs are tasks of (one per CPU), started with the
+    /// first run, on its runtime.
+    threads: std::sync::OnceLock<Arc<RunThreads>>,
 }
 
 impl Runner {
@@ -102,6 +105,7 @@ impl Runner {
             allowed,
             active: Mutex::new(HashMap::new()),
             gate: Arc::new(tokio::sync::Semaphore::new(max_runs.max(1))),
+            threads: std::sync::OnceLock::new(),
         })
     }
 
@@ -277,12 +281,18 @@ fn execute(
         until: api.runner.lease_until(),
         spec,
     };
-    let handle = tokio::runtime::Handle::current();
-    // A run's future holds plugin handles that are not `Send`: it is
-    // driven on a blocking-pool thread by the runtime's handle, its I/O
-    // and timers on the runtime's drivers (as the operator's runs).
-    tokio::task::spawn_blocking(move || {
-        handle.block_on(async move {
+    let threads = match api.runner.threads.get() {
+        Some(t) => t.clone(),
+        None => {
+            let n = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2);
+            let made = RunThreads::new(n, tokio::runtime::Handle::current())?;
+            api.runner.threads.get_or_init(|| made).clone()
+        }
+    };
+    threads.spawn(Box::new(move || {
+        Box::pin(async move {
             let (answer, first) = match answer {
                 Some((a, f)) => (Some(a), Some(f)),
                 None => (None, None),
@@ -343,8 +353,64 @@ fn execute(
                 }
             }
         })
-    });
+    }));
     Ok(())
+}
+
+/// A run, made into its future on the thread that drives it.
+type Job = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
+
+/// The threads runs are driven on. A run's future holds plugin handles
+/// that are not `Send`, so it is a local task of one thread; its I/O and
+/// timers stay on the server's runtime (`Handle::block_on`), so database
+/// connections it opens serve every request alike. A run waiting `queued`
+/// for its turn holds no thread: when each run had a blocking-pool thread
+/// of its own, 512 queued runs took every such thread, and the running
+/// ones, needing one for their own blocking work, waited forever.
+/// (`tokio_util`'s `LocalPoolHandle` gives each thread a runtime of its
+/// own: a PostgreSQL connection opened there had every query woken
+/// across threads, and reads got three times slower.)
+pub struct RunThreads {
+    senders: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl RunThreads {
+    /// `n` threads on the runtime of `handle`.
+    pub fn new(n: usize, handle: tokio::runtime::Handle) -> Result<Arc<Self>, Error> {
+        let mut senders = Vec::new();
+        for i in 0..n.max(1) {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let handle = handle.clone();
+            std::thread::Builder::new()
+                .name(format!("legion-runs-{i}"))
+                .spawn(move || {
+                    let local = tokio::task::LocalSet::new();
+                    handle.block_on(local.run_until(async move {
+                        while let Some(job) = rx.recv().await {
+                            tokio::task::spawn_local(job());
+                        }
+                    }));
+                })
+                .map_err(|e| Error::Engine {
+                    context: "starting the threads runs are driven on",
+                    source: e.into(),
+                })?;
+            senders.push(tx);
+        }
+        Ok(Arc::new(RunThreads {
+            senders,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }))
+    }
+
+    /// Drives `job` on the next thread.
+    fn spawn(&self, job: Job) {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.senders.len();
+        if self.senders[i].send(job).is_err() {
+            tracing::error!("the thread of run tasks {i} is gone: a run was not started");
+        }
+    }
 }
 
 /// Marks run `id` failed by `error` once the store answers again (for up

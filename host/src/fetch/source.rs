@@ -141,10 +141,16 @@ pub async fn fetch_source(spec: &SourceSpec, dest: &Path, log: &RunLog) -> Resul
             let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
             log.note(&format!("copying source {}", abs.display()));
             copy_tree(&abs, dest)?;
-            // A folder under git still has a commit worth recording.
-            let commit = git(&abs, &["rev-parse", "--verify", "--quiet", "HEAD"])
-                .await
-                .ok();
+            // A folder under git still has a commit worth recording. Git
+            // is asked only when there is a repository above the folder: a
+            // process per run costs more than the rest of a small fetch.
+            let commit = if abs.ancestors().any(|d| d.join(".git").exists()) {
+                git(&abs, &["rev-parse", "--verify", "--quiet", "HEAD"])
+                    .await
+                    .ok()
+            } else {
+                None
+            };
             Ok(Source {
                 uri: abs.display().to_string(),
                 reference: None,

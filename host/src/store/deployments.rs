@@ -94,7 +94,7 @@ impl Store {
         .bind(until)
         .bind(d.created_at)
         .bind(d.updated_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(done.rows_affected() > 0)
@@ -143,7 +143,7 @@ impl Store {
         .bind(now)
         .bind(name)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(done.rows_affected() > 0)
@@ -157,7 +157,7 @@ impl Store {
         )
         .bind(now)
         .bind(name)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(done.rows_affected() > 0)
@@ -167,7 +167,7 @@ impl Store {
     pub async fn delete_deployment(&self, name: &str) -> Result<(), Error> {
         sqlx::query("DELETE FROM deployments WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -181,7 +181,7 @@ impl Store {
         ))
         .bind(until)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(())
@@ -218,7 +218,7 @@ impl Store {
             "DELETE FROM deployments WHERE state = 'deleting' AND (owner IS NULL OR lease_until < $1)",
         )
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(())
@@ -245,7 +245,7 @@ impl Store {
         .bind(owner)
         .bind(until)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         row.map(|r| self.decode_deployment(r)).transpose()

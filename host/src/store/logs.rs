@@ -175,7 +175,7 @@ impl Store {
         .bind(id)
         .bind(pos)
         .bind(bytes.to_vec())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(())

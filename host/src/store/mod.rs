@@ -241,7 +241,14 @@ const MIGRATION_LOCK: i64 = 7236000;
 /// The state database.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Reads (and, on PostgreSQL, writes).
     pool: AnyPool,
+    /// Writes. On SQLite one connection: the database has one writer at a
+    /// time, and connections of one pool racing for that lock wait in
+    /// SQLite's busy handler, which sleeps (1, 2, 5 … 100 ms) — requests
+    /// stalled on an idle CPU. One writer connection queues them in the
+    /// pool instead, woken as soon as it is free.
+    writer: AnyPool,
     /// The file, or the server's URL without its password: for messages.
     path: PathBuf,
     backend: Backend,
@@ -292,6 +299,7 @@ impl Store {
                 message: e.to_string(),
             })?;
         let store = Store {
+            writer: pool.clone(),
             pool,
             path: shown,
             backend: Backend::Postgres,
@@ -327,22 +335,28 @@ impl Store {
             path: path.to_path_buf(),
             message: format!("waiting for the open lock: {e}"),
         })??;
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute(
-                        "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON",
-                    )
-                    .await?;
-                    Ok(())
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let connect = |n: u32| {
+            AnyPoolOptions::new()
+                .max_connections(n)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // The busy timeout still serves other processes
+                        // (the command line) writing the same file.
+                        conn.execute(
+                            "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON",
+                        )
+                        .await?;
+                        Ok(())
+                    })
                 })
-            })
-            .connect(&format!("sqlite://{}?mode=rwc", path.display()))
-            .await
-            .map_err(db_err)?;
+                .connect(&url)
+        };
+        let pool = connect(4).await.map_err(db_err)?;
+        let writer = connect(1).await.map_err(db_err)?;
         let store = Store {
             pool,
+            writer,
             path: path.to_path_buf(),
             backend: Backend::Sqlite,
             shipper: logs::shipper(),
@@ -357,7 +371,7 @@ impl Store {
     /// lock before reading the schema version, so two processes opening a
     /// new database at once apply each migration exactly once.
     async fn migrate_sqlite(&self) -> Result<(), Error> {
-        let mut conn = self.pool.acquire().await.map_err(|e| self.err(e))?;
+        let mut conn = self.writer.acquire().await.map_err(|e| self.err(e))?;
         sqlx::query("PRAGMA journal_mode = WAL")
             .execute(&mut *conn)
             .await
@@ -436,6 +450,7 @@ impl Store {
 
     /// Closes the pool (flushing SQLite's WAL).
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }

@@ -330,7 +330,7 @@ impl Store {
         .bind(&r.image_ref)
         .bind(&r.image_digest)
         .bind(r.job.as_ref().map(json))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(())
@@ -362,7 +362,7 @@ impl Store {
         .bind(&r.image_digest)
         .bind(r.job.as_ref().map(json))
         .bind(&r.id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(())
@@ -458,7 +458,7 @@ impl Store {
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -608,7 +608,7 @@ impl Store {
             .bind(until)
             .bind(spec)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -621,7 +621,7 @@ impl Store {
         ))
         .bind(until)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
@@ -651,7 +651,7 @@ impl Store {
         .bind(owner)
         .bind(until)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         row.map(|r| {
@@ -671,7 +671,7 @@ impl Store {
             "UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND {LIVE}"
         ))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(done.rows_affected() > 0)

@@ -62,7 +62,7 @@ impl Store {
         .bind(i64::from(row.builtin))
         .bind(row.size as i64)
         .bind(row.added_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(done.rows_affected() > 0)
@@ -91,7 +91,7 @@ impl Store {
     pub async fn delete_toolchain(&self, name: &str) -> Result<bool, Error> {
         let done = sqlx::query("DELETE FROM toolchains WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.err(e))?;
         Ok(done.rows_affected() > 0)
@@ -113,7 +113,7 @@ impl Store {
         )
         .bind(digest)
         .bind(bytes.to_vec())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(())
@@ -132,7 +132,7 @@ impl Store {
     pub async fn delete_toolchain_blob(&self, digest: &str) -> Result<(), Error> {
         sqlx::query("DELETE FROM toolchain_blobs WHERE digest = $1")
             .bind(digest)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
