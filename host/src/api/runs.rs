@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Api;
 use crate::exec::local::LocalExecutor;
+use crate::exec::threads::RunThreads;
 use crate::exec::{RunEvents, RunLog};
 use crate::fetch::SourceSpec;
 use crate::operator::crd::{ModelPackagingSpec, ModelTrainingSpec};
@@ -284,10 +285,7 @@ fn execute(
     let threads = match api.runner.threads.get() {
         Some(t) => t.clone(),
         None => {
-            let n = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2);
-            let made = RunThreads::new(n, tokio::runtime::Handle::current())?;
+            let made = RunThreads::per_cpu()?;
             api.runner.threads.get_or_init(|| made).clone()
         }
     };
@@ -355,62 +353,6 @@ fn execute(
         })
     }));
     Ok(())
-}
-
-/// A run, made into its future on the thread that drives it.
-type Job = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
-
-/// The threads runs are driven on. A run's future holds plugin handles
-/// that are not `Send`, so it is a local task of one thread; its I/O and
-/// timers stay on the server's runtime (`Handle::block_on`), so database
-/// connections it opens serve every request alike. A run waiting `queued`
-/// for its turn holds no thread: when each run had a blocking-pool thread
-/// of its own, 512 queued runs took every such thread, and the running
-/// ones, needing one for their own blocking work, waited forever.
-/// (`tokio_util`'s `LocalPoolHandle` gives each thread a runtime of its
-/// own: a PostgreSQL connection opened there had every query woken
-/// across threads, and reads got three times slower.)
-pub struct RunThreads {
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
-    next: std::sync::atomic::AtomicUsize,
-}
-
-impl RunThreads {
-    /// `n` threads on the runtime of `handle`.
-    pub fn new(n: usize, handle: tokio::runtime::Handle) -> Result<Arc<Self>, Error> {
-        let mut senders = Vec::new();
-        for i in 0..n.max(1) {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
-            let handle = handle.clone();
-            std::thread::Builder::new()
-                .name(format!("legion-runs-{i}"))
-                .spawn(move || {
-                    let local = tokio::task::LocalSet::new();
-                    handle.block_on(local.run_until(async move {
-                        while let Some(job) = rx.recv().await {
-                            tokio::task::spawn_local(job());
-                        }
-                    }));
-                })
-                .map_err(|e| Error::Engine {
-                    context: "starting the threads runs are driven on",
-                    source: e.into(),
-                })?;
-            senders.push(tx);
-        }
-        Ok(Arc::new(RunThreads {
-            senders,
-            next: std::sync::atomic::AtomicUsize::new(0),
-        }))
-    }
-
-    /// Drives `job` on the next thread.
-    fn spawn(&self, job: Job) {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.senders.len();
-        if self.senders[i].send(job).is_err() {
-            tracing::error!("the thread of run tasks {i} is gone: a run was not started");
-        }
-    }
 }
 
 /// Marks run `id` failed by `error` once the store answers again (for up

@@ -9,6 +9,7 @@ pub mod kube;
 pub mod local;
 pub mod log;
 pub mod pyenv;
+pub mod threads;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

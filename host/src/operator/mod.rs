@@ -74,6 +74,8 @@ pub struct Context {
     pub toolchains: Toolchains,
     /// Runs this process follows, by object uid.
     tasks: Mutex<HashMap<String, CancellationToken>>,
+    /// The threads the runs' pipelines are driven on.
+    threads: Arc<crate::exec::threads::RunThreads>,
     recorder: Recorder,
     /// Fires at shutdown or lost leadership: tasks stop following their
     /// runs (without cancelling them).
@@ -210,6 +212,7 @@ pub async fn run(
         home,
         toolchains,
         tasks: Mutex::new(HashMap::new()),
+        threads: crate::exec::threads::RunThreads::per_cpu()?,
         shutdown: work.clone(),
     });
     let config = watcher::Config::default();

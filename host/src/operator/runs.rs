@@ -281,12 +281,11 @@ fn spawn<K: RunResource>(obj: Arc<K>, ctx: Arc<Context>, work: Work<K::Options>)
         return;
     };
     // The pipelines' futures are not `Send` (rustc cannot prove it through
-    // their higher-ranked borrows), so each run is driven on a thread of
-    // the blocking pool by the runtime's handle; its I/O and timers stay on
-    // the runtime's drivers. Runs are few and long: a thread each is cheap.
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        handle.block_on(async {
+    // their higher-ranked borrows): each run is a local task of one of the
+    // operator's run threads, its I/O and timers on the runtime's drivers.
+    let threads = ctx.threads.clone();
+    threads.spawn(Box::new(move || {
+        Box::pin(async move {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let events = JobEvents(tx);
             let run = async {
@@ -327,7 +326,7 @@ fn spawn<K: RunResource>(obj: Arc<K>, ctx: Arc<Context>, work: Work<K::Options>)
             }
             ctx.unfollow(&key);
         })
-    });
+    }));
 }
 
 /// Sends the Job's name from the pipeline's events to the task.
