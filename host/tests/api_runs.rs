@@ -656,10 +656,11 @@ on_both_stores!(
 );
 
 /// More runs waiting their turn than a tokio blocking pool has threads
-/// (512): with one run executing at a time, 600 creates are all accepted
-/// and all finish. (Each run once held a thread of that pool while queued:
-/// past 512 the running ones found no thread for their own blocking work
-/// and everything stopped.) The no-op test toolchain keeps each run cheap.
+/// (512): with one run executing at a time, held until every create is
+/// answered, 600 creates are all accepted and then all finish. (Each run
+/// once held a thread of that pool while queued: past 512 the running ones
+/// found no thread for their own blocking work and everything stopped.)
+/// The no-op test toolchain keeps each run cheap.
 #[test]
 fn more_queued_runs_than_blocking_threads_all_finish() {
     let s = Setup::new(Db::Sqlite);
@@ -669,6 +670,13 @@ fn more_queued_runs_than_blocking_threads_all_finish() {
     std::fs::create_dir(&src).unwrap();
     let src = src.to_str().unwrap().to_string();
     let sci = s.tokens.scientist.clone();
+    // The first run takes the one slot and keeps it until `hold` exists:
+    // every other run stays queued, whatever this machine's speed.
+    let hold = s.projects.path().join("hold");
+    let first = json!({"toolchain": "noop", "model": {"name": "noop", "version": "held"},
+                       "source": {"uri": src}, "env": {"HOLD": hold.to_str().unwrap()}});
+    let (st, held) = srv.send("POST", "/api/v1/trainings", Some(&sci), Some(&first));
+    assert_eq!(st, 202, "{held}");
     const RUNS: usize = 600;
     const CLIENTS: usize = 8;
     let ids: Vec<String> = std::thread::scope(|scope| {
@@ -694,6 +702,17 @@ fn more_queued_runs_than_blocking_threads_all_finish() {
             .collect()
     });
     assert_eq!(ids.len(), RUNS);
+    let (_, queued) = srv.call(
+        "GET",
+        "/api/v1/trainings?state=queued&limit=500",
+        Some(&sci),
+    );
+    assert_eq!(
+        queued["items"].as_array().unwrap().len(),
+        500,
+        "all wait behind the held run"
+    );
+    std::fs::write(&hold, b"").unwrap();
     // A hang guard, not a timing check.
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {

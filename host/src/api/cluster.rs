@@ -284,33 +284,23 @@ impl Cluster {
     /// Cancels run `id` by deleting its object (the operator's finalizer
     /// cancels the run and deletes its Job); `false` if no object has it.
     pub async fn cancel(&self, kind: RunKind, id: &str) -> Result<bool, Error> {
-        let name = match kind {
-            RunKind::Training => self
-                .object_of::<ModelTraining>(id)
-                .await?
-                .map(|o| o.name_any()),
-            RunKind::Packaging => self
-                .object_of::<ModelPackaging>(id)
-                .await?
-                .map(|o| o.name_any()),
-        };
-        let Some(name) = name else {
+        match kind {
+            RunKind::Training => self.delete_run_object::<ModelTraining>(id).await,
+            RunKind::Packaging => self.delete_run_object::<ModelPackaging>(id).await,
+        }
+    }
+
+    async fn delete_run_object<K: RunResource>(&self, id: &str) -> Result<bool, Error> {
+        let Some(obj) = self.object_of::<K>(id).await? else {
             return Ok(false);
         };
-        let deleted = match kind {
-            RunKind::Training => self
-                .api::<ModelTraining>()
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-            RunKind::Packaging => self
-                .api::<ModelPackaging>()
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        };
-        match deleted {
-            Ok(()) => Ok(true),
+        let name = obj.name_any();
+        match self
+            .api::<K>()
+            .delete(&name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
             Err(e) => Err(self.err(&format!("deleting '{name}'"), e)),
         }

@@ -132,7 +132,7 @@ pub fn follow_log(
                             }
                         }
                     }
-                } else if store.ships_logs() {
+                } else if store.shared() {
                     if let Ok((bytes, next)) = store.stored_log(&id, offset as i64, 16).await {
                         if !bytes.is_empty() {
                             offset = next as u64;
@@ -175,7 +175,7 @@ pub async fn read_log(
     }
     let store = api.toolchains.store();
     let mut out = Vec::new();
-    if store.ships_logs() {
+    if store.shared() {
         loop {
             let (bytes, next) = store.stored_log(id, out.len() as i64, 64).await?;
             if bytes.is_empty() {

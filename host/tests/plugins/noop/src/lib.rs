@@ -16,13 +16,17 @@ impl Trainer for Noop {
     }
 
     fn plan_training(request: TrainingRequest) -> Result<Plan, ToolchainError> {
-        Ok(
-            Plan::new().step(Step::new("noop", request.image_or("busybox")).command([
-                "sh",
-                "-c",
-                "mkdir -p \"$LEGION_OUTPUT_DIR/model\"",
-            ])),
-        )
+        // `HOLD` (the training's env): a file the step waits for, so a
+        // test can keep runs queued behind it for as long as it needs.
+        let mut step = Step::new("noop", request.image_or("busybox")).command([
+            "sh",
+            "-c",
+            "mkdir -p \"$LEGION_OUTPUT_DIR/model\"; while [ -n \"${HOLD:-}\" ] && [ ! -e \"$HOLD\" ]; do sleep 0.1; done",
+        ]);
+        for kv in &request.env {
+            step = step.env(kv.key.clone(), kv.value.clone());
+        }
+        Ok(Plan::new().step(step))
     }
 
     fn collect_training(_request: TrainingRequest) -> Result<ModelManifest, ToolchainError> {
