@@ -45,10 +45,19 @@ struct Shipped {
 /// read and an insert, and two copies of one log must not interleave (the
 /// second would insert the same position with more bytes, and lose them
 /// to the first's row).
+/// The logs being copied. The map's lock is held only to look up or
+/// change the map, never across a copy: a copy holds its own run's entry,
+/// so a slow database delays that run's log, not every run's state writes.
 #[derive(Debug, Default)]
 pub(crate) struct Shipper {
-    live: tokio::sync::Mutex<HashMap<String, Shipped>>,
+    live: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Shipped>>>>,
     started: std::sync::atomic::AtomicBool,
+}
+
+impl Shipper {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<Shipped>>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Store {
@@ -66,24 +75,30 @@ impl Store {
         }
         let path = Path::new(&run.log_path);
         if run.state.is_final() {
-            let mut live = self.shipper.live.lock().await;
-            let entry = match live.remove(&run.id) {
+            let entry = self.shipper.map().remove(&run.id);
+            let entry = match entry {
                 Some(e) => Some(e),
-                None => self.start_shipping(&run.id, path).await,
+                None => self
+                    .start_shipping(&run.id, path)
+                    .await
+                    .map(|e| Arc::new(tokio::sync::Mutex::new(e))),
             };
-            if let Some(mut e) = entry {
+            if let Some(e) = entry {
+                // Waits for a copy of this run's log under way, then
+                // copies what is left.
+                let mut e = e.lock().await;
                 if let Err(err) = self.copy_new(&run.id, &mut e).await {
                     tracing::warn!(run = %run.id, error = %err, "cannot store the end of a run's log");
                 }
             }
             return;
         }
-        {
-            let mut live = self.shipper.live.lock().await;
-            if !live.contains_key(&run.id) {
-                if let Some(e) = self.start_shipping(&run.id, path).await {
-                    live.insert(run.id.clone(), e);
-                }
+        if !self.shipper.map().contains_key(&run.id) {
+            if let Some(e) = self.start_shipping(&run.id, path).await {
+                self.shipper
+                    .map()
+                    .entry(run.id.clone())
+                    .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(e)));
             }
         }
         if !self
@@ -127,9 +142,15 @@ impl Store {
     }
 
     async fn ship_live(&self) {
-        let mut live = self.shipper.live.lock().await;
-        for (id, e) in live.iter_mut() {
-            if let Err(err) = self.copy_new(id, e).await {
+        let live: Vec<_> = self
+            .shipper
+            .map()
+            .iter()
+            .map(|(id, e)| (id.clone(), e.clone()))
+            .collect();
+        for (id, e) in live {
+            let mut e = e.lock().await;
+            if let Err(err) = self.copy_new(&id, &mut e).await {
                 tracing::warn!(run = %id, error = %err, "cannot store a run's log");
             }
         }

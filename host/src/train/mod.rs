@@ -700,14 +700,20 @@ pub(crate) async fn start_when_allowed(
     events: &dyn RunEvents,
     cancel: &CancellationToken,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Stop> {
+    // A run cancelled before it started never starts, even with a slot
+    // free (`biased`: the cancel is looked at first, not at random).
+    if cancel.is_cancelled() {
+        return Err(Stop::Cancelled(None));
+    }
     let permit = match gate {
         Some(g) => {
             if g.available_permits() == 0 {
                 events.phase("queued: waiting for a free slot");
             }
             tokio::select! {
-                p = g.clone().acquire_owned() => p.ok(),
+                biased;
                 _ = cancel.cancelled() => return Err(Stop::Cancelled(None)),
+                p = g.clone().acquire_owned() => p.ok(),
             }
         }
         None => None,
@@ -866,8 +872,9 @@ pub(crate) async fn cancellable<T>(
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Stop> {
     tokio::select! {
-        r = fut => r.map_err(Stop::from),
+        biased;
         _ = cancel.cancelled() => Err(Stop::Cancelled(None)),
+        r = fut => r.map_err(Stop::from),
     }
 }
 
@@ -883,4 +890,67 @@ pub(crate) async fn blocking<T: Send + 'static>(
             source: e.into(),
         })?
         .map_err(Stop::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Quiet;
+
+    fn queued(id: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            toolchain: "python".into(),
+            toolchain_digest: "sha256:0".into(),
+            kind: RunKind::Training,
+            model: ModelId {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            state: RunState::Queued,
+            request: RunRequest::Training(Default::default()),
+            plan: None,
+            exit_code: None,
+            reason: None,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+            model_digest: None,
+            model_ref: None,
+            pushed_ref: None,
+            image_ref: None,
+            image_digest: None,
+            source_commit: None,
+            workspace: String::new(),
+            log_path: String::new(),
+            pid: None,
+            job: None,
+            owner: None,
+        }
+    }
+
+    /// The API calls off a create it could not answer in time by
+    /// cancelling its token; if the run gets recorded after all, it must
+    /// end without starting, however free the slots are.
+    #[tokio::test]
+    async fn a_run_cancelled_before_its_start_never_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
+        for (i, gate) in [Some(&gate), None].into_iter().cycle().take(40).enumerate() {
+            let mut run = queued(&format!("r{i}"));
+            store.insert_run(&run).await.unwrap();
+            let started = start_when_allowed(gate, &mut run, &store, &Quiet, &cancel).await;
+            assert!(matches!(started, Err(Stop::Cancelled(None))), "attempt {i}");
+            assert_eq!(run.started_at, None);
+            let stored = store.get_run(&run.id).await.unwrap().unwrap();
+            assert_eq!(stored.state, RunState::Queued, "attempt {i}");
+        }
+        assert_eq!(gate.available_permits(), 4, "no slot taken");
+        // A cancelled token wins over finished work too.
+        let r = cancellable(&cancel, async { Ok::<_, Error>(()) }).await;
+        assert!(matches!(r, Err(Stop::Cancelled(None))));
+    }
 }
