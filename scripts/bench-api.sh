@@ -14,13 +14,17 @@
 #   bash scripts/bench-api.sh      # after scripts/setup.sh
 #
 # DURATION (default 10s) is each GET run's length; CREATES_FOR (default 5s)
-# the creates run's. Prints one Markdown table for docs/benchmarks.md.
+# the creates run's. DBS (default "sqlite postgres") picks the stores.
+# PROFILE=DIR records the server with `perf record -g` during the creates
+# (DIR/perf-DB.data). Prints one Markdown table for docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
 legion="$CARGO_TARGET_DIR/release/legion"
 DURATION="${DURATION:-10s}"
 CREATES_FOR="${CREATES_FOR:-5s}"
+DBS="${DBS:-sqlite postgres}"
+PROFILE="${PROFILE:-}"
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
@@ -65,7 +69,7 @@ wait_idle() { # until no run is queued or running
 }
 
 rows=()
-for db in sqlite postgres; do
+for db in $DBS; do
   home="$work/$db"
   mkdir -p "$home"
   export LEGION_HOME="$home"
@@ -90,6 +94,7 @@ for db in sqlite postgres; do
   taskset -c 0 "$legion" server --listen "127.0.0.1:$port" --tokens "$home/tokens.json" \
     --allow-path "$work/projects" >"$work/server-$db.log" 2>&1 &
   pids+=($!)
+  server=$!
   until curl -sf "$url/health" >/dev/null; do sleep 0.2; done
 
   echo "== $db: 120 runs to read" >&2
@@ -106,13 +111,34 @@ for db in sqlite postgres; do
   taskset -c 1 wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url/api/v1/trainings/$id" > "$work/one.txt"
   echo "== $db: GET a page of 100" >&2
   taskset -c 1 wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url/api/v1/trainings?limit=100" > "$work/page.txt"
-  echo "== $db: creates" >&2
-  taskset -c 1 wrk -t1 -c8 -d"$CREATES_FOR" --latency -s "$work/post.lua" -H "Authorization: Bearer $token" "$url/api/v1/trainings" > "$work/create.txt"
-  non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/create.txt"); non2xx=${non2xx:-0}
-  # The accepted runs are left queued: the server goes with the temp dir.
+  # Creates, twice. First with the run slot held (the server runs one
+  # run at a time on its one core; a first run waits for a file): every
+  # create is recorded, fetched, planned and answered, then queued — the
+  # cost of accepting. Then with the slot free: the accepted runs execute
+  # on the same core meanwhile (a process each, a model stored each).
+  hold="$work/hold-$db"
+  curl -sf -o /dev/null -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d "${body%\}},\"env\":{\"HOLD\":\"$hold\"}}" "$url/api/v1/trainings"
+  for phase in held running; do
+    echo "== $db: creates ($phase)" >&2
+    if [ -n "$PROFILE" ]; then
+      mkdir -p "$PROFILE"
+      perf record -g -p "$server" -o "$PROFILE/perf-$db-$phase.data" -- sleep "${CREATES_FOR%s}" 2>/dev/null &
+      perf_pid=$!
+    fi
+    taskset -c 1 wrk -t1 -c8 -d"$CREATES_FOR" --latency -s "$work/post.lua" -H "Authorization: Bearer $token" "$url/api/v1/trainings" > "$work/create-$phase.txt"
+    [ -n "$PROFILE" ] && wait "$perf_pid"
+    touch "$hold"
+  done
   rows+=("| $db | GET one run | $(figures "$work/one.txt") |")
   rows+=("| $db | GET page of 100 | $(figures "$work/page.txt") |")
-  rows+=("| $db | POST create (accepted, then run) | $(figures "$work/create.txt") (non-2xx: $non2xx) |")
+  for phase in held running; do
+    non2xx=$(awk '/Non-2xx/ {print $NF}' "$work/create-$phase.txt"); non2xx=${non2xx:-0}
+    what="accepted, queued behind a held run"
+    [ "$phase" = running ] && what="accepted while the runs execute"
+    rows+=("| $db | POST create ($what) | $(figures "$work/create-$phase.txt") (non-2xx: $non2xx) |")
+  done
+  # The runs still queued are left: the server goes with the temp dir.
 done
 
 echo
