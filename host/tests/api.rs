@@ -391,6 +391,95 @@ fn toolchains_are_registered_by_upload_and_every_replica_runs_them(db: Db) {
     }
 }
 
+fn toolchains_are_registered_from_a_registry_pinned_by_digest(db: Db) {
+    let s = setup(db);
+    let srv = &s.server;
+    let reg = common::registry::Registry::start();
+    let wasm = std::fs::read(common::plugin("noop")).unwrap();
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm))
+    );
+    let tag = format!("{}/toolchains/noop:1", reg.addr);
+    let pushed = s.l.json(&[
+        "toolchain",
+        "push",
+        common::plugin("noop").to_str().unwrap(),
+        &tag,
+    ]);
+    let manifest = pushed["push"]["digest"].as_str().unwrap();
+    let pinned = format!("{}/toolchains/noop@{manifest}", reg.addr);
+    let body = json!({"image": pinned, "name": "from-registry", "config": {"k": "v"}});
+
+    // Only an admin registers.
+    for t in [&s.viewer, &s.scientist] {
+        let (st, b) = srv.send("POST", "/api/v1/toolchains", Some(t), Some(&body));
+        assert_eq!(st, 403, "{b}");
+    }
+    let (st, row) = srv.send("POST", "/api/v1/toolchains", Some(&s.admin), Some(&body));
+    assert_eq!(st, 201, "{row}");
+    assert_eq!(row["digest"], digest.as_str());
+    assert_eq!(row["origin"], pinned.as_str());
+    assert_eq!(row["config"], json!({"k": "v"}));
+    assert_eq!(row["info"]["name"], "noop");
+    let (st, got) = srv.call("GET", "/api/v1/toolchains/from-registry", Some(&s.viewer));
+    assert_eq!((st, &got), (200, &row));
+
+    // What cannot be registered: named, 4xx, nothing kept.
+    for (image, status, says) in [
+        ("toolchains/noop:1".to_string(), 400, "names no registry"),
+        (
+            format!("{}/toolchains/noop", reg.addr),
+            400,
+            "neither a tag nor a digest",
+        ),
+        (
+            format!("{}/toolchains/none:1", reg.addr),
+            422,
+            "toolchains/none:1",
+        ),
+    ] {
+        let (st, b) = srv.send(
+            "POST",
+            "/api/v1/toolchains",
+            Some(&s.admin),
+            Some(&json!({"image": image, "name": "broken"})),
+        );
+        assert_eq!(st, status, "{image}: {b}");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    let (st, b) = srv.send(
+        "POST",
+        "/api/v1/toolchains",
+        Some(&s.admin),
+        Some(&json!({"image": tag, "colour": "red"})),
+    );
+    assert_eq!(st, 400, "{b}");
+    let (st, _) = srv.call("GET", "/api/v1/toolchains/broken", Some(&s.admin));
+    assert_eq!(st, 404);
+
+    // Another replica on the same database plans with it without the
+    // registry: the pinned component travels in the database.
+    drop(reg);
+    if let Some(url) = &s.l.database {
+        let other = Legion::with_database(url.clone());
+        let src = tempfile::tempdir().unwrap();
+        let req = src.path().join("req.json");
+        std::fs::write(&req, r#"{"model": {"name": "m", "version": "1"}}"#).unwrap();
+        let plan = other.json(&[
+            "toolchain",
+            "plan",
+            "from-registry",
+            "--request",
+            req.to_str().unwrap(),
+            "--source",
+            src.path().to_str().unwrap(),
+        ]);
+        assert_eq!(plan["steps"][0]["name"], "noop", "{plan}");
+    }
+}
+
 #[test]
 fn without_tokens_the_server_refuses_to_listen_beyond_loopback() {
     let l = Legion::new();
@@ -432,4 +521,5 @@ on_both_stores!(
     each_role_gets_what_it_may_and_nothing_more,
     trainings_are_listed_by_filter_and_cursor_and_read_with_their_logs,
     toolchains_are_registered_by_upload_and_every_replica_runs_them,
+    toolchains_are_registered_from_a_registry_pinned_by_digest,
 );

@@ -146,6 +146,40 @@ fn remote_mode_trains_packages_and_prints_what_local_mode_prints() {
     let shown = same(&s, viewer, &["toolchain", "show", "hello"]);
     assert!(shown.contains(&digest), "{shown}");
 
+    // A reference is sent for the server to pull; pushing is done here.
+    let reg = common::registry::Registry::start();
+    let tag = format!("{}/toolchains/noop:1", reg.addr);
+    let err = s.remote_fails(admin, &["toolchain", "push", hello, &tag]);
+    assert!(err.contains("drop --server"), "{err}");
+    s.l.ok(&[
+        "toolchain",
+        "push",
+        common::plugin("noop").to_str().unwrap(),
+        &tag,
+    ]);
+    let added: Value = serde_json::from_str(&s.remote_ok(
+        admin,
+        &[
+            "-o",
+            "json",
+            "toolchain",
+            "add",
+            &tag,
+            "--name",
+            "noop-remote",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(added["name"], "noop-remote");
+    assert!(
+        added["origin"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/toolchains/noop@sha256:", reg.addr)),
+        "{added}"
+    );
+    same(&s, viewer, &["toolchain", "show", "noop-remote"]);
+
     // A training on the server, its log followed here.
     let src = s.project(
         "remote-proj",

@@ -65,8 +65,8 @@ struct Op {
     /// `None`: no token needed.
     role: Option<Role>,
     params: Vec<Value>,
-    /// Content type and schema of the request body.
-    body: Option<(&'static str, Value)>,
+    /// Content types and schemas of the request body (none: no body).
+    body: Vec<(&'static str, Value)>,
     /// Status, description, content type, schema.
     ok: Vec<(u16, &'static str, &'static str, Value)>,
     /// Error statuses besides 401/403 (implied by `role`).
@@ -108,7 +108,7 @@ fn describe(code: u16) -> &'static str {
         403 => "The caller's role may not do this",
         404 => "No such resource",
         409 => "The resource is not in a state that allows this",
-        422 => "Refused: by the toolchain's plan or the admin's policy (the run is kept), or an unusable component",
+        422 => "Refused: by the toolchain's plan or the admin's policy (the run is kept), an unusable component, or a registry that would not give it",
         503 => "Not ready, or the request took too long",
         _ => "Error",
     }
@@ -118,6 +118,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
     let run: Value = g.subschema_for::<RunRecord>().into();
     let page: Value = g.subschema_for::<Page>().into();
     let toolchain: Value = g.subschema_for::<ToolchainRow>().into();
+    let from_registry: Value = g.subschema_for::<super::toolchains::FromRegistry>().into();
     let toolchains: Value = g.subschema_for::<ToolchainList>().into();
     let status: Value = g.subschema_for::<StatusBody>().into();
     let training: Value = g.subschema_for::<ModelTrainingSpec>().into();
@@ -145,7 +146,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "The process answers".into(),
             role: None,
             params: vec![],
-            body: None,
+            body: vec![],
             ok: vec![(200, "Alive", "application/json", status.clone())],
             errors: &[],
         },
@@ -156,7 +157,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "The state database answers".into(),
             role: None,
             params: vec![],
-            body: None,
+            body: vec![],
             ok: vec![(200, "Ready", "application/json", status)],
             errors: &[503],
         },
@@ -167,7 +168,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "Prometheus metrics".into(),
             role: None,
             params: vec![],
-            body: None,
+            body: vec![],
             ok: vec![(
                 200,
                 "OpenMetrics text",
@@ -183,7 +184,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "This document".into(),
             role: None,
             params: vec![],
-            body: None,
+            body: vec![],
             ok: vec![(
                 200,
                 "OpenAPI 3.1",
@@ -199,7 +200,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "This document as a page".into(),
             role: None,
             params: vec![],
-            body: None,
+            body: vec![],
             ok: vec![(200, "HTML", "text/html", text.clone())],
             errors: &[],
         },
@@ -210,7 +211,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "Registered toolchains".into(),
             role: Some(Role::Viewer),
             params: vec![],
-            body: None,
+            body: vec![],
             ok: vec![(200, "The toolchains", "application/json", toolchains)],
             errors: &[],
         },
@@ -218,10 +219,10 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             method: "post",
             path: "/api/v1/toolchains".into(),
             id: "registerToolchain".into(),
-            summary: "Register a toolchain: upload its component (`curl -F component=@x.wasm`); checked, compiled and described before it is kept".into(),
+            summary: "Register a toolchain: upload its component (`curl -F component=@x.wasm`), or name it in a registry (JSON `{\"image\": \"REGISTRY/REPO@sha256:…\"}`, pulled and pinned by digest); checked, compiled and described before it is kept".into(),
             role: Some(Role::Admin),
             params: vec![],
-            body: Some(("multipart/form-data", json!({
+            body: vec![("multipart/form-data", json!({
                 "type": "object",
                 "required": ["component"],
                 "properties": {
@@ -233,7 +234,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
                         "description": "`KEY=VALUE` the toolchain reads with `host.config`; one part each"},
                     "replace": {"type": "boolean", "description": "Replace a toolchain of that name"},
                 },
-            }))),
+            })), ("application/json", from_registry)],
             ok: vec![(201, "Registered: the toolchain", "application/json", toolchain.clone())],
             errors: &[400, 409, 422],
         },
@@ -244,7 +245,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "One toolchain".into(),
             role: Some(Role::Viewer),
             params: vec![path_param("name", "The toolchain's name")],
-            body: None,
+            body: vec![],
             ok: vec![(200, "The toolchain", "application/json", toolchain.clone())],
             errors: &[404],
         },
@@ -255,7 +256,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "Unregister a toolchain".into(),
             role: Some(Role::Admin),
             params: vec![path_param("name", "The toolchain's name")],
-            body: None,
+            body: vec![],
             ok: vec![(200, "The toolchain removed", "application/json", toolchain)],
             errors: &[404],
         },
@@ -266,7 +267,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "Deployments, by name".into(),
             role: Some(Role::Viewer),
             params: vec![],
-            body: None,
+            body: vec![],
             ok: vec![(200, "The deployments", "application/json", deployments)],
             errors: &[],
         },
@@ -277,7 +278,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "Serve a packaged image: 201 once it answers, 202 while its model loads".into(),
             role: Some(Role::DataScientist),
             params: vec![],
-            body: Some(("application/json", deployment_request)),
+            body: vec![("application/json", deployment_request)],
             ok: vec![
                 (201, "Serving: the deployment, with its URL", "application/json", deployment.clone()),
                 (202, "Accepted: the model still loads", "application/json", deployment.clone()),
@@ -291,7 +292,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "One deployment: its state and URL".into(),
             role: Some(Role::Viewer),
             params: vec![path_param("name", "The deployment's name")],
-            body: None,
+            body: vec![],
             ok: vec![(200, "The deployment", "application/json", deployment.clone())],
             errors: &[404],
         },
@@ -302,7 +303,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "Stop and remove a deployment, wherever it is served".into(),
             role: Some(Role::DataScientist),
             params: vec![path_param("name", "The deployment's name")],
-            body: None,
+            body: vec![],
             ok: vec![(202, "Being stopped: the deployment, `deleting`", "application/json", deployment)],
             errors: &[404],
         },
@@ -317,7 +318,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
                 p.push(json!({"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Resume after this event"}));
                 p
             },
-            body: None,
+            body: vec![],
             ok: vec![(
                 200,
                 "A stream that does not end",
@@ -334,7 +335,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         summary: "Stored models".into(),
         role: Some(Role::Viewer),
         params: vec![],
-        body: None,
+        body: vec![],
         ok: vec![(200, "The models", "application/json", models)],
         errors: &[],
     });
@@ -345,7 +346,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         summary: "One stored model: its manifest and config".into(),
         role: Some(Role::Viewer),
         params: vec![path_param("reference", "name:version or sha256:…")],
-        body: None,
+        body: vec![],
         ok: vec![(
             200,
             "The model",
@@ -361,7 +362,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         summary: "Packaged images, local and pushed".into(),
         role: Some(Role::Viewer),
         params: vec![],
-        body: None,
+        body: vec![],
         ok: vec![(200, "The images", "application/json", images)],
         errors: &[],
     });
@@ -373,7 +374,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
         let lower = kind.to_lowercase();
         ops.push(Op { method: "get", path: base.clone(), id: format!("list{kind}s"),
             summary: format!("{kind}s, newest first, filtered and paged by cursor; `watch=true` streams their state changes instead"),
-            role: Some(Role::Viewer), params: run_query.clone(), body: None,
+            role: Some(Role::Viewer), params: run_query.clone(), body: vec![],
             ok: vec![(200, "A page, or with watch=true an event stream", "application/json", page.clone()),
                      (200, "With watch=true", "text/event-stream", sse.clone())], errors: &[400] });
         ops.push(Op {
@@ -383,7 +384,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: format!("Start a {lower}: answered once planned and past the policy"),
             role: Some(Role::DataScientist),
             params: vec![],
-            body: Some(("application/json", spec)),
+            body: vec![("application/json", spec)],
             ok: vec![(
                 202,
                 "Accepted: the run, planned",
@@ -399,7 +400,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: format!("One {lower}"),
             role: Some(Role::Viewer),
             params: id(),
-            body: None,
+            body: vec![],
             ok: vec![(200, "The run", "application/json", run.clone())],
             errors: &[404],
         });
@@ -410,7 +411,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "Cancel it, whichever replica runs it".into(),
             role: Some(Role::DataScientist),
             params: id(),
-            body: None,
+            body: vec![],
             ok: vec![(202, "Cancel asked", "application/json", run.clone())],
             errors: &[404, 409],
         });
@@ -423,7 +424,7 @@ fn operations(g: &mut SchemaGenerator) -> Vec<Op> {
             summary: "Its log; `follow=true` streams it until the run ends".into(),
             role: Some(Role::Viewer),
             params: logs,
-            body: None,
+            body: vec![],
             ok: vec![(200, "The log", "text/plain", text.clone())],
             errors: &[400, 404],
         });
@@ -451,7 +452,7 @@ pub fn document() -> Value {
         if op.role.is_some() {
             errors.extend([401, 403]);
         }
-        if op.body.is_some() {
+        if !op.body.is_empty() {
             errors.push(413);
         }
         errors.sort_unstable();
@@ -479,8 +480,12 @@ pub fn document() -> Value {
             None => o["security"] = json!([]),
             Some(r) => o["x-legion-role"] = json!(r.as_str()),
         }
-        if let Some((ctype, schema)) = op.body {
-            o["requestBody"] = json!({"required": true, "content": {ctype: {"schema": schema}}});
+        if !op.body.is_empty() {
+            let mut content = Map::new();
+            for (ctype, schema) in op.body {
+                content.insert(ctype.to_string(), json!({"schema": schema}));
+            }
+            o["requestBody"] = json!({"required": true, "content": content});
         }
         let entry = paths.entry(op.path).or_insert_with(|| json!({}));
         entry[op.method] = o;

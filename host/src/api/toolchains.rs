@@ -8,6 +8,12 @@
 //! file — a component of a supported contract that links and answers
 //! `describe` in the sandbox — and kept in the database, so every replica
 //! sharing it can load the toolchain.
+//!
+//! Or a registration names a toolchain in a registry: a JSON body
+//! `{"image": "REGISTRY/REPO@sha256:…" | "REGISTRY/REPO:TAG", "name",
+//! "config": {KEY: VALUE}, "replace"}`. The server pulls it (a tag is
+//! resolved to its digest once, here), checks the component's digest while
+//! it arrives, and pins it: the row's `origin` names the manifest by digest.
 
 use std::time::Duration;
 
@@ -155,6 +161,11 @@ fn refused(e: Error) -> ApiError {
             "invalid-toolchain",
             e.to_string(),
         ),
+        Error::Registry { reference, message } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "registry",
+            format!("image: {reference}: {message}"),
+        ),
         e => e.into(),
     }
 }
@@ -199,6 +210,29 @@ pub(super) async fn register(
             ),
         ));
     }
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        let Json(body) =
+            <Json<FromRegistry> as axum::extract::FromRequest<_>>::from_request(req, &api)
+                .await
+                .map_err(|e| ApiError::bad("body", e.body_text()))?;
+        let image = crate::plugin::registry::ToolchainImage::parse("image", &body.image)?;
+        let name = body
+            .name
+            .map(ToolchainName::new)
+            .transpose()
+            .map_err(|e| ApiError::bad("name", e.to_string()))?;
+        let row = api
+            .toolchains
+            .add_from_registry(&image, name.as_ref(), body.config, body.replace)
+            .await
+            .map_err(refused)?;
+        return Ok(registered(row, &caller));
+    }
     let form = <Multipart as axum::extract::FromRequest<_>>::from_request(req, &api)
         .await
         .map_err(|e: MultipartRejection| ApiError::bad("body", e.body_text()))?;
@@ -220,10 +254,37 @@ pub(super) async fn register(
         )
         .await
         .map_err(refused)?;
-    tracing::info!(toolchain = %row.name, digest = %row.digest, by = %caller.name, "toolchain registered");
+    Ok(registered(row, &caller))
+}
+
+/// A registration from a registry (the JSON body).
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FromRegistry {
+    /// The toolchain's wasm OCI artifact: `REGISTRY/REPO@sha256:…`, or
+    /// `REGISTRY/REPO:TAG` (resolved to its digest now).
+    #[schemars(regex(
+        pattern = r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9]+([._/-][a-z0-9]+)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$"
+    ))]
+    pub image: String,
+    /// Name to register under (default: the name the toolchain gives itself).
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
+    pub name: Option<String>,
+    /// What the toolchain reads with `host.config`.
+    #[serde(default)]
+    pub config: std::collections::BTreeMap<String, String>,
+    /// Replace a toolchain of that name.
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// 201 with the toolchain and its location.
+fn registered(row: crate::plugin::ToolchainRecord, caller: &Caller) -> Response {
+    tracing::info!(toolchain = %row.name, digest = %row.digest, origin = row.origin.as_deref().unwrap_or("upload"), by = %caller.name, "toolchain registered");
     let mut r = (StatusCode::CREATED, Json(&row)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/toolchains/{}", row.name)) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    Ok(r)
+    r
 }

@@ -11,6 +11,7 @@
 //! `runs attach`, and the cluster and `--push` options of a run (the
 //! server's configuration decides those).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ use crate::operator::crd::{
     DataSpec, ModelPackagingSpec, ModelSpec, ModelTrainingSpec, ResourceSpec,
     SourceSpec as SourceField,
 };
+use crate::plugin::registry::ToolchainImage;
 use crate::store::{RunKind, RunRecord, ToolchainRow};
 use crate::Error;
 
@@ -253,11 +255,33 @@ pub async fn run(cmd: Command, remote: &Remote, format: Format) -> Result<i32, E
 async fn toolchain(cmd: ToolchainCommand, remote: &Remote, format: Format) -> Result<(), Error> {
     match cmd {
         ToolchainCommand::Add {
-            path,
+            source,
+            name,
+            config,
+            replace,
+        } if !std::path::Path::new(&source).exists() && ToolchainImage::looks_like(&source) => {
+            // The server pulls it: what it registers is what its registry
+            // access gives, pinned by digest there.
+            let body = serde_json::json!({
+                "image": source,
+                "name": name.map(|n| n.to_string()),
+                "config": config.into_iter().collect::<BTreeMap<_, _>>(),
+                "replace": replace,
+            });
+            let url = remote.url(&["api", "v1", "toolchains"], &[]);
+            let r = remote
+                .send(|| remote.request(Method::POST, url.clone()).json(&body))
+                .await?;
+            let row: ToolchainRow = remote.json(r).await?;
+            super::toolchain::print_record(format, &row);
+        }
+        ToolchainCommand::Add {
+            source,
             name,
             config,
             replace,
         } => {
+            let path = std::path::PathBuf::from(source);
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             let file = path
                 .file_name()
@@ -305,6 +329,11 @@ async fn toolchain(cmd: ToolchainCommand, remote: &Remote, format: Format) -> Re
         ToolchainCommand::Plan { .. } => {
             return Err(here_only(
                 "`legion toolchain plan` (it calls the plugin in this process)",
+            ))
+        }
+        ToolchainCommand::Push { .. } => {
+            return Err(here_only(
+                "`legion toolchain push` (it publishes from this machine to the registry)",
             ))
         }
     }

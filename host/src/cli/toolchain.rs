@@ -11,17 +11,21 @@ use super::output;
 use super::Format;
 use crate::names::ToolchainName;
 use crate::plan::{parse_key_value, PackagingRequest, ServingRequest, TrainingRequest};
-use crate::plugin::registry::AddToolchain;
+use crate::plugin::registry::{AddToolchain, ToolchainImage};
 use crate::plugin::{Interface, ToolchainRecord, Toolchains};
 use crate::Error;
 
 /// `legion toolchain` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ToolchainCommand {
-    /// Validate, compile and register a toolchain component.
+    /// Validate, compile and register a toolchain component, from a file or
+    /// a registry.
     Add {
-        /// The component (`.wasm`, built for wasm32-wasip2).
-        path: PathBuf,
+        /// The component: a `.wasm` file built for wasm32-wasip2, or one in a
+        /// registry, `REGISTRY/REPO:TAG` (resolved to its digest now, and
+        /// pinned) or `REGISTRY/REPO@sha256:…`.
+        #[arg(value_name = "PATH|REFERENCE")]
+        source: String,
         /// Name to register under (default: the name the toolchain gives itself).
         #[arg(long)]
         name: Option<ToolchainName>,
@@ -31,6 +35,14 @@ pub enum ToolchainCommand {
         /// Replace a toolchain already registered under this name.
         #[arg(long)]
         replace: bool,
+    },
+    /// Publish a toolchain component to a registry, in the wasm OCI layout
+    /// (`wkg oci pull` and skopeo read it).
+    Push {
+        /// The component (`.wasm`); checked as `add` checks it.
+        path: PathBuf,
+        /// Where: `REGISTRY/REPO:TAG`.
+        reference: String,
     },
     /// List registered toolchains.
     #[command(alias = "list")]
@@ -89,21 +101,61 @@ pub(super) async fn run(
 ) -> Result<(), Error> {
     match cmd {
         ToolchainCommand::Add {
-            path,
+            source,
             name,
             config,
             replace,
         } => {
             let config: BTreeMap<_, _> = config.into_iter().collect();
-            let row = toolchains
-                .add(&AddToolchain {
-                    path,
-                    name,
-                    config,
-                    replace,
-                })
-                .await?;
+            let row = if !Path::new(&source).exists() && ToolchainImage::looks_like(&source) {
+                let image = ToolchainImage::parse("REFERENCE", &source)?;
+                toolchains
+                    .add_from_registry(&image, name.as_ref(), config, replace)
+                    .await?
+            } else {
+                toolchains
+                    .add(&AddToolchain {
+                        path: PathBuf::from(source),
+                        name,
+                        config,
+                        replace,
+                    })
+                    .await?
+            };
             print_record(format, &row);
+        }
+        ToolchainCommand::Push { path, reference } => {
+            let image = ToolchainImage::parse("REFERENCE", &reference)?;
+            if image.0.digest().is_some() {
+                return Err(Error::InvalidArgument {
+                    field: "REFERENCE".into(),
+                    message: format!("'{reference}' names a digest; push to a tag (the digest is the registry's answer)"),
+                });
+            }
+            let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            let (report, info) = toolchains
+                .push(&bytes, &path.display().to_string(), &image.0)
+                .await?;
+            if format == Format::Json {
+                output::json(&serde_json::json!({"push": report, "toolchain": info}));
+            } else {
+                let pinned = format!(
+                    "{}/{}@{}",
+                    image.0.registry(),
+                    image.0.repository(),
+                    report.digest
+                );
+                println!(
+                    "pushed toolchain '{}' {} to {}",
+                    info.name, info.version, report.reference
+                );
+                println!("  digest: {}", report.digest);
+                println!(
+                    "  {} blob(s) uploaded, {} already there",
+                    report.blobs_pushed, report.blobs_skipped
+                );
+                println!("  register it with: legion toolchain add {pinned}");
+            }
         }
         ToolchainCommand::Ls => print_toolchains(&toolchains.list().await?, format),
         ToolchainCommand::Show { name } => {
@@ -269,6 +321,9 @@ pub(super) fn print_record(format: Format, r: &ToolchainRecord) {
         ("size", format!("{} bytes", r.size)),
         ("builtin", r.builtin.to_string()),
     ];
+    if let Some(origin) = &r.origin {
+        pairs.push(("origin", origin.clone()));
+    }
     for (k, v) in &r.config {
         pairs.push(("config", format!("{k}={v}")));
     }

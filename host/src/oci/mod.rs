@@ -9,7 +9,8 @@
 //! - [`image`]: runnable images — a base resolved to a digest, layers on
 //!   top, a deterministic config and manifest;
 //! - [`source`]: a training's source folder as an artifact a pod fetches;
-//! - [`registry`]: pushing and pulling through a registry (oci-client).
+//! - [`registry`]: pushing and pulling through a registry (oci-client);
+//! - [`wasm`]: toolchains as wasm OCI artifacts (the CNCF wasm layout).
 
 pub mod catalog;
 pub mod image;
@@ -18,6 +19,7 @@ pub mod layout;
 pub mod model;
 pub mod registry;
 pub mod source;
+pub mod wasm;
 
 /// OCI image manifest media type.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -98,6 +98,10 @@ impl Registry {
             // One streamed PUT per blob: chunked PATCHes cost a round trip per
             // MiB (2.3x slower for a 100 MB model on loopback).
             use_monolithic_push: true,
+            // A registry that does not answer fails the call, not hangs it
+            // (a name a caller gave may point anywhere).
+            connect_timeout: Some(std::time::Duration::from_secs(10)),
+            read_timeout: Some(std::time::Duration::from_secs(120)),
             ..ClientConfig::default()
         };
         let auth = match (
@@ -184,6 +188,78 @@ impl Registry {
             });
         }
         layout.put_blob_file(tmp, &blob.digest)
+    }
+
+    /// The manifest `reference` names (one of `accepted`) and its digest,
+    /// computed from the bytes; a reference pinned by digest must get
+    /// exactly that manifest.
+    pub async fn pull_manifest_pinned(
+        &self,
+        reference: &Reference,
+        accepted: &[&str],
+    ) -> Result<(Vec<u8>, String), Error> {
+        self.client
+            .auth(reference, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| Self::err(reference, e))?;
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth, accepted)
+            .await
+            .map_err(|e| Self::err(reference, e))?;
+        let digest = super::sha256_digest(&bytes);
+        if let Some(pinned) = reference.digest() {
+            if pinned != digest {
+                return Err(Error::Registry {
+                    reference: reference.whole(),
+                    message: format!("the registry sent a manifest with digest {digest}"),
+                });
+            }
+        }
+        Ok((bytes.to_vec(), digest))
+    }
+
+    /// Fetches blob `blob` into memory, hashing it as it arrives: more than
+    /// its descriptor's size (or `max` bytes), or bytes of another digest,
+    /// and nothing is returned.
+    pub async fn pull_blob_checked(
+        &self,
+        reference: &Reference,
+        blob: &OciDescriptor,
+        max: u64,
+    ) -> Result<Vec<u8>, Error> {
+        use sha2::Digest;
+        let fail = |message: String| Error::Registry {
+            reference: reference.whole(),
+            message: format!("blob {}: {message}", blob.digest),
+        };
+        let expected = (blob.size.max(0) as u64).min(max);
+        let mut stream = self
+            .client
+            .pull_blob_stream(reference, blob)
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .stream;
+        let mut hash = sha2::Sha256::new();
+        let mut out = Vec::with_capacity(expected as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+            if (out.len() + chunk.len()) as u64 > expected {
+                return Err(fail(format!(
+                    "more than the {expected} bytes its descriptor gives"
+                )));
+            }
+            hash.update(&chunk);
+            out.extend_from_slice(&chunk);
+        }
+        let got = format!("sha256:{}", hex::encode(hash.finalize()));
+        if got != blob.digest || out.len() as u64 != expected {
+            return Err(fail(format!(
+                "arrived as {} bytes with digest {got}; nothing was kept",
+                out.len()
+            )));
+        }
+        Ok(out)
     }
 
     /// The digest of the manifest `reference` names, or `None` when the

@@ -62,6 +62,17 @@ pub struct Exports {
     pub contract: Option<ContractVersion>,
 }
 
+/// Everything `component` imports and exports, by name (the config of
+/// its wasm OCI artifact).
+pub fn world(engine: &Engine, component: &Component) -> crate::oci::wasm::ComponentWorld {
+    let ty = component.component_type();
+    crate::oci::wasm::ComponentWorld {
+        exports: ty.exports(engine).map(|(n, _)| n.to_string()).collect(),
+        imports: ty.imports(engine).map(|(n, _)| n.to_string()).collect(),
+        target: None,
+    }
+}
+
 /// Reads the contract interfaces `component` exports and checks that this
 /// host supports their version.
 pub fn exports(engine: &Engine, component: &Component, toolchain: &str) -> Result<Exports, Error> {

@@ -32,6 +32,55 @@ pub const BUILTIN_TOOLCHAINS: &[&str] = &["python", "mlflow", "docker-rest"];
 /// Largest wasm file accepted.
 pub const MAX_WASM_BYTES: usize = 64 << 20;
 
+/// A toolchain in a registry: `REGISTRY/REPO:TAG` or
+/// `REGISTRY/REPO@sha256:…`, the registry named (no Docker Hub default:
+/// a toolchain's origin is never guessed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolchainImage(pub oci_client::Reference);
+
+impl ToolchainImage {
+    /// Parses `text`; `field` names it in the error.
+    pub fn parse(field: &str, text: &str) -> Result<Self, Error> {
+        let bad = |why: &str| {
+            Error::InvalidArgument {
+            field: field.to_string(),
+            message: format!(
+                "'{text}' {why}: use REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST, e.g. 127.0.0.1:5000/toolchains/python:1"
+            ),
+        }
+        };
+        let first = text.split('/').next().unwrap_or_default();
+        if !text.contains('/')
+            || !(first.contains('.') || first.contains(':') || first == "localhost")
+        {
+            return Err(bad("names no registry"));
+        }
+        if !crate::oci::registry::names_tag(text) {
+            return Err(bad("names neither a tag nor a digest"));
+        }
+        let reference: oci_client::Reference = text
+            .parse()
+            .map_err(|e: oci_client::ParseError| bad(&format!("is not a reference ({e})")))?;
+        Ok(ToolchainImage(reference))
+    }
+
+    /// Whether `text` reads as a registry reference rather than a path.
+    pub fn looks_like(text: &str) -> bool {
+        Self::parse("", text).is_ok()
+    }
+}
+
+/// Where a registered component came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// A file or an upload.
+    File,
+    /// The built-in plugin folder.
+    Builtin,
+    /// A registry: the manifest, pinned (`REGISTRY/REPO@sha256:…`).
+    Registry(String),
+}
+
 /// What `legion toolchain add` asks for.
 #[derive(Debug, Clone, Default)]
 pub struct AddToolchain {
@@ -135,9 +184,94 @@ impl Toolchains {
             name.map(ToolchainName::as_str),
             config,
             replace,
-            false,
+            Origin::File,
         )
         .await
+    }
+
+    /// Registers the toolchain a registry holds at `reference`
+    /// (`REGISTRY/REPO:TAG`, resolved to a digest once, here; or
+    /// `REGISTRY/REPO@sha256:…`). The component's digest is checked while
+    /// it arrives and pinned like a file's: a tag moved later changes
+    /// nothing until the toolchain is registered again.
+    pub async fn add_from_registry(
+        &self,
+        reference: &ToolchainImage,
+        name: Option<&ToolchainName>,
+        config: BTreeMap<String, String>,
+        replace: bool,
+    ) -> Result<ToolchainRecord, Error> {
+        let registry = crate::oci::registry::Registry::for_reference(&reference.0);
+        let pulled = crate::oci::wasm::pull(&registry, &reference.0, MAX_WASM_BYTES as u64).await?;
+        self.register(
+            &pulled.wasm,
+            &pulled.pinned,
+            name.map(ToolchainName::as_str),
+            config,
+            replace,
+            Origin::Registry(pulled.pinned.clone()),
+        )
+        .await
+    }
+
+    /// Checks `bytes` as [`Toolchains::add`] would — a component of a
+    /// supported contract that links and answers `describe` — and pushes
+    /// it to `reference` in the wasm OCI layout.
+    pub async fn push(
+        &self,
+        bytes: &[u8],
+        file: &str,
+        reference: &oci_client::Reference,
+    ) -> Result<(crate::oci::registry::PushReport, crate::plan::ToolchainInfo), Error> {
+        let (component, plugin, info) = self
+            .check_component(bytes, file, &file_stem(file), BTreeMap::new())
+            .await?;
+        let world = super::inspect::world(self.runtime.engine(), &component);
+        let packed = crate::oci::wasm::pack(
+            bytes,
+            world,
+            crate::oci::wasm::annotations(
+                &info.name,
+                &info.version,
+                &info.description,
+                &plugin.contract().to_string(),
+            ),
+        )?;
+        let registry = crate::oci::registry::Registry::for_reference(reference);
+        let report = crate::oci::wasm::push(&registry, bytes, &packed, reference).await?;
+        Ok((report, info))
+    }
+
+    /// Compiles `bytes` and asks the toolchain to `describe` itself, in
+    /// the sandbox, off the async workers (both take up to the deadline).
+    async fn check_component(
+        &self,
+        bytes: &[u8],
+        file: &str,
+        label: &str,
+        config: BTreeMap<String, String>,
+    ) -> Result<(Component, Plugin, crate::plan::ToolchainInfo), Error> {
+        if binary_kind(bytes, file)? == BinaryKind::CoreModule {
+            return Err(Error::CoreModule {
+                file: file.to_string(),
+            });
+        }
+        let (runtime, owned, label) = (self.runtime.clone(), bytes.to_vec(), label.to_string());
+        tokio::task::spawn_blocking(move || {
+            let component =
+                Component::new(runtime.engine(), &owned).map_err(|e| Error::Compile {
+                    toolchain: label.clone(),
+                    source: e.into(),
+                })?;
+            let plugin = Plugin::new(&runtime, &label, &component, config)?;
+            let info = plugin.describe()?;
+            Ok::<_, Error>((component, plugin, info))
+        })
+        .await
+        .map_err(|e| Error::Engine {
+            context: "registration",
+            source: e.into(),
+        })?
     }
 
     async fn register(
@@ -147,39 +281,15 @@ impl Toolchains {
         name: Option<&str>,
         config: BTreeMap<String, String>,
         replace: bool,
-        builtin: bool,
+        origin: Origin,
     ) -> Result<ToolchainRecord, Error> {
-        if binary_kind(bytes, file)? == BinaryKind::CoreModule {
-            return Err(Error::CoreModule {
-                file: file.to_string(),
-            });
-        }
+        let builtin = origin == Origin::Builtin;
         let hex = hex::encode(Sha256::digest(bytes));
         let digest = format!("sha256:{hex}");
         let label = name.map(str::to_string).unwrap_or_else(|| file_stem(file));
-        // Compiling and `describe` are synchronous and take up to the
-        // deadline: off the async runtime's workers.
-        let (runtime, owned, plugin_label, plugin_config) = (
-            self.runtime.clone(),
-            bytes.to_vec(),
-            label.clone(),
-            config.clone(),
-        );
-        let (component, plugin, info) = tokio::task::spawn_blocking(move || {
-            let component =
-                Component::new(runtime.engine(), &owned).map_err(|e| Error::Compile {
-                    toolchain: plugin_label.clone(),
-                    source: e.into(),
-                })?;
-            let plugin = Plugin::new(&runtime, &plugin_label, &component, plugin_config)?;
-            let info = plugin.describe()?;
-            Ok::<_, Error>((component, plugin, info))
-        })
-        .await
-        .map_err(|e| Error::Engine {
-            context: "registration",
-            source: e.into(),
-        })??;
+        let (component, plugin, info) = self
+            .check_component(bytes, file, &label, config.clone())
+            .await?;
         let name = match name {
             Some(n) => n.to_string(),
             None if !info.name.is_empty() => info.name.clone(),
@@ -217,6 +327,10 @@ impl Toolchains {
             builtin,
             size: bytes.len() as u64,
             added_at: unix_now(),
+            origin: match origin {
+                Origin::Registry(pinned) => Some(pinned),
+                Origin::File | Origin::Builtin => None,
+            },
         };
         let written = async {
             if wrote_cache {
@@ -368,7 +482,7 @@ impl Toolchains {
                     Some(name),
                     config,
                     replace,
-                    true,
+                    Origin::Builtin,
                 )
                 .await
             {

@@ -135,6 +135,8 @@ const SQLITE_MIGRATIONS: &[&str] = &[
         bytes  BLOB NOT NULL,
         PRIMARY KEY (run_id, pos)
     )",
+    // Where a toolchain was pulled from (`REGISTRY/REPO@sha256:…`).
+    "ALTER TABLE toolchains ADD COLUMN origin TEXT",
 ];
 
 /// PostgreSQL's schema, applied in order in one transaction under an
@@ -233,6 +235,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
         bytes  BYTEA NOT NULL,
         PRIMARY KEY (run_id, pos)
     )",
+    "ALTER TABLE toolchains ADD COLUMN origin TEXT",
 ];
 
 /// The advisory lock migrations take.

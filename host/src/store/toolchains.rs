@@ -32,6 +32,10 @@ pub struct ToolchainRow {
     pub size: u64,
     /// Registration time, seconds since the Unix epoch.
     pub added_at: i64,
+    /// The registry manifest it was pulled from, pinned by digest
+    /// (`REGISTRY/REPO@sha256:…`); none for a file or an upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl Store {
@@ -42,7 +46,8 @@ impl Store {
         let on_conflict = if replace {
             "ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, interfaces = excluded.interfaces,
                 contract = excluded.contract, info = excluded.info, config = excluded.config,
-                builtin = excluded.builtin, size = excluded.size, added_at = excluded.added_at"
+                builtin = excluded.builtin, size = excluded.size, added_at = excluded.added_at,
+                origin = excluded.origin"
         } else {
             "ON CONFLICT (name) DO NOTHING"
         };
@@ -50,8 +55,8 @@ impl Store {
         let info = serde_json::to_string(&row.info).map_err(|e| Error::json(&db, e))?;
         let config = serde_json::to_string(&row.config).map_err(|e| Error::json(&db, e))?;
         let done = sqlx::query(&format!(
-            "INSERT INTO toolchains (name, digest, interfaces, contract, info, config, builtin, size, added_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) {on_conflict}"
+            "INSERT INTO toolchains (name, digest, interfaces, contract, info, config, builtin, size, added_at, origin)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) {on_conflict}"
         ))
         .bind(&row.name)
         .bind(&row.digest)
@@ -62,6 +67,7 @@ impl Store {
         .bind(i64::from(row.builtin))
         .bind(row.size as i64)
         .bind(row.added_at)
+        .bind(row.origin.as_deref())
         .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
@@ -160,6 +166,7 @@ impl Store {
             builtin: r.try_get::<i64, _>("builtin").map_err(|e| self.err(e))? != 0,
             size: r.try_get::<i64, _>("size").map_err(|e| self.err(e))? as u64,
             added_at: r.try_get("added_at").map_err(|e| self.err(e))?,
+            origin: r.try_get("origin").map_err(|e| self.err(e))?,
         })
     }
 }
