@@ -3,7 +3,7 @@
 # system packages (git, Python with venv, the OCI registry, skopeo and umoci
 # that read images back, podman + runc that run them, debootstrap and
 # buildah for the base image and the packaging benchmark, PostgreSQL for
-# the API's tests, wrk for its benchmark), the
+# the API's tests, wrk for its benchmark), wkg (wasm-pkg-tools), the
 # wasm32-wasip2 and x86_64-unknown-linux-musl Rust targets, the plugins,
 # the release `legion` binary, the static `legion-serve`, and the Python
 # base image the demo and the tests package onto (scripts/base-image.sh,
@@ -47,6 +47,15 @@ fi
 for t in wasm32-wasip2 x86_64-unknown-linux-musl; do
   rustup target list --installed | grep -qx "$t" || rustup target add "$t"
 done
+
+# wkg (wasm-pkg-tools), the independent client the tests read pushed
+# toolchains back with; built once into the cache, outside the clone.
+WKG_ROOT="${WKG_ROOT:-/var/cache/legion/wkg}"
+if [ ! -x "$WKG_ROOT/bin/wkg" ]; then
+  echo "building wkg 0.16.1 into $WKG_ROOT (once)"
+  CARGO_TARGET_DIR=/var/cache/legion/wkg-target cargo install wkg --version 0.16.1 --locked --root "$WKG_ROOT" --quiet
+  rm -rf /var/cache/legion/wkg-target
+fi
 
 bash scripts/build-plugins.sh
 cargo build --release -p legion

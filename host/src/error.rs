@@ -105,6 +105,15 @@ pub enum Error {
         /// The file.
         file: PathBuf,
     },
+    /// The trust policy refuses a toolchain (unsigned, or signed by no
+    /// trusted key), or a key or signature is unusable.
+    #[error("{subject}: {message}")]
+    Untrusted {
+        /// The toolchain (reference or file) or key file.
+        subject: String,
+        /// Why, naming the key ids.
+        message: String,
+    },
     /// The toolchain does not export the interface a call needs.
     #[error("toolchain '{toolchain}' does not export `{interface}`, so it cannot {call}")]
     NotExported {

@@ -70,6 +70,12 @@ impl Home {
         self.root.join("policy.json")
     }
 
+    /// The public keys toolchains from a registry must be signed by
+    /// (`*.pub`, SPKI PEM): none, no trust policy.
+    pub fn trusted_keys(&self) -> PathBuf {
+        self.root.join("trusted-keys")
+    }
+
     /// Compiled components.
     pub fn component_cache(&self) -> PathBuf {
         self.root.join("cache").join("components")

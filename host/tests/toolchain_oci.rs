@@ -243,3 +243,189 @@ fn references_that_are_not_toolchains_are_refused_naming_what_is_wrong() {
         .unwrap();
     assert!(!list.status.success() || !String::from_utf8_lossy(&list.stdout).contains("\"1\""));
 }
+
+/// wkg (wasm-pkg-tools), built by scripts/setup.sh.
+fn wkg() -> std::path::PathBuf {
+    let root = std::env::var("WKG_ROOT").unwrap_or_else(|_| "/var/cache/legion/wkg".into());
+    let bin = std::path::Path::new(&root).join("bin/wkg");
+    assert!(
+        bin.is_file(),
+        "wkg is missing at {}: run scripts/setup.sh",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn wkg_pulls_the_same_bytes_that_were_pushed() {
+    let reg = Registry::start();
+    let l = Legion::new();
+    let reference = format!("{}/toolchains/noop:1", reg.addr);
+    push(&l, &plugin("noop"), &reference);
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("pulled.wasm");
+    let run = Command::new(wkg())
+        .args(["oci", "pull", "--insecure", &reg.addr, &reference, "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "wkg oci pull: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        std::fs::read(plugin("noop")).unwrap()
+    );
+}
+
+#[test]
+fn with_a_trust_policy_only_toolchains_signed_by_a_trusted_key_are_registered() {
+    let reg = Registry::start();
+    let publisher = Legion::new();
+    let keys = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let k = publisher.json(&[
+            "toolchain",
+            "keygen",
+            keys.path().join(name).to_str().unwrap(),
+        ]);
+        k["keyId"].as_str().unwrap().to_string()
+    };
+    let (alice, bob) = (keygen("alice"), keygen("bob"));
+    let key = |f: &str| keys.path().join(f).to_str().unwrap().to_string();
+    let signed = format!("{}/toolchains/noop:1", reg.addr);
+    let digest = push(&publisher, &plugin("noop"), &signed);
+    let s = publisher.json(&["toolchain", "sign", &signed, "--key", &key("alice.key")]);
+    assert_eq!(s["subject"], digest);
+    assert_eq!(s["keyId"], alice);
+
+    // The signature is a referrer, listed under the tag schema's tag.
+    let index = skopeo_raw(
+        &["--raw"],
+        &format!("{}/toolchains/noop:{}", reg.addr, digest.replace(':', "-")),
+    );
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(
+        index["manifests"][0]["artifactType"],
+        "application/vnd.legion.toolchain.signature.v1+json"
+    );
+    let sig = skopeo_raw(
+        &["--raw"],
+        &format!(
+            "{}/toolchains/noop@{}",
+            reg.addr,
+            s["signature"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(sig["subject"]["digest"], digest);
+
+    // verify: with the right key, and not with another.
+    let v = publisher.json(&["toolchain", "verify", &signed, "--key", &key("alice.pub")]);
+    assert_eq!(v["keyId"], alice);
+    let err = publisher.fails(&["toolchain", "verify", &signed, "--key", &key("bob.pub")]);
+    assert!(
+        err.contains(&format!("{alice} (not trusted)")) && err.contains(&bob),
+        "{err}"
+    );
+
+    // The admin trusts alice.
+    let admin = Legion::new();
+    admin.ok(&["toolchain", "trust", "add", &key("alice.pub")]);
+    assert_eq!(
+        admin.json(&["toolchain", "trust", "ls"])["keyIds"],
+        serde_json::json!([alice])
+    );
+    let row = admin.json(&["toolchain", "add", &signed, "--name", "signed"]);
+    assert_eq!(
+        row["origin"],
+        format!("{}/toolchains/noop@{digest}", reg.addr)
+    );
+
+    // Unsigned: refused, naming the trusted keys.
+    let unsigned = format!("{}/toolchains/python:1", reg.addr);
+    push(&publisher, &plugin("python"), &unsigned);
+    let err = admin.fails(&["toolchain", "add", &unsigned, "--name", "unsigned"]);
+    assert!(
+        err.contains("signatures found: none") && err.contains(&alice),
+        "{err}"
+    );
+
+    // Signed by a key the admin does not trust.
+    let bobs = format!("{}/toolchains/hello:1", reg.addr);
+    push(&publisher, &plugin("hello-toolchain"), &bobs);
+    publisher.ok(&["toolchain", "sign", &bobs, "--key", &key("bob.key")]);
+    let err = admin.fails(&["toolchain", "add", &bobs, "--name", "bobs"]);
+    assert!(err.contains(&format!("{bob} (not trusted)")), "{err}");
+
+    // The signed tag moved to another component: its signature does not
+    // carry over.
+    push(&publisher, &plugin("python"), &signed);
+    let err = admin.fails(&["toolchain", "add", &signed, "--name", "moved"]);
+    assert!(err.contains("signatures found: none"), "{err}");
+
+    // A signature whose bytes were altered in the registry is no signature.
+    let tampered = format!("{}/toolchains/tampered:1", reg.addr);
+    push(&publisher, &plugin("hello-toolchain"), &tampered);
+    let t = publisher.json(&["toolchain", "sign", &tampered, "--key", &key("alice.key")]);
+    let sig = skopeo_raw(
+        &["--raw"],
+        &format!(
+            "{}/toolchains/tampered@{}",
+            reg.addr,
+            t["signature"].as_str().unwrap()
+        ),
+    );
+    let layer = sig["layers"][0]["digest"].as_str().unwrap();
+    let hex = &layer["sha256:".len()..];
+    let blob = reg
+        .storage()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let text = std::fs::read_to_string(&blob).unwrap();
+    let at = text.find("\"signature\":\"").unwrap() + "\"signature\":\"".len();
+    let mut bytes = text.into_bytes();
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&blob, &bytes).unwrap();
+    let err = admin.fails(&["toolchain", "add", &tampered, "--name", "tampered"]);
+    assert!(err.contains("unreadable"), "{err}");
+
+    // Files (and uploads) are refused while the policy is set.
+    let err = admin.fails(&[
+        "toolchain",
+        "add",
+        plugin("noop").to_str().unwrap(),
+        "--name",
+        "file",
+    ]);
+    assert!(
+        err.contains("a trust policy is set") && err.contains(&alice),
+        "{err}"
+    );
+    let names: Vec<String> = admin
+        .json(&["toolchain", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"signed".to_string()));
+    for refused in ["unsigned", "bobs", "moved", "tampered", "file"] {
+        assert!(!names.contains(&refused.to_string()), "{names:?}");
+    }
+    // Without the policy, a file registers again.
+    admin.ok(&["toolchain", "trust", "rm", &alice]);
+    admin.ok(&[
+        "toolchain",
+        "add",
+        plugin("noop").to_str().unwrap(),
+        "--name",
+        "file",
+    ]);
+}

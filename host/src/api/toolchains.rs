@@ -161,6 +161,9 @@ fn refused(e: Error) -> ApiError {
             "invalid-toolchain",
             e.to_string(),
         ),
+        e @ Error::Untrusted { .. } => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "untrusted", e.to_string())
+        }
         Error::Registry { reference, message } => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "registry",

@@ -331,6 +331,14 @@ async fn toolchain(cmd: ToolchainCommand, remote: &Remote, format: Format) -> Re
                 "`legion toolchain plan` (it calls the plugin in this process)",
             ))
         }
+        ToolchainCommand::Keygen { .. }
+        | ToolchainCommand::Sign { .. }
+        | ToolchainCommand::Verify { .. }
+        | ToolchainCommand::Trust { .. } => {
+            return Err(here_only(
+                "`legion toolchain keygen|sign|verify|trust` (keys and the trust policy are this machine's)",
+            ))
+        }
         ToolchainCommand::Push { .. } => {
             return Err(here_only(
                 "`legion toolchain push` (it publishes from this machine to the registry)",

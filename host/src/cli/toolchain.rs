@@ -12,6 +12,7 @@ use super::Format;
 use crate::names::ToolchainName;
 use crate::plan::{parse_key_value, PackagingRequest, ServingRequest, TrainingRequest};
 use crate::plugin::registry::{AddToolchain, ToolchainImage};
+use crate::plugin::trust;
 use crate::plugin::{Interface, ToolchainRecord, Toolchains};
 use crate::Error;
 
@@ -43,6 +44,37 @@ pub enum ToolchainCommand {
         path: PathBuf,
         /// Where: `REGISTRY/REPO:TAG`.
         reference: String,
+    },
+    /// Make an ed25519 key pair for signing toolchains: PREFIX.key (keep it
+    /// secret) and PREFIX.pub (give it to admins).
+    Keygen {
+        /// Where: PREFIX.key and PREFIX.pub.
+        prefix: PathBuf,
+    },
+    /// Sign a toolchain in a registry; the signature is pushed beside it (an
+    /// OCI referrer of its manifest).
+    Sign {
+        /// `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…`.
+        reference: String,
+        /// The private key (from `keygen`).
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check a toolchain in a registry is signed by a trusted key (the
+    /// trust policy's, or those given).
+    Verify {
+        /// `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…`.
+        reference: String,
+        /// Public keys to check against instead of the trust policy's
+        /// (repeatable).
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+    },
+    /// The trust policy: with a trusted key, toolchains are registered only
+    /// from a registry and signed by one.
+    Trust {
+        #[command(subcommand)]
+        cmd: TrustCommand,
     },
     /// List registered toolchains.
     #[command(alias = "list")]
@@ -78,6 +110,23 @@ pub enum ToolchainCommand {
         /// Model folder preopened at /model for `packaging`.
         #[arg(long, value_name = "DIR")]
         model_dir: Option<PathBuf>,
+    },
+}
+
+/// `legion toolchain trust` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust a public key (from `keygen`).
+    Add {
+        /// The `.pub` file.
+        path: PathBuf,
+    },
+    /// The trusted keys' ids.
+    Ls,
+    /// Stop trusting a key.
+    Rm {
+        /// Its id.
+        key_id: String,
     },
 }
 
@@ -157,6 +206,85 @@ pub(super) async fn run(
                 println!("  register it with: legion toolchain add {pinned}");
             }
         }
+        ToolchainCommand::Keygen { prefix } => {
+            let (id, private, public) = trust::keygen(&prefix)?;
+            if format == Format::Json {
+                output::json(
+                    &serde_json::json!({"keyId": id, "private": private, "public": public}),
+                );
+            } else {
+                println!("key {id}");
+                println!("  private: {} (keep it secret)", private.display());
+                println!(
+                    "  public:  {} (admins trust it: legion toolchain trust add {})",
+                    public.display(),
+                    public.display()
+                );
+            }
+        }
+        ToolchainCommand::Sign { reference, key } => {
+            let image = ToolchainImage::parse("REFERENCE", &reference)?;
+            let signed = trust::sign(&image, &key).await?;
+            if format == Format::Json {
+                output::json(&signed);
+            } else {
+                println!(
+                    "signed {} ({}) with key {}",
+                    reference, signed.subject, signed.key_id
+                );
+                println!("  signature: {}", signed.signature);
+            }
+        }
+        ToolchainCommand::Verify { reference, keys } => {
+            let image = ToolchainImage::parse("REFERENCE", &reference)?;
+            let policy = if keys.is_empty() {
+                trust::Trust::load(toolchains.home())?
+            } else {
+                trust::Trust::of(&keys)?
+            };
+            if !policy.is_set() {
+                return Err(Error::InvalidArgument {
+                    field: "--key".into(),
+                    message: "no key to verify with: give --key KEY.pub, or trust one (legion toolchain trust add KEY.pub)".into(),
+                });
+            }
+            let (subject, key) = trust::verify(&image, &policy).await?;
+            if format == Format::Json {
+                output::json(&serde_json::json!({"subject": subject, "keyId": key}));
+            } else {
+                println!("{reference} ({subject}) is signed by trusted key {key}");
+            }
+        }
+        ToolchainCommand::Trust { cmd } => match cmd {
+            TrustCommand::Add { path } => {
+                let id = trust::Trust::add(toolchains.home(), &path)?;
+                if format == Format::Json {
+                    output::json(&serde_json::json!({"keyId": id}));
+                } else {
+                    println!("trusted key {id}: toolchains are now registered only from a registry, signed by a trusted key");
+                }
+            }
+            TrustCommand::Ls => {
+                let ids = trust::Trust::load(toolchains.home())?.ids();
+                if format == Format::Json {
+                    output::json(&serde_json::json!({"keyIds": ids}));
+                } else if ids.is_empty() {
+                    println!("no trusted keys: no trust policy (any toolchain an admin adds is registered)");
+                } else {
+                    for id in ids {
+                        println!("{id}");
+                    }
+                }
+            }
+            TrustCommand::Rm { key_id } => {
+                trust::Trust::remove(toolchains.home(), &key_id)?;
+                if format == Format::Json {
+                    output::json(&serde_json::json!({"removed": key_id}));
+                } else {
+                    println!("no longer trusting key {key_id}");
+                }
+            }
+        },
         ToolchainCommand::Ls => print_toolchains(&toolchains.list().await?, format),
         ToolchainCommand::Show { name } => {
             let row = toolchains.get(&name).await?;

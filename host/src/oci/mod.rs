@@ -10,7 +10,8 @@
 //!   top, a deterministic config and manifest;
 //! - [`source`]: a training's source folder as an artifact a pod fetches;
 //! - [`registry`]: pushing and pulling through a registry (oci-client);
-//! - [`wasm`]: toolchains as wasm OCI artifacts (the CNCF wasm layout).
+//! - [`wasm`]: toolchains as wasm OCI artifacts (the CNCF wasm layout);
+//! - [`signature`]: their signatures, as OCI referrers.
 
 pub mod catalog;
 pub mod image;
@@ -18,6 +19,7 @@ pub mod layer;
 pub mod layout;
 pub mod model;
 pub mod registry;
+pub mod signature;
 pub mod source;
 pub mod wasm;
 

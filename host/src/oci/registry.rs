@@ -262,6 +262,45 @@ impl Registry {
         Ok(out)
     }
 
+    /// The referrers of the manifest `pinned` (a reference by digest) of
+    /// `artifact_type`: the referrers API, else its tag schema.
+    pub async fn referrers(
+        &self,
+        pinned: &Reference,
+        artifact_type: &str,
+    ) -> Result<oci_client::manifest::OciImageIndex, Error> {
+        self.client
+            .auth(pinned, &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| Self::err(pinned, e))?;
+        self.client
+            .pull_referrers(pinned, Some(artifact_type))
+            .await
+            .map_err(|e| Self::err(pinned, e))
+    }
+
+    /// Pushes manifest bytes of `content_type` to `reference` as they are.
+    pub async fn push_raw_manifest(
+        &self,
+        reference: &Reference,
+        bytes: Vec<u8>,
+        content_type: &'static str,
+    ) -> Result<(), Error> {
+        self.client
+            .auth(reference, &self.auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| Self::err(reference, e))?;
+        self.client
+            .push_manifest_raw(
+                reference,
+                bytes,
+                http::HeaderValue::from_static(content_type),
+            )
+            .await
+            .map_err(|e| Self::err(reference, e))?;
+        Ok(())
+    }
+
     /// The digest of the manifest `reference` names, or `None` when the
     /// registry has no such tag (the manifest's bytes are hashed here).
     pub async fn manifest_digest(&self, reference: &Reference) -> Result<Option<String>, Error> {

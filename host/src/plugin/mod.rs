@@ -32,6 +32,7 @@ pub mod inspect;
 pub mod limits;
 pub mod registry;
 pub mod sandbox;
+pub mod trust;
 
 pub use call::{Interface, Plugin};
 pub use engine::Runtime;

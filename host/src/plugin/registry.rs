@@ -138,6 +138,11 @@ impl Toolchains {
         &self.runtime
     }
 
+    /// The data directory.
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -168,6 +173,16 @@ impl Toolchains {
         config: BTreeMap<String, String>,
         replace: bool,
     ) -> Result<ToolchainRecord, Error> {
+        let trust = super::trust::Trust::load(&self.home)?;
+        if trust.is_set() {
+            return Err(Error::Untrusted {
+                subject: format!("toolchain file {file}"),
+                message: format!(
+                    "a trust policy is set (trusted keys: {}): toolchains are registered from a registry, signed — legion toolchain push FILE REGISTRY/REPO:TAG, legion toolchain sign REGISTRY/REPO:TAG --key KEY, then legion toolchain add REGISTRY/REPO:TAG",
+                    trust.ids().join(", ")
+                ),
+            });
+        }
         if bytes.len() > MAX_WASM_BYTES {
             return Err(Error::InvalidArgument {
                 field: file.to_string(),
@@ -202,7 +217,16 @@ impl Toolchains {
         replace: bool,
     ) -> Result<ToolchainRecord, Error> {
         let registry = crate::oci::registry::Registry::for_reference(&reference.0);
+        let trust = super::trust::Trust::load(&self.home)?;
         let pulled = crate::oci::wasm::pull(&registry, &reference.0, MAX_WASM_BYTES as u64).await?;
+        if trust.is_set() {
+            // The digest checked is the one pulled: a tag moved between the
+            // two calls cannot slip another component past the signature.
+            let pinned = ToolchainImage(reference.0.clone_with_digest(pulled.digest.clone()));
+            let key =
+                super::trust::verify_digest(&registry, &pinned, &pulled.digest, &trust).await?;
+            tracing::info!(reference = %pulled.pinned, key, "toolchain signature verified");
+        }
         self.register(
             &pulled.wasm,
             &pulled.pinned,
