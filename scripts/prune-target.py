@@ -59,5 +59,29 @@ def main(target):
             )
 
 
+# Below this much free space, every incremental session goes: they are
+# only a cache (a rebuild without them costs minutes), and a full disk fails
+# the tests that write images.
+MIN_FREE = 25 << 30
+
+
+def make_room(target):
+    free = shutil.disk_usage(target).free
+    if free >= MIN_FREE:
+        return
+    for profile in os.scandir(target):
+        if not profile.is_dir():
+            continue
+        for base in (profile.path, os.path.join(profile.path, "wasm32-wasip2")):
+            inc = os.path.join(base, "incremental")
+            if os.path.isdir(inc):
+                shutil.rmtree(inc, ignore_errors=True)
+    print(
+        f"prune-target: {free >> 30} GiB free, under {MIN_FREE >> 30}: incremental caches removed "
+        f"({shutil.disk_usage(target).free >> 30} GiB free now)"
+    )
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    make_room(sys.argv[1])

@@ -27,7 +27,7 @@ pub enum Error {
         file: String,
     },
     /// The component exports no contract interface.
-    #[error("toolchain '{toolchain}' exports none of the legion:toolchain interfaces (trainer, packager, server); it exports {exports}")]
+    #[error("toolchain '{toolchain}' exports none of the legion:toolchain interfaces (trainer, packager, server); it exports {exports}. A plugin crate calls `legion_sdk::export_toolchain!(YourType);` and sets `crate-type = [\"cdylib\"]` under [lib] in Cargo.toml")]
     NoInterfaces {
         /// Toolchain name.
         toolchain: String,
@@ -241,6 +241,15 @@ pub enum Error {
     Package {
         /// What went wrong.
         message: String,
+    },
+    /// A toolchain returned a plan no host can run (a fault of the
+    /// toolchain, not an admin rule); nothing ran.
+    #[error("toolchain '{toolchain}' returned a plan Legion cannot run (a fault in the toolchain, not an admin rule):\n  - {}", problems.join("\n  - "))]
+    BadPlan {
+        /// Toolchain.
+        toolchain: String,
+        /// Every problem.
+        problems: Vec<String>,
     },
     /// A plan broke the admin's policy; nothing ran.
     #[error("toolchain '{toolchain}' plan refused by policy:\n  - {}", violations.join("\n  - "))]

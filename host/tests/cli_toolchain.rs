@@ -193,6 +193,99 @@ fn plan_sees_the_source_read_only_and_reports_plugin_errors() {
 }
 
 #[test]
+fn plan_makes_the_checks_train_makes_telling_toolchain_faults_from_admin_rules() {
+    let l = Legion::new();
+    l.ok(&["toolchain", "add", plugin("hostile").to_str().unwrap()]);
+    let src = tempfile::tempdir().unwrap();
+    let plan = |entrypoint: &str| {
+        let (_d, req) = temp_file(
+            "req.json",
+            format!(
+                r#"{{"model": {{"name": "m", "version": "1"}}, "entrypoint": "{entrypoint}"}}"#
+            )
+            .as_bytes(),
+        );
+        l.cmd()
+            .args([
+                "toolchain",
+                "plan",
+                "hostile",
+                "--request",
+                req.to_str().unwrap(),
+                "--source",
+            ])
+            .arg(src.path())
+            .output()
+            .unwrap()
+    };
+    // A step without a command: the toolchain's fault, said so; the plan
+    // is still printed for its author to read.
+    let out = plan("empty-command");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("returned a plan Legion cannot run")
+            && stderr.contains("steps[0] 'train': the command is empty")
+            && !stderr.contains("policy"),
+        "{stderr}"
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["steps"][0]["name"], "train");
+    // A valid plan passes; the admin's rules apply to it as `train` applies them.
+    assert!(plan("echo").status.success());
+    std::fs::write(
+        l.home.path().join("policy.json"),
+        r#"{"allowedImages": ["registry.local/*"]}"#,
+    )
+    .unwrap();
+    let out = plan("echo");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("plan refused by policy")
+            && stderr.contains("image 'img' is not in the allowed images"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn collect_refuses_a_model_the_server_could_not_load() {
+    let l = Legion::new();
+    l.ok(&["toolchain", "add", plugin("noop").to_str().unwrap()]);
+    let (_d, req) = temp_file("req.json", br#"{"model": {"name": "m", "version": "1"}}"#);
+    let output = tempfile::tempdir().unwrap();
+    std::fs::create_dir(output.path().join("model")).unwrap();
+    let collect = || {
+        l.cmd()
+            .args([
+                "toolchain",
+                "plan",
+                "noop",
+                "--call",
+                "collect",
+                "--request",
+            ])
+            .arg(&req)
+            .arg("--output-dir")
+            .arg(output.path())
+            .output()
+            .unwrap()
+    };
+    // A legion.python model without its predict.py.
+    let out = collect();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("toolchain 'noop'")
+            && stderr.contains("cannot load")
+            && stderr.contains("needs predict.py"),
+        "{stderr}"
+    );
+    std::fs::write(output.path().join("model/predict.py"), "").unwrap();
+    assert!(collect().status.success());
+}
+
+#[test]
 fn plan_logs_are_tagged_with_the_toolchain() {
     let l = Legion::new();
     l.ok(&[
@@ -326,7 +419,9 @@ fn component_exporting_no_interface_is_refused() {
     let err = add_fails_cleanly(&l, &[path.to_str().unwrap()]);
     assert!(
         err.contains("toolchain 'empty' exports none of the legion:toolchain interfaces")
-            && err.contains("exports nothing"),
+            && err.contains("exports nothing")
+            && err.contains("export_toolchain!")
+            && err.contains("crate-type = [\"cdylib\"]"),
         "{err}"
     );
 }

@@ -131,9 +131,21 @@ fn smaller_memory_cap_is_enforced() {
 fn panic_is_a_crash_with_the_panic_message() {
     let p = hostile();
     let src = tempfile::tempdir().unwrap();
-    let err = plan(&p, "panic", &[], src.path()).unwrap_err();
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let err = tracing::subscriber::with_default(subscriber, || plan(&p, "panic", &[], src.path()))
+        .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, Error::Trap { .. }), "{err:?}");
+    // Said once, in the error: not also logged line by line, and without
+    // Rust's advice to set RUST_BACKTRACE, which a plugin never sees.
+    let logged = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(!logged.contains("panicked on purpose"), "{logged}");
+    assert!(!text.contains("RUST_BACKTRACE"), "{text}");
     assert!(
         text.starts_with("toolchain 'hostile' plan-training crashed:"),
         "{text}"

@@ -78,6 +78,38 @@ impl ServedModel {
     }
 }
 
+/// The flavors the worker loads, and the files each needs in the model's
+/// folder (one of them, for `sklearn`).
+pub const FLAVORS: &[(&str, &[&str])] = &[
+    ("legion.python", &["predict.py"]),
+    ("python_function", &["MLmodel"]),
+    ("sklearn", &["model.pkl", "model.joblib"]),
+];
+
+/// Whether the worker can load a model of `flavor` from `dir`: a flavor
+/// it knows, and the file it reads there. `Err` says what is missing.
+pub fn check_model_files(flavor: &str, dir: &Path) -> Result<(), String> {
+    let Some((_, files)) = FLAVORS.iter().find(|(f, _)| *f == flavor) else {
+        return Err(format!(
+            "flavor '{flavor}' is not one the model server loads ({})",
+            FLAVORS
+                .iter()
+                .map(|(f, _)| *f)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    if files.iter().any(|f| dir.join(f).is_file()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "a '{flavor}' model needs {} in its folder; {} has none",
+            files.join(" or "),
+            dir.display()
+        ))
+    }
+}
+
 /// Makes the load cache of a model folder once (see `worker.py`'s
 /// `--cache`): an MLflow scikit-learn model stored with skops is loaded
 /// through skops once and kept as a pickle the workers load in a fraction
@@ -120,6 +152,34 @@ pub async fn prepare_load_cache(root: &Path, python: &Path) -> Result<(), Error>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_flavor_needs_its_file_and_unknown_flavors_are_named() {
+        let dir = tempfile_dir("flavors");
+        assert!(check_model_files("legion.python", &dir)
+            .unwrap_err()
+            .contains("needs predict.py"));
+        std::fs::write(dir.join("predict.py"), "").unwrap();
+        check_model_files("legion.python", &dir).unwrap();
+        assert!(check_model_files("sklearn", &dir)
+            .unwrap_err()
+            .contains("model.pkl or model.joblib"));
+        std::fs::write(dir.join("model.joblib"), "").unwrap();
+        check_model_files("sklearn", &dir).unwrap();
+        let err = check_model_files("onnx", &dir).unwrap_err();
+        assert!(
+            err.contains("'onnx'") && err.contains("python_function"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("legion-serve-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     #[test]
     fn spec_round_trips_and_bad_specs_name_the_file() {

@@ -339,6 +339,8 @@ impl From<Error> for ApiError {
             }
             Error::AlreadyRegistered { .. } => (StatusCode::CONFLICT, "already-exists"),
             Error::Policy { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "policy"),
+            Error::BadPlan { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-plan"),
+            Error::Untrusted { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "untrusted"),
             // The cluster's API server down or refusing us: try again later.
             Error::Kubernetes { .. } => {
                 tracing::warn!(error = %e, "kubernetes API");

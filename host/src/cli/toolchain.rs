@@ -312,6 +312,7 @@ pub(super) async fn run(
             } else {
                 Call::Packaging
             });
+            let policy = crate::plan::Policy::load(&toolchains.home().policy())?;
             // Plugin calls are synchronous and may take up to the deadline;
             // they run on the blocking pool, off the async workers.
             tokio::task::spawn_blocking(move || -> Result<(), Error> {
@@ -323,8 +324,11 @@ pub(super) async fn run(
                             message: "plan-training preopens the source folder: pass --source DIR or set source.uri to a local folder".into(),
                         })?;
                         existing_dir("--source", &dir)?;
-                        output::json(&plugin.plan_training(&req, &dir)?);
-                        Ok(())
+                        let plan = plugin.plan_training(&req, &dir)?;
+                        output::json(&plan);
+                        // The checks `legion train` makes before anything
+                        // runs: what the plan must be, then the admin's rules.
+                        policy.check(plugin.name(), &plan)
                     }
                     Call::Collect => {
                         let req: TrainingRequest = read_request(&request)?;
@@ -342,8 +346,12 @@ pub(super) async fn run(
                             .or_else(|| local_source(&req))
                             .unwrap_or_else(|| empty.path().to_path_buf());
                         existing_dir("--source", &src)?;
-                        output::json(&plugin.collect_training(&req, &src, &dir)?);
-                        Ok(())
+                        let manifest = plugin.collect_training(&req, &src, &dir)?;
+                        output::json(&manifest);
+                        // What `legion train` checks of a collected model.
+                        let model =
+                            crate::train::phases::model_dir(plugin.name(), &dir, &manifest.model_path)?;
+                        crate::train::phases::servable(plugin.name(), &manifest, &model)
                     }
                     Call::Packaging => {
                         let req: PackagingRequest = read_request(&request)?;
@@ -351,8 +359,9 @@ pub(super) async fn run(
                             required("--model-dir", "plan-packaging preopens the model's folder")
                         })?;
                         existing_dir("--model-dir", &dir)?;
-                        output::json(&plugin.plan_packaging(&req, &dir)?);
-                        Ok(())
+                        let plan = plugin.plan_packaging(&req, &dir)?;
+                        output::json(&plan);
+                        policy.check_image(plugin.name(), &plan)
                     }
                     Call::Serving => {
                         let req: ServingRequest = read_request(&request)?;

@@ -440,6 +440,7 @@ async fn refused<K: RunResource>(ctx: &Context, obj: &K, e: &Error) -> Result<()
     let generation = obj.meta().generation;
     let reason = match e {
         Error::Policy { .. } => "PolicyViolation",
+        Error::BadPlan { .. } => "InvalidPlan",
         _ => "InvalidSpec",
     };
     let message = e.to_string();

@@ -105,6 +105,8 @@ pub fn run_reason(run: &RunRecord) -> &'static str {
         RunState::Failed => {
             if reason.contains("plan refused by policy") {
                 "PolicyViolation"
+            } else if reason.contains("returned a plan Legion cannot run") {
+                "InvalidPlan"
             } else if reason.starts_with("deadline exceeded") {
                 "DeadlineExceeded"
             } else if reason.contains("could not be scheduled") {

@@ -55,10 +55,14 @@ impl Policy {
 
     /// Checks `plan` from `toolchain`; every violation is listed.
     pub fn check(&self, toolchain: &str, plan: &Plan) -> Result<(), Error> {
-        let mut v = Vec::new();
-        if plan.steps.is_empty() {
-            v.push("the plan has no steps".to_string());
+        let problems = plan_problems(plan);
+        if !problems.is_empty() {
+            return Err(Error::BadPlan {
+                toolchain: toolchain.to_string(),
+                problems,
+            });
         }
+        let mut v = Vec::new();
         if let Some(max) = self.max_steps {
             if plan.steps.len() > max {
                 v.push(format!(
@@ -67,32 +71,8 @@ impl Policy {
                 ));
             }
         }
-        let mut names = std::collections::BTreeSet::new();
         for (i, s) in plan.steps.iter().enumerate() {
             let at = format!("steps[{i}] '{}'", s.name);
-            if s.name.trim().is_empty() {
-                v.push(format!("steps[{i}]: the name is empty"));
-            } else if !names.insert(s.name.as_str()) {
-                v.push(format!("{at}: the name is used twice"));
-            }
-            if s.command.first().is_none_or(|c| c.trim().is_empty()) {
-                v.push(format!("{at}: the command is empty"));
-            }
-            if let Some(dir) = &s.working_dir {
-                if !stays_inside(dir) {
-                    v.push(format!("{at}: workingDir '{dir}' leaves the source folder"));
-                }
-            }
-            for e in &s.env {
-                if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
-                    v.push(format!("{at}: env name '{}' is not valid", e.name));
-                } else if RESERVED_ENV.contains(&e.name.as_str()) {
-                    v.push(format!(
-                        "{at}: env {} is set by the host and cannot be changed",
-                        e.name
-                    ));
-                }
-            }
             if let Some(why) = self.refused_image(&s.image) {
                 v.push(format!("{at}: {why}"));
             }
@@ -114,9 +94,6 @@ impl Policy {
                     v.push(format!("{at}: gpus {asked} exceeds the cap of {max}"));
                 }
             }
-        }
-        if let Some(py) = &plan.python {
-            refuse_pip_options("", &py.requirements, &mut v);
         }
         verdict(toolchain, v)
     }
@@ -209,6 +186,49 @@ fn refuse_pip_options(at: &str, requirements: &[String], v: &mut Vec<String>) {
 }
 
 /// The plan passes when nothing was found; else every violation is listed.
+/// What makes a training plan one Legion cannot run, whatever the admin
+/// allows: no steps, unnamed or twice-named steps, an empty command, a
+/// working folder outside the source, env names that are invalid or the
+/// host's own, pip options among the requirements. These are faults of the
+/// toolchain (`Error::BadPlan`), told apart from the admin's rules.
+pub fn plan_problems(plan: &Plan) -> Vec<String> {
+    let mut v = Vec::new();
+    if plan.steps.is_empty() {
+        v.push("the plan has no steps".to_string());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, s) in plan.steps.iter().enumerate() {
+        let at = format!("steps[{i}] '{}'", s.name);
+        if s.name.trim().is_empty() {
+            v.push(format!("steps[{i}]: the name is empty"));
+        } else if !names.insert(s.name.as_str()) {
+            v.push(format!("{at}: the name is used twice"));
+        }
+        if s.command.first().is_none_or(|c| c.trim().is_empty()) {
+            v.push(format!("{at}: the command is empty"));
+        }
+        if let Some(dir) = &s.working_dir {
+            if !stays_inside(dir) {
+                v.push(format!("{at}: workingDir '{dir}' leaves the source folder"));
+            }
+        }
+        for e in &s.env {
+            if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
+                v.push(format!("{at}: env name '{}' is not valid", e.name));
+            } else if RESERVED_ENV.contains(&e.name.as_str()) {
+                v.push(format!(
+                    "{at}: env {} is set by the host and cannot be changed",
+                    e.name
+                ));
+            }
+        }
+    }
+    if let Some(py) = &plan.python {
+        refuse_pip_options("", &py.requirements, &mut v);
+    }
+    v
+}
+
 fn verdict(toolchain: &str, violations: Vec<String>) -> Result<(), Error> {
     if violations.is_empty() {
         Ok(())
@@ -346,9 +366,10 @@ mod tests {
             assert!(err.contains(expected), "missing {expected:?} in {err}");
         }
         assert!(
-            err.starts_with("toolchain 'tc' plan refused by policy"),
+            err.starts_with("toolchain 'tc' returned a plan Legion cannot run"),
             "{err}"
         );
+        assert!(!err.contains("policy"), "not an admin rule: {err}");
     }
 
     #[test]

@@ -263,7 +263,11 @@ impl Plugin {
             .instantiate(&mut store)
             .and_then(|instance| f(&mut store, &instance));
         let state = store.data();
-        self.forward_output(call, state);
+        // A crash carries the plugin's last stderr lines in its error:
+        // printed there once, not also as log lines.
+        let crashed = matches!(&outcome, Err(e) if !state.limiter.exceeded
+            && !matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)));
+        self.forward_output(call, state, !crashed);
         let limits = self.runtime.limits();
         let toolchain = self.name.to_string();
         match outcome {
@@ -300,12 +304,18 @@ impl Plugin {
                     });
                 }
                 let (stderr, _) = state.stderr.lines();
+                // Rust's panic hook suggests RUST_BACKTRACE, which a
+                // plugin never sees: that line is dropped.
+                let stderr: Vec<&String> = stderr
+                    .iter()
+                    .filter(|l| !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+                    .collect();
                 let tail = stderr
                     .iter()
                     .rev()
                     .take(10)
                     .rev()
-                    .cloned()
+                    .map(|l| l.as_str())
                     .collect::<Vec<_>>()
                     .join("\n");
                 Err(Error::Trap {
@@ -318,9 +328,12 @@ impl Plugin {
         }
     }
 
-    fn forward_output(&self, call: &str, state: &CallState) {
+    fn forward_output(&self, call: &str, state: &CallState, with_stderr: bool) {
         let toolchain = &*self.name;
         for (stream, out) in [("stdout", &state.stdout), ("stderr", &state.stderr)] {
+            if stream == "stderr" && !with_stderr {
+                continue;
+            }
             let (lines, dropped) = out.lines();
             for line in lines {
                 tracing::info!(target: "toolchain", toolchain, call, stream, "{line}");

@@ -50,7 +50,18 @@ pub fn collect(
 ) -> Result<(ModelManifest, PathBuf), Error> {
     let manifest = plugin.collect_training(request, &ws.source(), &ws.output())?;
     let dir = model_dir(plugin.name(), &ws.output(), &manifest.model_path)?;
+    servable(plugin.name(), &manifest, &dir)?;
     Ok((manifest, dir))
+}
+
+/// Refuses a model the server could not load — an unknown flavor, or its
+/// file missing — when it is collected, not when a deployment's worker
+/// fails to start over and over.
+pub fn servable(toolchain: &str, manifest: &ModelManifest, dir: &Path) -> Result<(), Error> {
+    legion_serve::model::check_model_files(&manifest.flavor, dir).map_err(|why| Error::BadOutput {
+        toolchain: toolchain.to_string(),
+        message: format!("collect-training returned a model the server cannot load: {why}"),
+    })
 }
 
 /// The model folder `model_path` names, if it is a folder inside `output`

@@ -31,7 +31,7 @@ impl Trainer for Hostile {
             "huge" => {
                 // 8 MiB of arguments: fits the memory cap, breaks the result cap.
                 let big = "x".repeat(1 << 20);
-                let step = Step::new("huge", "img").args((0..8).map(|_| big.clone()));
+                let step = step("huge").args((0..8).map(|_| big.clone()));
                 Ok(Plan::new().step(step))
             }
             "spam" => {
@@ -39,7 +39,7 @@ impl Trainer for Hostile {
                 for i in 0..200_000 {
                     println!("line {i}");
                 }
-                Ok(Plan::new().step(Step::new("spam", "img")))
+                Ok(Plan::new().step(step("spam")))
             }
             "read-file" => {
                 let path = request
@@ -48,12 +48,12 @@ impl Trainer for Hostile {
                     .cloned()
                     .unwrap_or_else(|| "/etc/passwd".into());
                 match std::fs::read_to_string(&path) {
-                    Ok(text) => Ok(Plan::new().step(Step::new("leaked", "img").arg(text))),
+                    Ok(text) => Ok(Plan::new().step(step("leaked").arg(text))),
                     Err(e) => Err(ToolchainError::other(format!("open {path}: {e}"))),
                 }
             }
             "write-source" => match std::fs::write(format!("{SOURCE_DIR}/planted"), "x") {
-                Ok(()) => Ok(Plan::new().step(Step::new("wrote", "img"))),
+                Ok(()) => Ok(Plan::new().step(step("wrote"))),
                 Err(e) => Err(ToolchainError::other(format!(
                     "write {SOURCE_DIR}/planted: {e}"
                 ))),
@@ -61,7 +61,7 @@ impl Trainer for Hostile {
             "connect" => {
                 let addr = request.args.first().cloned().unwrap_or_default();
                 match std::net::TcpStream::connect(addr.as_str()) {
-                    Ok(_) => Ok(Plan::new().step(Step::new("connected", "img"))),
+                    Ok(_) => Ok(Plan::new().step(step("connected"))),
                     Err(e) => Err(ToolchainError::other(format!("connect {addr}: {e}"))),
                 }
             }
@@ -81,17 +81,18 @@ impl Trainer for Hostile {
                     n = std::hint::black_box(n.wrapping_add(i));
                 }
                 let elapsed = start.elapsed().as_nanos().to_string();
-                Ok(Plan::new().step(Step::new("clock", "img").args([first, wall(), elapsed])))
+                Ok(Plan::new().step(step("clock").args([first, wall(), elapsed])))
             }
-            "env" => Ok(Plan::new().step(
-                Step::new("env", "img").args(std::env::vars().map(|(k, v)| format!("{k}={v}"))),
-            )),
+            "env" => Ok(Plan::new()
+                .step(step("env").args(std::env::vars().map(|(k, v)| format!("{k}={v}"))))),
+            // A plan no host can run: a step with no command.
+            "empty-command" => Ok(Plan::new().step(Step::new("train", "img"))),
             "echo" => {
                 host::info("echo called");
                 println!("stdout from echo");
                 eprintln!("stderr from echo");
                 let greeting = host::config("greeting").unwrap_or_else(|| "unset".into());
-                Ok(Plan::new().step(Step::new("echo", "img").arg(greeting).args(request.args)))
+                Ok(Plan::new().step(step("echo").arg(greeting).args(request.args)))
             }
             other => Err(ToolchainError::invalid(format!(
                 "entrypoint: unknown behaviour {other:?}"
@@ -129,3 +130,9 @@ impl Packager for Hostile {
 impl Server for Hostile {}
 
 export_toolchain!(Hostile);
+
+/// A step the host could run (`true` in `img`): what each behaviour
+/// returns when it returns at all.
+fn step(name: &str) -> Step {
+    Step::new(name, "img").command(["true"])
+}

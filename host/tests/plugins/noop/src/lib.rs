@@ -1,5 +1,5 @@
-//! A trainer that does (almost) nothing: one step that writes an empty
-//! model folder. It measures what the host itself costs per run — the API's
+//! A trainer that does (almost) nothing: one step that writes a model
+//! folder with a pass-through `predict.py`. It measures what the host itself costs per run — the API's
 //! create path in `scripts/bench-api.sh` — with no toolchain work in the way.
 
 use legion_sdk::*;
@@ -21,7 +21,7 @@ impl Trainer for Noop {
         let mut step = Step::new("noop", request.image_or("busybox")).command([
             "sh",
             "-c",
-            "mkdir -p \"$LEGION_OUTPUT_DIR/model\"; while [ -n \"${HOLD:-}\" ] && [ ! -e \"$HOLD\" ]; do sleep 0.1; done",
+            "mkdir -p \"$LEGION_OUTPUT_DIR/model\"; printf 'def load(d):\\n    return None\\ndef predict(s, f):\\n    return f\\n' > \"$LEGION_OUTPUT_DIR/model/predict.py\"; while [ -n \"${HOLD:-}\" ] && [ ! -e \"$HOLD\" ]; do sleep 0.1; done",
         ]);
         for kv in &request.env {
             step = step.env(kv.key.clone(), kv.value.clone());
