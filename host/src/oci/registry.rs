@@ -128,15 +128,9 @@ impl Registry {
     /// `reference` there too; blobs already present are not fetched again.
     /// Every blob is checked against its digest before it is stored.
     pub async fn pull(&self, layout: &Layout, reference: &Reference) -> Result<String, Error> {
-        self.client
-            .auth(reference, &self.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| Self::err(reference, e))?;
         let (bytes, _) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, &[MANIFEST_MEDIA_TYPE])
-            .await
-            .map_err(|e| Self::err(reference, e))?;
+            .pull_manifest_pinned(reference, &[MANIFEST_MEDIA_TYPE])
+            .await?;
         let manifest: OciImageManifest =
             serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
                 reference: reference.whole(),

@@ -174,33 +174,9 @@ mod tests {
 
     fn failed(reason: &str, exit: Option<i32>) -> RunRecord {
         RunRecord {
-            id: "r".into(),
-            toolchain: "python".into(),
-            toolchain_digest: "sha256:0".into(),
-            kind: crate::store::RunKind::Training,
-            model: crate::plan::ModelId {
-                name: "m".into(),
-                version: "1".into(),
-            },
-            state: RunState::Failed,
-            request: crate::store::RunRequest::Training(Default::default()),
-            plan: None,
             exit_code: exit,
             reason: Some(reason.into()),
-            created_at: 0,
-            started_at: None,
-            finished_at: None,
-            model_digest: None,
-            model_ref: None,
-            pushed_ref: None,
-            image_ref: None,
-            image_digest: None,
-            source_commit: None,
-            workspace: String::new(),
-            log_path: String::new(),
-            pid: None,
-            job: None,
-            owner: None,
+            ..RunRecord::sample("r", RunState::Failed)
         }
     }
 

@@ -195,6 +195,43 @@ pub struct RunRecord {
     pub owner: Option<String>,
 }
 
+#[cfg(test)]
+impl RunRecord {
+    /// A training `id` of `m:1` by `python` in `state`, nothing else set:
+    /// a fixture for unit tests.
+    pub(crate) fn sample(id: &str, state: RunState) -> Self {
+        RunRecord {
+            id: id.into(),
+            toolchain: "python".into(),
+            toolchain_digest: "sha256:0".into(),
+            kind: RunKind::Training,
+            model: crate::plan::ModelId {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            state,
+            request: RunRequest::Training(Default::default()),
+            plan: None,
+            exit_code: None,
+            reason: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            model_digest: None,
+            model_ref: None,
+            pushed_ref: None,
+            image_ref: None,
+            image_digest: None,
+            source_commit: None,
+            workspace: String::new(),
+            log_path: String::new(),
+            pid: None,
+            job: None,
+            owner: None,
+        }
+    }
+}
+
 /// An API replica's hold on a run it started: who holds it, until when
 /// (ms since the epoch; renewed while the replica lives), and the request
 /// it was made from, to start it again if the replica dies.

@@ -898,35 +898,7 @@ mod tests {
     use crate::exec::Quiet;
 
     fn queued(id: &str) -> RunRecord {
-        RunRecord {
-            id: id.into(),
-            toolchain: "python".into(),
-            toolchain_digest: "sha256:0".into(),
-            kind: RunKind::Training,
-            model: ModelId {
-                name: "m".into(),
-                version: "1".into(),
-            },
-            state: RunState::Queued,
-            request: RunRequest::Training(Default::default()),
-            plan: None,
-            exit_code: None,
-            reason: None,
-            created_at: now_ms(),
-            started_at: None,
-            finished_at: None,
-            model_digest: None,
-            model_ref: None,
-            pushed_ref: None,
-            image_ref: None,
-            image_digest: None,
-            source_commit: None,
-            workspace: String::new(),
-            log_path: String::new(),
-            pid: None,
-            job: None,
-            owner: None,
-        }
+        RunRecord::sample(id, RunState::Queued)
     }
 
     /// The API calls off a create it could not answer in time by
