@@ -419,6 +419,22 @@ fn with_a_trust_policy_only_toolchains_signed_by_a_trusted_key_are_registered() 
     for refused in ["unsigned", "bobs", "moved", "tampered", "file"] {
         assert!(!names.contains(&refused.to_string()), "{names:?}");
     }
+    // A second signer adds to the referrers index; the first stays listed.
+    publisher.ok(&["toolchain", "sign", &unsigned, "--key", &key("bob.key")]);
+    let both = publisher.json(&["toolchain", "sign", &unsigned, "--key", &key("alice.key")]);
+    let index = skopeo_raw(
+        &["--raw"],
+        &format!(
+            "{}/toolchains/python:{}",
+            reg.addr,
+            both["subject"].as_str().unwrap().replace(':', "-")
+        ),
+    );
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    for k in ["alice.pub", "bob.pub"] {
+        publisher.ok(&["toolchain", "verify", &unsigned, "--key", &key(k)]);
+    }
+
     // Without the policy, a file registers again.
     admin.ok(&["toolchain", "trust", "rm", &alice]);
     admin.ok(&[

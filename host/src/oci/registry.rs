@@ -192,15 +192,46 @@ impl Registry {
         reference: &Reference,
         accepted: &[&str],
     ) -> Result<(Vec<u8>, String), Error> {
+        self.pull_manifest_if_any(reference, accepted)
+            .await?
+            .ok_or_else(|| Error::Registry {
+                reference: reference.whole(),
+                message: "the registry has no such manifest".into(),
+            })
+    }
+
+    /// [`Self::pull_manifest_pinned`], with `None` when the registry says
+    /// it has no such manifest or repository — and an error for anything
+    /// else (unreachable, refused), never taken for "none".
+    pub async fn pull_manifest_if_any(
+        &self,
+        reference: &Reference,
+        accepted: &[&str],
+    ) -> Result<Option<(Vec<u8>, String)>, Error> {
         self.client
             .auth(reference, &self.auth, RegistryOperation::Pull)
             .await
             .map_err(|e| Self::err(reference, e))?;
-        let (bytes, _) = self
+        let bytes = match self
             .client
             .pull_manifest_raw(reference, &self.auth, accepted)
             .await
-            .map_err(|e| Self::err(reference, e))?;
+        {
+            Ok((bytes, _)) => bytes,
+            Err(OciDistributionError::ImageManifestNotFoundError(_)) => return Ok(None),
+            Err(OciDistributionError::RegistryError { envelope, .. })
+                if envelope.errors.iter().any(|e| {
+                    matches!(
+                        e.code,
+                        oci_client::errors::OciErrorCode::ManifestUnknown
+                            | oci_client::errors::OciErrorCode::NameUnknown
+                    )
+                }) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(Self::err(reference, e)),
+        };
         let digest = super::sha256_digest(&bytes);
         if let Some(pinned) = reference.digest() {
             if pinned != digest {
@@ -210,7 +241,7 @@ impl Registry {
                 });
             }
         }
-        Ok((bytes.to_vec(), digest))
+        Ok(Some((bytes.to_vec(), digest)))
     }
 
     /// Fetches blob `blob` into memory, hashing it as it arrives: more than
@@ -298,30 +329,10 @@ impl Registry {
     /// The digest of the manifest `reference` names, or `None` when the
     /// registry has no such tag (the manifest's bytes are hashed here).
     pub async fn manifest_digest(&self, reference: &Reference) -> Result<Option<String>, Error> {
-        self.client
-            .auth(reference, &self.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| Self::err(reference, e))?;
-        match self
-            .client
-            .pull_manifest_raw(reference, &self.auth, &[MANIFEST_MEDIA_TYPE])
-            .await
-        {
-            Ok((bytes, _)) => Ok(Some(super::sha256_digest(&bytes))),
-            Err(OciDistributionError::ImageManifestNotFoundError(_)) => Ok(None),
-            Err(OciDistributionError::RegistryError { envelope, .. })
-                if envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        oci_client::errors::OciErrorCode::ManifestUnknown
-                            | oci_client::errors::OciErrorCode::NameUnknown
-                    )
-                }) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(Self::err(reference, e)),
-        }
+        Ok(self
+            .pull_manifest_if_any(reference, &[MANIFEST_MEDIA_TYPE])
+            .await?
+            .map(|(_, digest)| digest))
     }
 
     /// Resolves a base image in this registry to a digest: its manifest
@@ -397,6 +408,25 @@ impl Registry {
             manifest,
             &config,
         )
+    }
+
+    /// Pushes an artifact made in memory: `blobs` (each descriptor with its
+    /// bytes) the registry lacks, then `manifest` to `reference`. The
+    /// upload path reads blobs from a layout; a scratch one holds them.
+    pub async fn push_bytes(
+        &self,
+        blobs: &[(&OciDescriptor, &[u8])],
+        manifest: &[u8],
+        reference: &Reference,
+    ) -> Result<PushReport, Error> {
+        let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
+        let layout = Layout::open(scratch.path())?;
+        for (_, bytes) in blobs {
+            layout.put_blob(bytes)?;
+        }
+        let descriptors: Vec<OciDescriptor> = blobs.iter().map(|(d, _)| (*d).clone()).collect();
+        self.push_manifest(&layout, &descriptors, manifest, reference, None, &|_| {})
+            .await
     }
 
     /// Pushes the manifest `digest` from `layout`, with its config and

@@ -18,7 +18,6 @@ use oci_client::Reference;
 use serde::{Deserialize, Serialize};
 
 use super::image::OCI_INDEX_MEDIA_TYPE;
-use super::layout::Layout;
 use super::registry::Registry;
 use super::{sha256_digest, MANIFEST_MEDIA_TYPE};
 use crate::Error;
@@ -92,19 +91,11 @@ pub async fn push(
     };
     let manifest_bytes = to_json(&manifest)?;
     let digest = sha256_digest(&manifest_bytes);
-    let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
-    let layout = Layout::open(scratch.path())?;
-    layout.put_blob(&config)?;
-    layout.put_blob(&layer)?;
-    let by_digest = repository.clone_with_digest(digest.clone());
     registry
-        .push_manifest(
-            &layout,
-            &[manifest.config.clone(), manifest.layers[0].clone()],
+        .push_bytes(
+            &[(&manifest.config, &config), (&manifest.layers[0], &layer)],
             &manifest_bytes,
-            &by_digest,
-            None,
-            &|_| {},
+            &repository.clone_with_digest(digest.clone()),
         )
         .await?;
 
@@ -114,17 +105,19 @@ pub async fn push(
         repository.repository().to_string(),
         subject.digest.replace(':', "-"),
     );
+    // A missing index is a first signature; any other failure to read it
+    // stops here, so no signature already listed is written over.
     let mut index = match registry
-        .pull_manifest_pinned(&tag, &[OCI_INDEX_MEDIA_TYPE])
-        .await
+        .pull_manifest_if_any(&tag, &[OCI_INDEX_MEDIA_TYPE])
+        .await?
     {
-        Ok((bytes, _)) => {
+        Some((bytes, _)) => {
             serde_json::from_slice::<OciImageIndex>(&bytes).map_err(|e| Error::Registry {
                 reference: tag.whole(),
                 message: format!("the referrers index is not an image index: {e}"),
             })?
         }
-        Err(_) => OciImageIndex {
+        None => OciImageIndex {
             schema_version: 2,
             media_type: Some(OCI_INDEX_MEDIA_TYPE.into()),
             manifests: vec![],

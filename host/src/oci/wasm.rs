@@ -19,7 +19,6 @@ use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::Reference;
 use serde::{Deserialize, Serialize};
 
-use super::layout::Layout;
 use super::registry::{PushReport, Registry};
 use super::{sha256_digest, source_date_epoch, MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION};
 use crate::Error;
@@ -74,6 +73,8 @@ pub struct Packed {
     pub digest: String,
     /// The config's bytes.
     pub config: Vec<u8>,
+    /// The config's and the layer's descriptors, as in the manifest.
+    pub blobs: [OciDescriptor; 2],
 }
 
 /// Packs `wasm` (a component whose world is `world`) with manifest
@@ -97,21 +98,25 @@ pub fn pack(
         context: "writing a wasm config",
         source: e.into(),
     })?;
-    let manifest = OciImageManifest {
-        schema_version: 2,
-        media_type: Some(MANIFEST_MEDIA_TYPE.into()),
-        config: OciDescriptor {
+    let blobs = [
+        OciDescriptor {
             media_type: WASM_CONFIG_MEDIA_TYPE.into(),
             digest: sha256_digest(&config),
             size: config.len() as i64,
             ..Default::default()
         },
-        layers: vec![OciDescriptor {
+        OciDescriptor {
             media_type: WASM_LAYER_MEDIA_TYPE.into(),
             digest: layer_digest,
             size: wasm.len() as i64,
             ..Default::default()
-        }],
+        },
+    ];
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST_MEDIA_TYPE.into()),
+        config: blobs[0].clone(),
+        layers: vec![blobs[1].clone()],
         subject: None,
         artifact_type: None,
         annotations: (!annotations.is_empty()).then_some(annotations),
@@ -124,6 +129,7 @@ pub fn pack(
         digest: sha256_digest(&manifest),
         manifest,
         config,
+        blobs,
     })
 }
 
@@ -157,22 +163,12 @@ pub async fn push(
     packed: &Packed,
     reference: &Reference,
 ) -> Result<PushReport, Error> {
-    // The registry client pushes blobs from a layout; a scratch one holds
-    // the two blobs for the push.
-    let scratch = tempfile::tempdir().map_err(|e| Error::io(&std::env::temp_dir(), e))?;
-    let layout = Layout::open(scratch.path())?;
-    layout.put_blob(&packed.config)?;
-    layout.put_blob(wasm)?;
-    let manifest: OciImageManifest =
-        serde_json::from_slice(&packed.manifest).map_err(|e| Error::Engine {
-            context: "reading back a wasm manifest",
-            source: e.into(),
-        })?;
-    let blobs: Vec<_> = std::iter::once(manifest.config.clone())
-        .chain(manifest.layers.iter().cloned())
-        .collect();
     registry
-        .push_manifest(&layout, &blobs, &packed.manifest, reference, None, &|_| {})
+        .push_bytes(
+            &[(&packed.blobs[0], &packed.config), (&packed.blobs[1], wasm)],
+            &packed.manifest,
+            reference,
+        )
         .await
 }
 
@@ -204,14 +200,7 @@ pub async fn pull(
         reference: reference.whole(),
         message,
     };
-    let manifest: OciImageManifest = serde_json::from_slice(&bytes)
-        .map_err(|e| refuse(format!("not an OCI image manifest: {e}")))?;
-    if manifest.config.media_type != WASM_CONFIG_MEDIA_TYPE {
-        return Err(refuse(format!(
-            "not a wasm component: its config is '{}', not '{WASM_CONFIG_MEDIA_TYPE}' (push one with `legion toolchain push` or `wkg oci push`)",
-            manifest.config.media_type
-        )));
-    }
+    let manifest = read_manifest(reference, &bytes)?;
     let layer = match manifest.layers.as_slice() {
         [one] if one.media_type == WASM_LAYER_MEDIA_TYPE => one,
         layers => {
@@ -247,6 +236,24 @@ pub async fn pull(
         wasm,
         annotations: manifest.annotations.unwrap_or_default(),
     })
+}
+
+/// Reads `bytes` as the manifest of a wasm artifact (`reference` names it
+/// in errors): an OCI image manifest whose config is the wasm config.
+pub fn read_manifest(reference: &Reference, bytes: &[u8]) -> Result<OciImageManifest, Error> {
+    let refuse = |message: String| Error::Registry {
+        reference: reference.whole(),
+        message,
+    };
+    let manifest: OciImageManifest = serde_json::from_slice(bytes)
+        .map_err(|e| refuse(format!("not an OCI image manifest: {e}")))?;
+    if manifest.config.media_type != WASM_CONFIG_MEDIA_TYPE {
+        return Err(refuse(format!(
+            "not a wasm component: its config is '{}', not '{WASM_CONFIG_MEDIA_TYPE}' (push one with `legion toolchain push` or `wkg oci push`)",
+            manifest.config.media_type
+        )));
+    }
+    Ok(manifest)
 }
 
 /// The manifest annotations a toolchain is pushed with.

@@ -16,14 +16,13 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use oci_client::manifest::OciDescriptor;
 use sha2::{Digest, Sha256};
 
 use super::registry::ToolchainImage;
 use crate::home::Home;
 use crate::oci::registry::Registry;
 use crate::oci::signature::{self, Found, SignatureBlob};
-use crate::oci::wasm::WASM_CONFIG_MEDIA_TYPE;
 use crate::oci::MANIFEST_MEDIA_TYPE;
 use crate::Error;
 
@@ -243,20 +242,7 @@ async fn toolchain_manifest(
     let (bytes, digest) = registry
         .pull_manifest_pinned(&image.0, &[MANIFEST_MEDIA_TYPE])
         .await?;
-    let manifest: OciImageManifest =
-        serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
-            reference: image.0.whole(),
-            message: format!("not an OCI image manifest: {e}"),
-        })?;
-    if manifest.config.media_type != WASM_CONFIG_MEDIA_TYPE {
-        return Err(Error::Registry {
-            reference: image.0.whole(),
-            message: format!(
-                "not a toolchain: its config is '{}', not '{WASM_CONFIG_MEDIA_TYPE}'",
-                manifest.config.media_type
-            ),
-        });
-    }
+    crate::oci::wasm::read_manifest(&image.0, &bytes)?;
     Ok(OciDescriptor {
         media_type: MANIFEST_MEDIA_TYPE.into(),
         digest,
