@@ -21,6 +21,7 @@ plugins=(
   legion-test-hostile
   legion-test-future-contract
   legion-test-noop
+  legion-test-contract-v0-1
 )
 if [ "${1:-}" = "--clippy" ]; then
   for p in "${plugins[@]}"; do

@@ -236,6 +236,16 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// A batch inference job failed after it started.
+    #[error("batch job {id}: {message}\n  its log: {}", log.display())]
+    Batch {
+        /// The job's id.
+        id: String,
+        /// What went wrong.
+        message: String,
+        /// Its log, kept.
+        log: std::path::PathBuf,
+    },
     /// Building an image failed.
     #[error("packaging: {message}")]
     Package {

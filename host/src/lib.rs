@@ -10,6 +10,7 @@
 //! - [`exec`]: executors that run plans, Python environments, run logs;
 //! - [`oci`]: models as OCI artifacts, the layout store, registries;
 //! - [`train`]: a training end to end;
+//! - [`batch`]: a batch inference job: a stored model scores data;
 //! - [`package`]: a packaging end to end: a stored model into a runnable
 //!   image (the dependency layer, the server binary);
 //! - [`serve`]: preparing a stored model for the model server (the
@@ -21,6 +22,7 @@
 //! - [`cli`]: the `legion` command line.
 
 pub mod api;
+pub mod batch;
 pub mod cli;
 mod error;
 pub mod exec;

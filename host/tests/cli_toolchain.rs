@@ -19,7 +19,7 @@ fn fresh_data_dir_registers_the_builtins_on_first_use() {
     assert_eq!(names(&list), ["docker-rest", "mlflow", "python"]);
     for t in list.as_array().unwrap() {
         assert_eq!(t["builtin"], true);
-        assert_eq!(t["contract"], "legion:toolchain@0.1.0");
+        assert_eq!(t["contract"], "legion:toolchain@0.2.0");
         assert!(t["digest"].as_str().unwrap().starts_with("sha256:"));
     }
     let docker = &list[0];
@@ -55,7 +55,7 @@ fn add_prints_name_digest_interfaces_and_contract() {
     assert!(out.contains("name:") && out.contains("hello"), "{out}");
     assert!(out.contains(&digest), "{out}");
     assert!(
-        out.contains("trainer") && out.contains("legion:toolchain@0.1.0"),
+        out.contains("trainer") && out.contains("legion:toolchain@0.2.0"),
         "{out}"
     );
 
@@ -441,7 +441,7 @@ fn contract_version_mismatch_names_both_versions() {
     let err = add_fails_cleanly(&l, &[plugin("future-contract").to_str().unwrap()]);
     assert!(
         err.contains(
-            "targets legion:toolchain@9.0.0, but this host supports legion:toolchain@0.1.0"
+            "targets legion:toolchain@9.0.0, but this host supports legion:toolchain@0.1.0, legion:toolchain@0.2.0"
         ),
         "{err}"
     );
@@ -611,4 +611,113 @@ fn tampered_stored_wasm_is_refused_by_its_pinned_digest() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn contract_0_1_0_and_0_2_0_plugins_run_side_by_side() {
+    let l = Legion::new();
+    l.ok(&[
+        "toolchain",
+        "add",
+        plugin("contract-v0-1").to_str().unwrap(),
+        "--name",
+        "old",
+    ]);
+    l.ok(&[
+        "toolchain",
+        "add",
+        plugin("noop").to_str().unwrap(),
+        "--name",
+        "new",
+    ]);
+    let list = l.json(&["toolchain", "ls"]);
+    let contract = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["contract"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(contract("old"), "legion:toolchain@0.1.0");
+    assert_eq!(contract("new"), "legion:toolchain@0.2.0");
+    assert_eq!(contract("python"), "legion:toolchain@0.2.0");
+
+    // Both plan in one host, each through its own version's bindings.
+    let (src, _) = temp_file("train.py", b"");
+    let (_d, req) = temp_file(
+        "req.json",
+        br#"{"model": {"name": "m", "version": "1"}, "hyperParameters": {"epochs": "many"}}"#,
+    );
+    for name in ["old", "new"] {
+        let plan = l.json(&[
+            "toolchain",
+            "plan",
+            name,
+            "--request",
+            req.to_str().unwrap(),
+            "--source",
+            src.path().to_str().unwrap(),
+        ]);
+        assert_eq!(plan["steps"].as_array().unwrap().len(), 1, "{name}: {plan}");
+    }
+    // A 0.1.0 parameter's kind is documentation: `epochs=many` is not
+    // refused, and the old plugin trains.
+    let run = l.json(&[
+        "train",
+        src.path().to_str().unwrap(),
+        "-t",
+        "old",
+        "--name",
+        "m",
+        "-P",
+        "epochs=many",
+    ]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let log = l.ok(&["runs", "logs", run["id"].as_str().unwrap()]);
+    assert!(log.contains("contract 0.1.0 plan: epochs=many"), "{log}");
+    let run = l.json(&[
+        "train",
+        src.path().to_str().unwrap(),
+        "-t",
+        "new",
+        "--name",
+        "m",
+        "--version",
+        "2",
+    ]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+
+    // 0.2.0 parameters are typed, and held before the plugin is called.
+    let python = l.json(&["toolchain", "show", "python"]);
+    let format = python["info"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "output-format")
+        .cloned()
+        .unwrap_or_else(|| panic!("{python:#}"));
+    assert_eq!(format["kind"], "choice");
+    assert_eq!(format["choices"], serde_json::json!(["csv", "jsonl"]));
+    let docker = l.json(&["toolchain", "show", "docker-rest"]);
+    let workers = docker["info"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "workers")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (
+            workers["kind"].as_str(),
+            workers["minimum"].as_i64(),
+            workers["maximum"].as_i64()
+        ),
+        (Some("int"), Some(1), Some(64))
+    );
+    let err = l.fails(&["package", "m:1", "--arg", "workers=0"]);
+    assert!(
+        err.contains("--arg workers") && err.contains("whole number from 1 to 64"),
+        "{err}"
+    );
 }

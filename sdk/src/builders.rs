@@ -4,8 +4,9 @@
 
 use crate::bindings::legion::toolchain::types::HealthCheck;
 use crate::{
-    ImagePlan, KeyValue, Layer, ModelManifest, ParameterInfo, Plan, PythonEnvironment, Resources,
-    ServicePlan, ServingRequest, Step, ToolchainError, ToolchainInfo, TrainingRequest,
+    ImagePlan, IntegerRange, KeyValue, Layer, ModelManifest, NumberRange, ParameterInfo,
+    ParameterType, Plan, PythonEnvironment, Resources, ServicePlan, ServingRequest, Step,
+    ToolchainError, ToolchainInfo, TrainingRequest,
 };
 
 fn strings<I, S>(items: I) -> Vec<String>
@@ -139,20 +140,71 @@ impl ToolchainInfo {
         self.default_image = image.into();
         self
     }
-    /// Documents a parameter.
-    pub fn parameter(
-        mut self,
-        name: &str,
-        kind: &str,
-        default: Option<&str>,
-        description: &str,
+    /// Documents a parameter (built with [`ParameterInfo::text`],
+    /// [`ParameterInfo::integer`], …). The host checks the values users
+    /// give against it before calling the plugin.
+    pub fn parameter(mut self, parameter: ParameterInfo) -> Self {
+        self.parameters.push(parameter);
+        self
+    }
+}
+
+impl ParameterInfo {
+    /// A parameter of type `kind`: optional, no default, no description.
+    pub fn new(name: impl Into<String>, kind: ParameterType) -> Self {
+        ParameterInfo {
+            name: name.into(),
+            kind,
+            required: false,
+            default: None,
+            description: String::new(),
+        }
+    }
+    /// Any text.
+    pub fn text(name: impl Into<String>) -> Self {
+        Self::new(name, ParameterType::Text)
+    }
+    /// A whole number, with inclusive bounds (`None`: unbounded).
+    pub fn integer(name: impl Into<String>, min: Option<i64>, max: Option<i64>) -> Self {
+        Self::new(name, ParameterType::Integer(IntegerRange { min, max }))
+    }
+    /// A finite number, with inclusive bounds (`None`: unbounded).
+    pub fn number(name: impl Into<String>, min: Option<f64>, max: Option<f64>) -> Self {
+        Self::new(name, ParameterType::Number(NumberRange { min, max }))
+    }
+    /// `true` or `false`.
+    pub fn boolean(name: impl Into<String>) -> Self {
+        Self::new(name, ParameterType::Boolean)
+    }
+    /// A path relative to the source folder.
+    pub fn path(name: impl Into<String>) -> Self {
+        Self::new(name, ParameterType::Path)
+    }
+    /// One of `options`.
+    pub fn choice<I: IntoIterator<Item = S>, S: Into<String>>(
+        name: impl Into<String>,
+        options: I,
     ) -> Self {
-        self.parameters.push(ParameterInfo {
-            name: name.to_string(),
-            kind: kind.to_string(),
-            default: default.map(str::to_string),
-            description: description.to_string(),
-        });
+        Self::new(
+            name,
+            ParameterType::Choice(options.into_iter().map(Into::into).collect()),
+        )
+    }
+    /// The value used when the parameter is not given.
+    pub fn default(mut self, value: impl Into<String>) -> Self {
+        self.default = Some(value.into());
+        self.required = false;
+        self
+    }
+    /// Refuses calls without it.
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self.default = None;
+        self
+    }
+    /// What it does.
+    pub fn describe(mut self, text: impl Into<String>) -> Self {
+        self.description = text.into();
         self
     }
 }

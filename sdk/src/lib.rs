@@ -24,19 +24,23 @@
 //! ```
 //!
 //! The crate's features pick the world the plugin is built for: `trainer`
-//! (the default) exports the `trainer` interface, `packager` exports
-//! `packager` and `server`; both together export all three. A plugin crate is
+//! (the default) exports the `trainer` interface, `batch` adds `batch`
+//! ([`Batch`]: plan batch inference jobs), `packager` exports `packager`
+//! and `server`. A plugin crate is
 //! a `cdylib` built with `cargo build --target wasm32-wasip2`.
 #![deny(missing_docs)]
 
 mod builders;
+mod folders;
 pub mod host;
 mod traits;
 
 pub use builders::*;
+pub use folders::{model_dir, output_dir, source_dir, testing};
 pub use traits::*;
 
-/// Bindings generated from `wit/toolchain.wit`. Authors use the re-exports at
+/// Bindings generated from `wit/toolchain.wit` (contract
+/// [`CONTRACT_VERSION`]). Authors use the re-exports at
 /// the crate root instead.
 #[doc(hidden)]
 #[allow(missing_docs, clippy::all)]
@@ -44,48 +48,47 @@ pub mod bindings {
     // Exactly one world is generated, chosen by features: a world's
     // description is linked into the plugin, and a component must export
     // every interface its world names, so a trainer must not carry the
-    // packager world.
-    #[cfg(all(feature = "trainer", feature = "packager"))]
-    wit_bindgen::generate!({
-        world: "toolchain-plugin",
-        path: "wit",
-        pub_export_macro: true,
-        export_macro_name: "__export_world",
-        default_bindings_module: "legion_sdk::bindings",
-    });
-    #[cfg(all(feature = "trainer", not(feature = "packager")))]
-    wit_bindgen::generate!({
-        world: "trainer-plugin",
-        path: "wit",
-        pub_export_macro: true,
-        export_macro_name: "__export_world",
-        default_bindings_module: "legion_sdk::bindings",
-        // The packaging types are still generated so every build of the SDK
-        // offers the same type names.
-        generate_all,
-    });
+    // packager world. Every world but the full one generates all types, so
+    // every build of the SDK offers the same type names.
+    macro_rules! world {
+        ($world:literal) => {
+            wit_bindgen::generate!({
+                world: $world,
+                path: "wit",
+                pub_export_macro: true,
+                export_macro_name: "__export_world",
+                default_bindings_module: "legion_sdk::bindings",
+                generate_all,
+            });
+        };
+    }
+    #[cfg(all(feature = "trainer", feature = "batch", feature = "packager"))]
+    world!("toolchain-plugin");
+    #[cfg(all(feature = "trainer", not(feature = "batch"), feature = "packager"))]
+    world!("trainer-packager-plugin");
+    #[cfg(all(feature = "trainer", feature = "batch", not(feature = "packager")))]
+    world!("batch-trainer-plugin");
+    #[cfg(all(feature = "trainer", not(feature = "batch"), not(feature = "packager")))]
+    world!("trainer-plugin");
     #[cfg(all(feature = "packager", not(feature = "trainer")))]
-    wit_bindgen::generate!({
-        world: "packager-plugin",
-        path: "wit",
-        pub_export_macro: true,
-        export_macro_name: "__export_world",
-        default_bindings_module: "legion_sdk::bindings",
-        generate_all,
-    });
+    world!("packager-plugin");
     #[cfg(not(any(feature = "trainer", feature = "packager")))]
     compile_error!("legion-sdk needs the `trainer` or the `packager` feature (or both)");
 }
 
 pub use bindings::legion::toolchain::host::LogLevel;
 pub use bindings::legion::toolchain::types::{
-    DataBinding, FileEntry, HealthCheck, ImagePlan, ImageTarget, KeyValue, Layer, ModelId,
-    ModelManifest, PackagingRequest, ParameterInfo, Plan, PythonEnvironment, PythonLayer,
-    Resources, ServicePlan, ServingRequest, Signature, Source, Step, TensorSpec, ToolchainError,
-    ToolchainInfo, TrainingRequest,
+    BatchRequest, DataBinding, FileEntry, HealthCheck, ImagePlan, ImageTarget, IntegerRange,
+    KeyValue, Layer, ModelId, ModelManifest, NumberRange, PackagingRequest, ParameterInfo,
+    ParameterType, Plan, PythonEnvironment, PythonLayer, Resources, ServicePlan, ServingRequest,
+    Signature, Source, Step, TensorSpec, ToolchainError, ToolchainInfo, TrainingRequest,
 };
 
-/// Where the host preopens the fetched source during `plan-training`.
+/// The contract version this SDK builds plugins for.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+
+/// Where the host preopens the fetched source during `plan-training`
+/// (read it through [`source_dir`], which native tests can point elsewhere).
 pub const SOURCE_DIR: &str = "/source";
 /// Where the host preopens the finished run's output during `collect-training`.
 pub const OUTPUT_DIR: &str = "/output";

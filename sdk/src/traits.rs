@@ -2,8 +2,8 @@
 //! the generated export traits.
 
 use crate::{
-    ImagePlan, ModelManifest, PackagingRequest, Plan, ServicePlan, ServingRequest, ToolchainError,
-    ToolchainInfo, TrainingRequest,
+    BatchRequest, ImagePlan, ModelManifest, PackagingRequest, Plan, ServicePlan, ServingRequest,
+    ToolchainError, ToolchainInfo, TrainingRequest,
 };
 
 /// A toolchain that trains models (`legion:toolchain/trainer`).
@@ -11,10 +11,10 @@ pub trait Trainer {
     /// Says what the toolchain is: name, version, default image, parameters.
     fn describe() -> ToolchainInfo;
 
-    /// Plans a training. The source is readable at [`crate::SOURCE_DIR`].
+    /// Plans a training. The source is readable at [`crate::source_dir`].
     fn plan_training(request: TrainingRequest) -> Result<Plan, ToolchainError>;
 
-    /// Reads the finished run's output at [`crate::OUTPUT_DIR`] and says what
+    /// Reads the finished run's output at [`crate::output_dir`] and says what
     /// model it holds. The default reports that the toolchain does not collect.
     fn collect_training(request: TrainingRequest) -> Result<ModelManifest, ToolchainError> {
         let _ = request;
@@ -24,12 +24,22 @@ pub trait Trainer {
     }
 }
 
+/// A toolchain that scores data with a stored model as a job
+/// (`legion:toolchain/batch`; the SDK's `batch` feature).
+pub trait Batch {
+    /// Plans a batch inference job. The model's files are readable at
+    /// [`crate::model_dir`]; the steps find them in `$LEGION_MODEL_DIR`,
+    /// the data in `$LEGION_DATA_DIR`, and write results into
+    /// `$LEGION_OUTPUT_DIR`.
+    fn plan_batch_inference(request: BatchRequest) -> Result<Plan, ToolchainError>;
+}
+
 /// A toolchain that packages models into images (`legion:toolchain/packager`).
 pub trait Packager {
     /// Says what the toolchain is.
     fn describe() -> ToolchainInfo;
 
-    /// Plans an image for a stored model, readable at [`crate::MODEL_DIR`].
+    /// Plans an image for a stored model, readable at [`crate::model_dir`].
     fn plan_packaging(request: PackagingRequest) -> Result<ImagePlan, ToolchainError>;
 }
 
@@ -60,6 +70,13 @@ impl<T: Trainer> crate::bindings::exports::legion::toolchain::trainer::Guest for
     }
     fn collect_training(request: TrainingRequest) -> Result<ModelManifest, ToolchainError> {
         T::collect_training(request)
+    }
+}
+
+#[cfg(feature = "batch")]
+impl<T: Batch> crate::bindings::exports::legion::toolchain::batch::Guest for Export<T> {
+    fn plan_batch_inference(request: BatchRequest) -> Result<Plan, ToolchainError> {
+        T::plan_batch_inference(request)
     }
 }
 

@@ -17,10 +17,9 @@ impl Trainer for Hello {
         )
         .default_image(IMAGE)
         .parameter(
-            "greeting",
-            "string",
-            Some("hello"),
-            "passed to the script as --greeting",
+            ParameterInfo::text("greeting")
+                .default("hello")
+                .describe("passed to the script as --greeting"),
         )
     }
 
@@ -30,7 +29,7 @@ impl Trainer for Hello {
             .clone()
             .unwrap_or_else(|| "train.py".to_string());
         // The source is preopened read-only: refuse a plan for a script that is not there.
-        let path = std::path::Path::new(SOURCE_DIR).join(&script);
+        let path = source_dir().join(&script);
         if !path.is_file() {
             return Err(ToolchainError::invalid(format!(
                 "entrypoint: {script} is not a file in the source"
@@ -66,7 +65,7 @@ impl Trainer for Hello {
     }
 
     fn collect_training(_request: TrainingRequest) -> Result<ModelManifest, ToolchainError> {
-        let model = std::path::Path::new(OUTPUT_DIR).join("model");
+        let model = output_dir().join("model");
         if !model.exists() {
             return Err(ToolchainError::missing(
                 "the script wrote nothing to $LEGION_OUTPUT_DIR/model",

@@ -2,6 +2,7 @@
 //! library. Commands print tables for people and, with `--output json`, JSON
 //! for scripts.
 
+mod batch;
 mod cluster;
 mod operator;
 mod output;
@@ -81,6 +82,8 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Package a stored model into a runnable OCI image.
     Package(Box<package::PackageArgs>),
+    /// Score data with a stored model, as a job that ends (batch inference).
+    Batch(Box<batch::BatchArgs>),
     /// List packaged images.
     #[command(subcommand)]
     Images(package::ImagesCommand),
@@ -127,6 +130,7 @@ impl Cli {
                 .map(|_| 0),
             Command::Train(args) => train::run(*args, &home, &toolchains, self.output).await,
             Command::Package(args) => package::run(*args, &home, &toolchains, self.output).await,
+            Command::Batch(args) => batch::run(*args, &home, &toolchains, self.output).await,
             Command::Images(cmd) => package::images(cmd, &home, &toolchains, self.output)
                 .await
                 .map(|_| 0),

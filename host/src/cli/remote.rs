@@ -245,6 +245,7 @@ pub async fn run(cmd: Command, remote: &Remote, format: Format) -> Result<i32, E
             Ok(0)
         }
         Command::Images(ImagesCommand::Build(_)) => Err(here_only("`legion images build`")),
+        Command::Batch(_) => Err(here_only("`legion batch`")),
         Command::Serve(_) => Err(here_only("`legion serve`")),
         Command::Server(_) => Err(here_only("`legion server`")),
         Command::Operator(_) => Err(here_only("`legion operator`")),

@@ -107,7 +107,7 @@ pub enum ToolchainCommand {
         /// Output folder preopened at /output for `collect` (with `--source`, if given, at /source).
         #[arg(long, value_name = "DIR")]
         output_dir: Option<PathBuf>,
-        /// Model folder preopened at /model for `packaging`.
+        /// Model folder preopened at /model for `packaging` and `batch`.
         #[arg(long, value_name = "DIR")]
         model_dir: Option<PathBuf>,
     },
@@ -141,6 +141,8 @@ pub enum Call {
     Packaging,
     /// `server.plan-serving`.
     Serving,
+    /// `batch.plan-batch-inference` (contract 0.2.0).
+    Batch,
 }
 
 pub(super) async fn run(
@@ -362,6 +364,16 @@ pub(super) async fn run(
                         let plan = plugin.plan_packaging(&req, &dir)?;
                         output::json(&plan);
                         policy.check_image(plugin.name(), &plan)
+                    }
+                    Call::Batch => {
+                        let req: crate::plan::BatchRequest = read_request(&request)?;
+                        let dir = model_dir.ok_or_else(|| {
+                            required("--model-dir", "plan-batch-inference preopens the model's folder")
+                        })?;
+                        existing_dir("--model-dir", &dir)?;
+                        let plan = plugin.plan_batch_inference(&req, &dir)?;
+                        output::json(&plan);
+                        policy.check(plugin.name(), &plan)
                     }
                     Call::Serving => {
                         let req: ServingRequest = read_request(&request)?;

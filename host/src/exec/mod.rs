@@ -48,6 +48,11 @@ impl Workspace {
     pub fn output(&self) -> PathBuf {
         self.root.join("output")
     }
+    /// A batch job's stored model (a link to its unpacked files); absent
+    /// in a training's workspace.
+    pub fn model(&self) -> PathBuf {
+        self.root.join("model")
+    }
     /// Creates the folders.
     pub fn create(&self) -> Result<(), Error> {
         for dir in [self.root.clone(), self.source(), self.data(), self.output()] {
@@ -87,10 +92,11 @@ impl Workspace {
         self.create()
     }
     /// The `LEGION_*` variables of a step, also substituted as `${NAME}` in
-    /// its command, args and env values.
+    /// its command, args and env values; `LEGION_MODEL_DIR` only where the
+    /// workspace has a model (a batch job).
     pub fn variables(&self, run_id: &str, model: &ModelId) -> Vec<(String, String)> {
         let s = |p: &Path| p.display().to_string();
-        vec![
+        let mut vars = vec![
             ("LEGION_RUN_ID".into(), run_id.to_string()),
             ("LEGION_WORKSPACE".into(), s(&self.root)),
             ("LEGION_SOURCE_DIR".into(), s(&self.source())),
@@ -98,7 +104,11 @@ impl Workspace {
             ("LEGION_OUTPUT_DIR".into(), s(&self.output())),
             ("LEGION_MODEL_NAME".into(), model.name.clone()),
             ("LEGION_MODEL_VERSION".into(), model.version.clone()),
-        ]
+        ];
+        if self.model().exists() {
+            vars.push(("LEGION_MODEL_DIR".into(), s(&self.model())));
+        }
+        vars
     }
 }
 

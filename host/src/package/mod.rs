@@ -214,6 +214,7 @@ impl<'a> Packager<'a> {
             cluster.check_registry()?;
         }
         let row = self.toolchains.get(&opts.toolchain).await?;
+        crate::plan::parameters::check(&row.name, &row.info.parameters, &opts.arguments, "--arg")?;
         let plugin = self.toolchains.load(&opts.toolchain).await?;
         if !plugin.interfaces().contains(&Interface::Packager) {
             return Err(Error::NotExported {

@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+pub mod parameters;
 mod policy;
 
 pub use legion_serve::signature::{Signature, TensorSpec};
@@ -235,6 +236,27 @@ pub struct PackagingRequest {
     pub arguments: Pairs,
 }
 
+/// A batch inference request (contract 0.2.0's `batch` interface).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BatchRequest {
+    /// Model scoring.
+    pub model: ModelId,
+    /// Stored model digest.
+    pub model_digest: String,
+    /// Stored model manifest.
+    pub manifest: ModelManifest,
+    /// Input data, fetched into the job's data folder.
+    pub data: Vec<DataBinding>,
+    /// Image override for the steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Compute asked for.
+    pub resources: Resources,
+    /// Toolchain arguments.
+    pub arguments: Pairs,
+}
+
 /// A file placed in an image.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -353,19 +375,39 @@ pub struct ServicePlan {
     pub health: HealthCheck,
 }
 
-/// One documented toolchain parameter.
+/// One documented toolchain parameter. From a contract 0.2.0 plugin it is
+/// typed, and [`parameters::check`] holds the values users give to it;
+/// from a 0.1.0 plugin `kind` is the plugin's own word and nothing is
+/// checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ParameterInfo {
     /// Name.
     pub name: String,
-    /// Type name.
+    /// `string`, `int`, `float`, `bool`, `path` or `choice` (contract
+    /// 0.2.0); from a 0.1.0 plugin, its own word.
     pub kind: String,
+    /// Whether a call without it is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
     /// Default value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default: Option<String>,
     /// What it does.
     pub description: String,
+    /// Smallest value of an `int` or `float`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<serde_json::Number>,
+    /// Largest value of an `int` or `float`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum: Option<serde_json::Number>,
+    /// The words a `choice` takes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+    /// Whether the type was declared by the plugin (contract 0.2.0) and is
+    /// checked by the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub typed: bool,
 }
 
 /// What a toolchain says about itself.

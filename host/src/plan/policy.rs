@@ -39,6 +39,7 @@ const RESERVED_ENV: &[&str] = &[
     "LEGION_OUTPUT_DIR",
     "LEGION_MODEL_NAME",
     "LEGION_MODEL_VERSION",
+    "LEGION_MODEL_DIR",
     "PATH",
     "VIRTUAL_ENV",
 ];

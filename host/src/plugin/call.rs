@@ -8,7 +8,7 @@ use serde::Serialize;
 use wasmtime::component::{Component, Instance, InstancePre};
 use wasmtime::{Store, Trap};
 
-use super::bindings::{packager, server, trainer, types as wit};
+use super::bindings::{v0_1, v0_2};
 use super::engine::Runtime;
 use super::inspect::{self, ContractVersion};
 use super::sandbox::{new_store, CallState, Preopen};
@@ -20,6 +20,8 @@ use crate::Error;
 pub enum Interface {
     /// `trainer`: describe, plan-training, collect-training.
     Trainer,
+    /// `batch` (contract 0.2.0): plan-batch-inference.
+    Batch,
     /// `packager`: describe, plan-packaging.
     Packager,
     /// `server`: plan-serving.
@@ -33,6 +35,7 @@ impl Interface {
             Interface::Trainer => "trainer",
             Interface::Packager => "packager",
             Interface::Server => "server",
+            Interface::Batch => "batch",
         }
     }
 }
@@ -46,9 +49,54 @@ pub struct Plugin {
     config: Arc<BTreeMap<String, String>>,
     pre: InstancePre<CallState>,
     contract: ContractVersion,
-    trainer: Option<Arc<trainer::GuestIndices>>,
-    packager: Option<Arc<packager::GuestIndices>>,
-    server: Option<Arc<server::GuestIndices>>,
+    guests: Arc<Guests>,
+}
+
+/// A plugin's exported interfaces, resolved against the bindings of the
+/// contract version it was built for.
+enum Guests {
+    V0_1 {
+        trainer: Option<v0_1::trainer::GuestIndices>,
+        packager: Option<v0_1::packager::GuestIndices>,
+        server: Option<v0_1::server::GuestIndices>,
+    },
+    V0_2 {
+        trainer: Option<v0_2::trainer::GuestIndices>,
+        batch: Option<v0_2::batch::GuestIndices>,
+        packager: Option<v0_2::packager::GuestIndices>,
+        server: Option<v0_2::server::GuestIndices>,
+    },
+}
+
+/// Resolves the interfaces `has` names with version `$v`'s bindings.
+macro_rules! resolve {
+    ($v:ident, $pre:expr, $has:expr, $bad:expr, $iface:ident) => {
+        $has(stringify!($iface))
+            .then(|| $v::$iface::GuestIndices::new($pre).map_err(|e| $bad(stringify!($iface), e)))
+            .transpose()?
+    };
+}
+
+/// Runs `$body` with `$idx` the indices of interface `$field` (refused
+/// as not exported when absent) and `$wit` the types of the plugin's
+/// contract version: one call written once for every version.
+macro_rules! on_version {
+    ($self:ident, $field:ident, $iface:expr, $call:literal, |$wit:ident, $idx:ident| $body:expr) => {
+        match &*$self.guests {
+            Guests::V0_1 { $field, .. } => {
+                #[allow(unused_imports)]
+                use v0_1::types as $wit;
+                let $idx = $self.require($field, $iface, $call)?;
+                $body
+            }
+            Guests::V0_2 { $field, .. } => {
+                #[allow(unused_imports)]
+                use v0_2::types as $wit;
+                let $idx = $self.require($field, $iface, $call)?;
+                $body
+            }
+        }
+    };
 }
 
 impl Plugin {
@@ -76,30 +124,31 @@ impl Plugin {
             source: e.into(),
         };
         let has = |i: &str| exports.interfaces.contains(i);
-        let trainer = has("trainer")
-            .then(|| trainer::GuestIndices::new(&pre).map_err(|e| bad("trainer", e)))
-            .transpose()?
-            .map(Arc::new);
-        let packager = has("packager")
-            .then(|| packager::GuestIndices::new(&pre).map_err(|e| bad("packager", e)))
-            .transpose()?
-            .map(Arc::new);
-        let server = has("server")
-            .then(|| server::GuestIndices::new(&pre).map_err(|e| bad("server", e)))
-            .transpose()?
-            .map(Arc::new);
         let contract = exports
             .contract
             .unwrap_or_else(|| ContractVersion(String::new()));
+        let guests = match contract.0.as_str() {
+            "0.1.0" => Guests::V0_1 {
+                trainer: resolve!(v0_1, &pre, has, bad, trainer),
+                packager: resolve!(v0_1, &pre, has, bad, packager),
+                server: resolve!(v0_1, &pre, has, bad, server),
+            },
+            // `inspect::exports` refused every version this host has no
+            // bindings for.
+            _ => Guests::V0_2 {
+                trainer: resolve!(v0_2, &pre, has, bad, trainer),
+                batch: resolve!(v0_2, &pre, has, bad, batch),
+                packager: resolve!(v0_2, &pre, has, bad, packager),
+                server: resolve!(v0_2, &pre, has, bad, server),
+            },
+        };
         Ok(Plugin {
             runtime: runtime.clone(),
             name: name.into(),
             config: Arc::new(config),
             pre,
             contract,
-            trainer,
-            packager,
-            server,
+            guests: Arc::new(guests),
         })
     }
 
@@ -115,37 +164,76 @@ impl Plugin {
 
     /// Interfaces it exports.
     pub fn interfaces(&self) -> BTreeSet<Interface> {
-        let mut set = BTreeSet::new();
-        if self.trainer.is_some() {
-            set.insert(Interface::Trainer);
-        }
-        if self.packager.is_some() {
-            set.insert(Interface::Packager);
-        }
-        if self.server.is_some() {
-            set.insert(Interface::Server);
-        }
-        set
+        let (trainer, batch, packager, server) = match &*self.guests {
+            Guests::V0_1 {
+                trainer,
+                packager,
+                server,
+            } => (
+                trainer.is_some(),
+                false,
+                packager.is_some(),
+                server.is_some(),
+            ),
+            Guests::V0_2 {
+                trainer,
+                batch,
+                packager,
+                server,
+            } => (
+                trainer.is_some(),
+                batch.is_some(),
+                packager.is_some(),
+                server.is_some(),
+            ),
+        };
+        [
+            (trainer, Interface::Trainer),
+            (batch, Interface::Batch),
+            (packager, Interface::Packager),
+            (server, Interface::Server),
+        ]
+        .into_iter()
+        .filter(|(has, _)| *has)
+        .map(|(_, i)| i)
+        .collect()
     }
 
     /// `describe` from the trainer, or else the packager. A server-only
     /// plugin has no description and gets one from its name.
     pub fn describe(&self) -> Result<plan::ToolchainInfo, Error> {
-        if let Some(idx) = &self.trainer {
-            return self.call("describe", &[], |store, instance| {
-                let info = idx
-                    .load(&mut *store, instance)?
-                    .call_describe(&mut *store)?;
-                Ok(Ok(info.into()))
-            });
+        let interfaces = self.interfaces();
+        if interfaces.contains(&Interface::Trainer) {
+            return on_version!(
+                self,
+                trainer,
+                Interface::Trainer,
+                "describe",
+                |_wit, idx| {
+                    self.call("describe", &[], |store, instance| {
+                        let info = idx
+                            .load(&mut *store, instance)?
+                            .call_describe(&mut *store)?;
+                        Ok(Ok(info.into()))
+                    })
+                }
+            );
         }
-        if let Some(idx) = &self.packager {
-            return self.call("describe", &[], |store, instance| {
-                let info = idx
-                    .load(&mut *store, instance)?
-                    .call_describe(&mut *store)?;
-                Ok(Ok(info.into()))
-            });
+        if interfaces.contains(&Interface::Packager) {
+            return on_version!(
+                self,
+                packager,
+                Interface::Packager,
+                "describe",
+                |_wit, idx| {
+                    self.call("describe", &[], |store, instance| {
+                        let info = idx
+                            .load(&mut *store, instance)?
+                            .call_describe(&mut *store)?;
+                        Ok(Ok(info.into()))
+                    })
+                }
+            );
         }
         Ok(plan::ToolchainInfo {
             name: self.name.to_string(),
@@ -159,18 +247,25 @@ impl Plugin {
         request: &plan::TrainingRequest,
         source: &Path,
     ) -> Result<plan::Plan, Error> {
-        let idx = self.require(&self.trainer, Interface::Trainer, "plan-training")?;
-        let req = wit::TrainingRequest::from(request);
         let preopens = [Preopen {
             host: source,
             guest: "/source",
         }];
-        self.call("plan-training", &preopens, |store, instance| {
-            let r = idx
-                .load(&mut *store, instance)?
-                .call_plan_training(&mut *store, &req)?;
-            Ok(r.map(plan::Plan::from))
-        })
+        on_version!(
+            self,
+            trainer,
+            Interface::Trainer,
+            "plan-training",
+            |wit, idx| {
+                let req = wit::TrainingRequest::from(request);
+                self.call("plan-training", &preopens, |store, instance| {
+                    let r = idx
+                        .load(&mut *store, instance)?
+                        .call_plan_training(&mut *store, &req)?;
+                    Ok(r.map(plan::Plan::from).map_err(Into::into))
+                })
+            }
+        )
     }
 
     /// `collect-training`, with `output` preopened read-only at `/output`
@@ -181,8 +276,6 @@ impl Plugin {
         source: &Path,
         output: &Path,
     ) -> Result<plan::ModelManifest, Error> {
-        let idx = self.require(&self.trainer, Interface::Trainer, "collect-training")?;
-        let req = wit::TrainingRequest::from(request);
         let preopens = [
             Preopen {
                 host: output,
@@ -193,11 +286,50 @@ impl Plugin {
                 guest: "/source",
             },
         ];
-        self.call("collect-training", &preopens, |store, instance| {
+        on_version!(
+            self,
+            trainer,
+            Interface::Trainer,
+            "collect-training",
+            |wit, idx| {
+                let req = wit::TrainingRequest::from(request);
+                self.call("collect-training", &preopens, |store, instance| {
+                    let r = idx
+                        .load(&mut *store, instance)?
+                        .call_collect_training(&mut *store, &req)?;
+                    Ok(r.map(plan::ModelManifest::from).map_err(Into::into))
+                })
+            }
+        )
+    }
+
+    /// `plan-batch-inference` (contract 0.2.0), with the model's files
+    /// preopened read-only at `/model`.
+    pub fn plan_batch_inference(
+        &self,
+        request: &plan::BatchRequest,
+        model: &Path,
+    ) -> Result<plan::Plan, Error> {
+        let not_exported = || Error::NotExported {
+            toolchain: self.name.to_string(),
+            interface: Interface::Batch.as_str().to_string(),
+            call: "plan-batch-inference".to_string(),
+        };
+        let Guests::V0_2 { batch, .. } = &*self.guests else {
+            // Contract 0.1.0 has no batch interface.
+            return Err(not_exported());
+        };
+        let idx = batch.as_ref().ok_or_else(not_exported)?;
+        let req = v0_2::types::BatchRequest::from(request);
+        let preopens = [Preopen {
+            host: model,
+            guest: "/model",
+        }];
+        self.call("plan-batch-inference", &preopens, |store, instance| {
             let r = idx
                 .load(&mut *store, instance)?
-                .call_collect_training(&mut *store, &req)?;
-            Ok(r.map(plan::ModelManifest::from))
+                .call_plan_batch_inference(&mut *store, &req)?;
+            Ok(r.map(plan::Plan::from).map_err(Into::into))
         })
     }
 
@@ -207,30 +339,44 @@ impl Plugin {
         request: &plan::PackagingRequest,
         model: &Path,
     ) -> Result<plan::ImagePlan, Error> {
-        let idx = self.require(&self.packager, Interface::Packager, "plan-packaging")?;
-        let req = wit::PackagingRequest::from(request);
         let preopens = [Preopen {
             host: model,
             guest: "/model",
         }];
-        self.call("plan-packaging", &preopens, |store, instance| {
-            let r = idx
-                .load(&mut *store, instance)?
-                .call_plan_packaging(&mut *store, &req)?;
-            Ok(r.map(plan::ImagePlan::from))
-        })
+        on_version!(
+            self,
+            packager,
+            Interface::Packager,
+            "plan-packaging",
+            |wit, idx| {
+                let req = wit::PackagingRequest::from(request);
+                self.call("plan-packaging", &preopens, |store, instance| {
+                    let r = idx
+                        .load(&mut *store, instance)?
+                        .call_plan_packaging(&mut *store, &req)?;
+                    Ok(r.map(plan::ImagePlan::from).map_err(Into::into))
+                })
+            }
+        )
     }
 
     /// `plan-serving`, with nothing preopened.
     pub fn plan_serving(&self, request: &plan::ServingRequest) -> Result<plan::ServicePlan, Error> {
-        let idx = self.require(&self.server, Interface::Server, "plan-serving")?;
-        let req = wit::ServingRequest::from(request);
-        self.call("plan-serving", &[], |store, instance| {
-            let r = idx
-                .load(&mut *store, instance)?
-                .call_plan_serving(&mut *store, &req)?;
-            Ok(r.map(plan::ServicePlan::from))
-        })
+        on_version!(
+            self,
+            server,
+            Interface::Server,
+            "plan-serving",
+            |wit, idx| {
+                let req = wit::ServingRequest::from(request);
+                self.call("plan-serving", &[], |store, instance| {
+                    let r = idx
+                        .load(&mut *store, instance)?
+                        .call_plan_serving(&mut *store, &req)?;
+                    Ok(r.map(plan::ServicePlan::from).map_err(Into::into))
+                })
+            }
+        )
     }
 
     fn require<'a, T>(
@@ -255,7 +401,7 @@ impl Plugin {
         f: impl FnOnce(
             &mut Store<CallState>,
             &Instance,
-        ) -> wasmtime::Result<Result<R, wit::ToolchainError>>,
+        ) -> wasmtime::Result<Result<R, plan::ToolchainError>>,
     ) -> Result<R, Error> {
         let mut store = new_store(&self.runtime, &self.name, &self.config, preopens)?;
         let outcome = self
@@ -283,10 +429,10 @@ impl Plugin {
                 }
                 Ok(value)
             }
-            Ok(Err(e)) => Err(Error::Toolchain {
+            Ok(Err(error)) => Err(Error::Toolchain {
                 toolchain,
                 call,
-                error: e.into(),
+                error,
             }),
             Err(e) => {
                 if state.limiter.exceeded {

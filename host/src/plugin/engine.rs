@@ -81,11 +81,21 @@ impl Runtime {
             context: "linking WASI",
             source: e.into(),
         })?;
-        bindings::host_iface::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(|e| Error::Engine {
-                context: "linking the host interface",
-                source: e.into(),
-            })?;
+        // The `host` import of every contract version the host runs.
+        let linked = bindings::v0_1::host_iface::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |s| s,
+        )
+        .and_then(|()| {
+            bindings::v0_2::host_iface::add_to_linker::<CallState, HasSelf<CallState>>(
+                &mut linker,
+                |s| s,
+            )
+        });
+        linked.map_err(|e| Error::Engine {
+            context: "linking the host interface",
+            source: e.into(),
+        })?;
 
         let compat_hash = compatibility_hash(&engine);
         let stop = Arc::new(AtomicBool::new(false));

@@ -13,7 +13,7 @@ use crate::Error;
 pub const CONTRACT_PACKAGE: &str = "legion:toolchain";
 
 /// Contract versions this host has bindings for.
-pub const SUPPORTED_CONTRACTS: &[&str] = &["0.1.0"];
+pub const SUPPORTED_CONTRACTS: &[&str] = &["0.1.0", "0.2.0"];
 
 /// The contract version a component targets, e.g. `0.1.0`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ pub fn exports(engine: &Engine, component: &Component, toolchain: &str) -> Resul
             Some((i, v)) => (i, v),
             None => (rest, ""),
         };
-        if !matches!(iface, "trainer" | "packager" | "server") {
+        if !matches!(iface, "trainer" | "batch" | "packager" | "server") {
             continue;
         }
         let version = ContractVersion(version.to_string());

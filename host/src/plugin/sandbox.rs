@@ -18,7 +18,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{host_iface, LogLevel};
+use super::bindings::{v0_1, v0_2};
 use super::engine::Runtime;
 use super::limits::MemoryLimiter;
 use crate::Error;
@@ -47,23 +47,45 @@ impl WasiView for CallState {
     }
 }
 
-impl host_iface::Host for CallState {
-    fn log(&mut self, level: LogLevel, message: String) {
-        let message = truncate(&message, MAX_LOG_MESSAGE);
+impl CallState {
+    /// `host.log`, whichever contract version called it.
+    fn log_line(&self, level: tracing::Level, message: &str) {
+        let message = truncate(message, MAX_LOG_MESSAGE);
         let toolchain = &*self.toolchain;
         match level {
-            LogLevel::Trace => tracing::trace!(target: "toolchain", toolchain, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "toolchain", toolchain, "{message}"),
-            LogLevel::Info => tracing::info!(target: "toolchain", toolchain, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "toolchain", toolchain, "{message}"),
-            LogLevel::Error => tracing::error!(target: "toolchain", toolchain, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(target: "toolchain", toolchain, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(target: "toolchain", toolchain, "{message}"),
+            tracing::Level::INFO => tracing::info!(target: "toolchain", toolchain, "{message}"),
+            tracing::Level::WARN => tracing::warn!(target: "toolchain", toolchain, "{message}"),
+            tracing::Level::ERROR => tracing::error!(target: "toolchain", toolchain, "{message}"),
         }
     }
-
-    fn config(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
-    }
 }
+
+/// The `host` interface of one contract version (the same in each).
+macro_rules! host_interface {
+    ($v:ident) => {
+        impl $v::host_iface::Host for CallState {
+            fn log(&mut self, level: $v::host_iface::LogLevel, message: String) {
+                use $v::host_iface::LogLevel as L;
+                let level = match level {
+                    L::Trace => tracing::Level::TRACE,
+                    L::Debug => tracing::Level::DEBUG,
+                    L::Info => tracing::Level::INFO,
+                    L::Warn => tracing::Level::WARN,
+                    L::Error => tracing::Level::ERROR,
+                };
+                self.log_line(level, &message);
+            }
+
+            fn config(&mut self, key: String) -> Option<String> {
+                self.config.get(&key).cloned()
+            }
+        }
+    };
+}
+host_interface!(v0_1);
+host_interface!(v0_2);
 
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {

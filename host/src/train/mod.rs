@@ -191,6 +191,7 @@ impl<'a> Trainer<'a> {
             .map(|p| parse_reference(p, &model.version))
             .transpose()?;
         let row = self.toolchains.get(&opts.toolchain).await?;
+        crate::plan::parameters::check(&row.name, &row.info.parameters, &opts.params, "-P")?;
         if let Placement::Cluster(cluster) = self.placement {
             cluster.check_registry()?;
             crate::exec::kube::executor::check_data(&opts.data)?;

@@ -29,42 +29,48 @@ const USER: &str = "1000:1000";
 /// Flavors the Legion model server loads.
 const FLAVORS: &[&str] = &["python_function", "sklearn", "legion.python"];
 
-/// One documented argument: name, type, default, description.
-const ARGUMENTS: &[(&str, &str, &str, &str)] = &[
+/// One documented argument: name, whole-number bounds (none: text),
+/// default, description. `describe` declares them typed, so the host
+/// refuses a value out of bounds before the plugin is called; `parse`
+/// checks again for hosts that do not.
+/// Inclusive bounds of a whole-number argument.
+type Bounds = Option<(u32, u32)>;
+
+const ARGUMENTS: &[(&str, Bounds, &str, &str)] = &[
     (
         "port",
-        "int",
+        Some((1, 65535)),
         "8080",
-        "port the server listens on (1-65535)",
+        "port the server listens on",
     ),
-    ("workers", "int", "1", "Python worker processes (1-64)"),
+    ("workers", Some((1, 64)), "1", "Python worker processes"),
     (
         "max-batch-size",
-        "int",
+        Some((1, 100_000)),
         "256",
-        "most rows merged into one predict call (1-100000)",
+        "most rows merged into one predict call",
     ),
     (
         "max-batch-delay-ms",
-        "int",
+        Some((0, 10_000)),
         "2",
-        "longest wait for more requests to batch, in ms (0-10000)",
+        "longest wait for more requests to batch, in ms",
     ),
     (
         "timeout-ms",
-        "int",
+        Some((1, 3_600_000)),
         "30000",
-        "time a request may take before a 504, in ms (1-3600000)",
+        "time a request may take before a 504, in ms",
     ),
     (
         "image-name",
-        "string",
+        None,
         "{name}:{version}",
         "name of the image: `{name}` and `{version}` are the model's",
     ),
     (
         "base-image",
-        "string",
+        None,
         DEFAULT_BASE,
         "base image with Python 3 (`--base` wins over it)",
     ),
@@ -90,7 +96,12 @@ fn default_of(name: &str) -> &'static str {
         .unwrap_or_default()
 }
 
-fn int_arg(args: &[KeyValue], name: &str, min: u32, max: u32) -> Result<u32, ToolchainError> {
+fn int_arg(args: &[KeyValue], name: &str) -> Result<u32, ToolchainError> {
+    let (min, max) = ARGUMENTS
+        .iter()
+        .find(|a| a.0 == name)
+        .and_then(|a| a.1)
+        .unwrap_or((0, u32::MAX));
     let text = lookup(args, name).unwrap_or(default_of(name));
     match text.trim().parse::<u32>() {
         Ok(v) if (min..=max).contains(&v) => Ok(v),
@@ -133,11 +144,11 @@ impl Arguments {
             )));
         }
         Ok(Arguments {
-            port: int_arg(args, "port", 1, 65535)? as u16,
-            workers: int_arg(args, "workers", 1, 64)?,
-            max_batch_size: int_arg(args, "max-batch-size", 1, 100_000)?,
-            max_batch_delay_ms: int_arg(args, "max-batch-delay-ms", 0, 10_000)?,
-            timeout_ms: int_arg(args, "timeout-ms", 1, 3_600_000)?,
+            port: int_arg(args, "port")? as u16,
+            workers: int_arg(args, "workers")?,
+            max_batch_size: int_arg(args, "max-batch-size")?,
+            max_batch_delay_ms: int_arg(args, "max-batch-delay-ms")?,
+            timeout_ms: int_arg(args, "timeout-ms")?,
             image_name,
             base_image,
         })
@@ -196,8 +207,12 @@ impl Packager for DockerRest {
             "packages a model as an OCI image serving it over REST with legion-serve",
         )
         .default_image(DEFAULT_BASE);
-        for (name, kind, default, description) in ARGUMENTS {
-            info = info.parameter(name, kind, Some(default), description);
+        for (name, bounds, default, description) in ARGUMENTS {
+            let p = match bounds {
+                Some((lo, hi)) => ParameterInfo::integer(*name, Some(*lo as i64), Some(*hi as i64)),
+                None => ParameterInfo::text(*name),
+            };
+            info = info.parameter(p.default(*default).describe(*description));
         }
         info
     }

@@ -33,8 +33,8 @@ impl Trainer for Mlflow {
 
     fn plan_training(request: TrainingRequest) -> Result<Plan, ToolchainError> {
         let root = match &request.work_dir {
-            Some(d) => std::path::Path::new(SOURCE_DIR).join(d),
-            None => std::path::PathBuf::from(SOURCE_DIR),
+            Some(d) => source_dir().join(d),
+            None => source_dir(),
         };
         let project = project::Project::read(&root)?;
         let entry = request
@@ -79,7 +79,7 @@ impl Trainer for Mlflow {
     }
 
     fn collect_training(_request: TrainingRequest) -> Result<ModelManifest, ToolchainError> {
-        mlmodel::collect(std::path::Path::new(OUTPUT_DIR))
+        mlmodel::collect(&output_dir())
     }
 }
 
