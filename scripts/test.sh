@@ -22,6 +22,9 @@ bash scripts/build-plugins.sh --clippy
 for p in legion-toolchain-python legion-toolchain-mlflow legion-toolchain-docker-rest; do
   cargo test --quiet --release -p "$p"
 done
+# The SDK builds on its own as a packaged crate (what `legion toolchain new`
+# vendors, and what would go to crates.io).
+cargo package --quiet -p legion-sdk --allow-dirty
 # The benchmarks run once as smoke tests, so they cannot rot.
 cargo bench -p legion --bench plugin -- --test
 cargo bench -p legion-serve --bench protocols -- --test

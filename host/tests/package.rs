@@ -493,12 +493,18 @@ fn bad_packaging_input_is_refused_clearly_and_names_nothing() {
         err.contains("unknown argument 'prot'") && err.contains("port"),
         "{err}"
     );
+    assert_eq!(run_state(&l)["state"], "failed");
+    // A value outside the bounds the packager declares (contract 0.2.0):
+    // the host refuses it before a run exists.
+    let before = l.files();
     let err = l.fails(&["package", "iris:1", "--base", &base, "--arg", "port=0"]);
     assert!(
-        err.contains("argument 'port': '0' is not a whole number from 1 to 65535"),
+        err.contains("--arg port")
+            && err.contains("toolchain 'docker-rest'")
+            && err.contains("'0' is not a whole number from 1 to 65535"),
         "{err}"
     );
-    assert_eq!(run_state(&l)["state"], "failed");
+    assert_eq!(l.files(), before, "a refused packaging writes nothing");
 
     // An unreachable registry.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -108,6 +108,14 @@ pub enum Command {
 impl Cli {
     /// Runs the command; returns the process exit code.
     pub async fn run(self) -> Result<i32, Error> {
+        // Writes files only: the same here and in remote mode, and no data
+        // directory or database is opened for it.
+        if let Command::Toolchain(toolchain::ToolchainCommand::New { name, kind, dir }) =
+            &self.command
+        {
+            toolchain::new(name, *kind, dir.clone(), self.output)?;
+            return Ok(0);
+        }
         if let Some(server) = &self.server {
             let remote = remote::Remote::new(server, self.token.clone())?;
             return remote::run(self.command, &remote, self.output).await;

@@ -340,6 +340,8 @@ async fn toolchain(cmd: ToolchainCommand, remote: &Remote, format: Format) -> Re
                 "`legion toolchain keygen|sign|verify|trust` (keys and the trust policy are this machine's)",
             ))
         }
+        // Handled before the remote dispatch (it writes local files only).
+        ToolchainCommand::New { .. } => {}
         ToolchainCommand::Push { .. } => {
             return Err(here_only(
                 "`legion toolchain push` (it publishes from this machine to the registry)",

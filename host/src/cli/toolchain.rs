@@ -12,6 +12,7 @@ use super::Format;
 use crate::names::ToolchainName;
 use crate::plan::{parse_key_value, PackagingRequest, ServingRequest, TrainingRequest};
 use crate::plugin::registry::{AddToolchain, ToolchainImage};
+use crate::plugin::scaffold::Kind;
 use crate::plugin::trust;
 use crate::plugin::{Interface, ToolchainRecord, Toolchains};
 use crate::Error;
@@ -36,6 +37,18 @@ pub enum ToolchainCommand {
         /// Replace a toolchain already registered under this name.
         #[arg(long)]
         replace: bool,
+    },
+    /// Create a new toolchain plugin crate (SDK vendored, builds for
+    /// wasm32-wasip2 and registers without edits).
+    New {
+        /// The toolchain's name (also the crate's).
+        name: ToolchainName,
+        /// What it does.
+        #[arg(long, value_enum, default_value = "trainer")]
+        kind: crate::plugin::scaffold::Kind,
+        /// The folder to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Publish a toolchain component to a registry, in the wasm OCI layout
     /// (`wkg oci pull` and skopeo read it).
@@ -175,6 +188,8 @@ pub(super) async fn run(
             };
             print_record(format, &row);
         }
+        // Handled before the registry is opened (`Cli::run`).
+        ToolchainCommand::New { .. } => {}
         ToolchainCommand::Push { path, reference } => {
             let image = ToolchainImage::parse("REFERENCE", &reference)?;
             if image.0.digest().is_some() {
@@ -488,4 +503,39 @@ pub(super) fn print_record(format: Format, r: &ToolchainRecord) {
         ));
     }
     output::fields(format, r, pairs);
+}
+
+/// `legion toolchain new`: writes the crate and says what to run next.
+pub(super) fn new(
+    name: &ToolchainName,
+    kind: Kind,
+    dir: Option<PathBuf>,
+    format: Format,
+) -> Result<(), Error> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name.as_str()));
+    let files = crate::plugin::scaffold::create(&dir, name, kind)?;
+    if format == Format::Json {
+        output::json(&serde_json::json!({
+            "name": name.as_str(),
+            "dir": dir,
+            "contract": format!("legion:toolchain@{}", crate::plugin::scaffold::CONTRACT),
+            "files": files,
+        }));
+        return Ok(());
+    }
+    println!(
+        "created toolchain crate '{}' in {} (legion:toolchain@{}, {} files)",
+        name,
+        dir.display(),
+        crate::plugin::scaffold::CONTRACT,
+        files.len()
+    );
+    println!("next:");
+    println!("  cd {}", dir.display());
+    println!("  cargo build --release --target wasm32-wasip2");
+    println!(
+        "  legion toolchain add target/wasm32-wasip2/release/{}.wasm",
+        name.as_str().replace('-', "_")
+    );
+    Ok(())
 }

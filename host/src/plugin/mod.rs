@@ -15,7 +15,8 @@
 //!   with only the call's read-only preopens, captured stdout/stderr, the
 //!   `host` import;
 //! - [`call`]: a loaded [`Plugin`] and its typed calls;
-//! - [`registry`]: registering toolchains by sha256 and loading them by name.
+//! - [`registry`]: registering toolchains by sha256 and loading them by name;
+//! - [`scaffold`]: `legion toolchain new`, a plugin crate on the vendored SDK.
 //!
 //! A plugin is untrusted: every call gets a fresh store, a deadline, a
 //! memory cap and caps on what it returns, and any way it can fail (trap,
@@ -32,6 +33,7 @@ pub mod inspect;
 pub mod limits;
 pub mod registry;
 pub mod sandbox;
+pub mod scaffold;
 pub mod trust;
 
 pub use call::{Interface, Plugin};
