@@ -63,7 +63,7 @@ fn a_pushed_toolchain_is_what_skopeo_reads_and_registers_by_tag_and_by_digest() 
     assert_eq!(layers[0]["size"], wasm.len());
     assert_eq!(
         raw["annotations"]["org.legion-platform.toolchain.contract"],
-        "legion:toolchain@0.1.0"
+        "legion:toolchain@0.2.0"
     );
     let config = skopeo_raw(&["--config", "--raw"], &reference);
     assert_eq!(config["architecture"], "wasm");
@@ -75,7 +75,7 @@ fn a_pushed_toolchain_is_what_skopeo_reads_and_registers_by_tag_and_by_digest() 
         .iter()
         .map(|e| e.as_str().unwrap())
         .collect();
-    assert_eq!(exports, ["legion:toolchain/trainer@0.1.0"]);
+    assert_eq!(exports, ["legion:toolchain/trainer@0.2.0"]);
     let imports = &config["component"]["imports"];
     assert!(
         imports
