@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (local executor, SQLite, local OCI
 # store): sets up, then trains examples/python-iris end to end in a fresh
-# data dir, shows the run and the stored model, packages it into an OCI
+# data dir, shows the run and the stored model, scores a CSV with it in a
+# batch job, packages it into an OCI
 # image (local image layout), runs the image with podman, and asks it for a
 # prediction over the Open Inference Protocol.
 set -euo pipefail
@@ -21,6 +22,11 @@ echo "== runs"
 "$legion" runs ls
 echo "== models (an OCI image layout at $LEGION_HOME/models)"
 "$legion" models ls
+echo "== batch inference: iris:1 scores a CSV (contract 0.2.0's batch interface, the python toolchain)"
+batch_dir=$(mktemp -d)
+printf 'sepal_length,sepal_width,petal_length,petal_width\n5.1,3.5,1.4,0.2\n6.7,3.0,5.2,2.3\n5.9,3.0,4.2,1.5\n' > "$batch_dir/rows.csv"
+"$legion" batch iris:1 --data "$batch_dir/rows.csv" --output "$batch_dir/scored" --arg prediction-column=species
+cat "$batch_dir/scored/rows.csv"
 echo "== package iris:1 into an image: base = Debian's python3 (scripts/base-image.sh), kept in $LEGION_HOME/images"
 base="oci:$(bash scripts/base-image.sh)"
 "$legion" package iris:1 --base "$base"

@@ -34,6 +34,7 @@ if [ "${LEGION_PLATFORM_PREBUILT:-}" != 1 ]; then
   rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
   bash scripts/build-plugins.sh >&2
   cargo build --quiet --release -p legion
+  bash scripts/sign-builtins.sh >&2
   # One package a build: together, their features would unify and change
   # the legion-serve that scripts/setup.sh builds alone (a rebuild each time).
   cargo build --quiet --profile static --target x86_64-unknown-linux-musl -p legion-serve
@@ -48,8 +49,9 @@ rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/plugins"
 cp "$static/legion" "$static/legion-serve" "$stage/bin/"
 for p in python mlflow docker-rest; do
-  cp "$CARGO_TARGET_DIR/plugins/$p.wasm" "$stage/plugins/"
+  cp "$CARGO_TARGET_DIR/plugins/$p.wasm" "$CARGO_TARGET_DIR/plugins/$p.wasm.sig" "$stage/plugins/"
 done
+cp "$CARGO_TARGET_DIR/plugins/legion-build.pub" "$stage/plugins/"
 if [ "$mode" = --stage ]; then
   echo "$stage"
   exit 0

@@ -59,6 +59,8 @@ fi
 
 bash scripts/build-plugins.sh
 cargo build --release -p legion
+# The built-ins are signed by the build (trust policies hold them too).
+bash scripts/sign-builtins.sh
 # The model server on its own, statically linked: the entrypoint of images.
 cargo build --profile static --target x86_64-unknown-linux-musl -p legion-serve
 # The Python base image packaged models are built on (Debian's python3).

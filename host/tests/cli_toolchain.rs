@@ -721,3 +721,67 @@ fn contract_0_1_0_and_0_2_0_plugins_run_side_by_side() {
         "{err}"
     );
 }
+
+#[test]
+fn built_ins_and_files_are_held_to_the_trust_policy_by_detached_signatures() {
+    // The build signed the built-ins (scripts/sign-builtins.sh): trusting
+    // its key keeps them.
+    let l = Legion::new();
+    let build_key = common::plugin_dir().join("legion-build.pub");
+    l.ok(&["toolchain", "trust", "add", build_key.to_str().unwrap()]);
+    assert_eq!(
+        names(&l.json(&["toolchain", "ls"])),
+        ["docker-rest", "mlflow", "python"]
+    );
+
+    // Trusting only another key: the built-ins are left out, and using
+    // one says why, naming both keys.
+    let other = Legion::new();
+    let keys = tempfile::tempdir().unwrap();
+    let prefix = keys.path().join("mine");
+    let made = other.json(&["toolchain", "keygen", prefix.to_str().unwrap()]);
+    let mine = made["keyId"].as_str().unwrap().to_string();
+    let pub_key = keys.path().join("mine.pub");
+    let key = keys.path().join("mine.key");
+    other.ok(&["toolchain", "trust", "add", pub_key.to_str().unwrap()]);
+    assert_eq!(
+        names(&other.json(&["toolchain", "ls"])),
+        Vec::<String>::new()
+    );
+    let err = other.fails(&["toolchain", "show", "python"]);
+    assert!(
+        err.contains("no signature by a trusted key")
+            && err.contains(&mine)
+            && err.contains("(not trusted)"),
+        "{err}"
+    );
+
+    // A file: unsigned refused (saying how to sign), signed registered,
+    // changed after signing refused.
+    let file = keys.path().join("hello.wasm");
+    std::fs::copy(plugin("hello-toolchain"), &file).unwrap();
+    let err = other.fails(&["toolchain", "add", file.to_str().unwrap()]);
+    assert!(err.contains("legion toolchain sign"), "{err}");
+    other.ok(&[
+        "toolchain",
+        "sign",
+        file.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let verified = other.json(&["toolchain", "verify", file.to_str().unwrap()]);
+    assert_eq!(verified["keyId"], mine.as_str());
+    other.ok(&["toolchain", "add", file.to_str().unwrap()]);
+    assert_eq!(names(&other.json(&["toolchain", "ls"])), ["hello"]);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.extend_from_slice(b"\0");
+    std::fs::write(&file, &bytes).unwrap();
+    let err = other.fails(&[
+        "toolchain",
+        "add",
+        file.to_str().unwrap(),
+        "--name",
+        "changed",
+    ]);
+    assert!(err.contains("does not verify"), "{err}");
+}

@@ -44,7 +44,7 @@ fn a_training_goes_through_every_phase_to_succeeded_with_its_digest() {
     let tc = cluster.wait_phase(&op, &path("toolchains", "python"), "Ready");
     let digest = l.json(&["toolchain", "show", "python"])["digest"].clone();
     assert_eq!(tc["status"]["digest"], digest);
-    assert_eq!(tc["status"]["kinds"], json!(["trainer"]));
+    assert_eq!(tc["status"]["kinds"], json!(["trainer", "batch"]));
     assert_eq!(condition(&tc, "Ready")["status"], "True");
 
     cluster.training("tiny-1", "python");

@@ -75,7 +75,13 @@ fn a_pushed_toolchain_is_what_skopeo_reads_and_registers_by_tag_and_by_digest() 
         .iter()
         .map(|e| e.as_str().unwrap())
         .collect();
-    assert_eq!(exports, ["legion:toolchain/trainer@0.2.0"]);
+    assert_eq!(
+        exports,
+        [
+            "legion:toolchain/trainer@0.2.0",
+            "legion:toolchain/batch@0.2.0"
+        ]
+    );
     let imports = &config["component"]["imports"];
     assert!(
         imports
@@ -103,7 +109,7 @@ fn a_pushed_toolchain_is_what_skopeo_reads_and_registers_by_tag_and_by_digest() 
     let pinned = format!("{}/toolchains/python@{digest}", reg.addr);
     assert_eq!(by_tag["origin"], pinned);
     assert_eq!(by_tag["info"]["name"], "python");
-    assert_eq!(by_tag["interfaces"], serde_json::json!(["trainer"]));
+    assert_eq!(by_tag["interfaces"], serde_json::json!(["trainer", "batch"]));
     let by_digest = other.json(&["toolchain", "add", &pinned, "--name", "py-digest"]);
     assert_eq!(by_digest["digest"], sha256(&wasm));
     assert_eq!(by_digest["origin"], pinned);
@@ -396,7 +402,8 @@ fn with_a_trust_policy_only_toolchains_signed_by_a_trusted_key_are_registered() 
     let err = admin.fails(&["toolchain", "add", &tampered, "--name", "tampered"]);
     assert!(err.contains("unreadable"), "{err}");
 
-    // Files (and uploads) are refused while the policy is set.
+    // An unsigned file is refused while the policy is set (a signed one
+    // registers: tests/cli_toolchain.rs).
     let err = admin.fails(&[
         "toolchain",
         "add",
@@ -405,7 +412,7 @@ fn with_a_trust_policy_only_toolchains_signed_by_a_trusted_key_are_registered() 
         "file",
     ]);
     assert!(
-        err.contains("a trust policy is set") && err.contains(&alice),
+        err.contains("no signature by a trusted key") && err.contains(&alice),
         "{err}"
     );
     let names: Vec<String> = admin

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
+use sha2::Digest;
 
 use super::output;
 use super::Format;
@@ -67,7 +68,9 @@ pub enum ToolchainCommand {
     /// Sign a toolchain in a registry; the signature is pushed beside it (an
     /// OCI referrer of its manifest).
     Sign {
-        /// `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…`.
+        /// `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…` (the signature
+        /// is pushed as a referrer), or a `.wasm` file (written beside it
+        /// as FILE.sig).
         reference: String,
         /// The private key (from `keygen`).
         #[arg(long)]
@@ -76,7 +79,8 @@ pub enum ToolchainCommand {
     /// Check a toolchain in a registry is signed by a trusted key (the
     /// trust policy's, or those given).
     Verify {
-        /// `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…`.
+        /// `REGISTRY/REPO:TAG` or `REGISTRY/REPO@sha256:…`, or a `.wasm`
+        /// file with its FILE.sig.
         reference: String,
         /// Public keys to check against instead of the trust policy's
         /// (repeatable).
@@ -240,8 +244,12 @@ pub(super) async fn run(
             }
         }
         ToolchainCommand::Sign { reference, key } => {
-            let image = ToolchainImage::parse("REFERENCE", &reference)?;
-            let signed = trust::sign(&image, &key).await?;
+            let signed = if Path::new(&reference).is_file() {
+                trust::sign_file(Path::new(&reference), &key)?
+            } else {
+                let image = ToolchainImage::parse("REFERENCE", &reference)?;
+                trust::sign(&image, &key).await?
+            };
             if format == Format::Json {
                 output::json(&signed);
             } else {
@@ -253,7 +261,6 @@ pub(super) async fn run(
             }
         }
         ToolchainCommand::Verify { reference, keys } => {
-            let image = ToolchainImage::parse("REFERENCE", &reference)?;
             let policy = if keys.is_empty() {
                 trust::Trust::load(toolchains.home())?
             } else {
@@ -265,7 +272,18 @@ pub(super) async fn run(
                     message: "no key to verify with: give --key KEY.pub, or trust one (legion toolchain trust add KEY.pub)".into(),
                 });
             }
-            let (subject, key) = trust::verify(&image, &policy).await?;
+            let (subject, key) = if Path::new(&reference).is_file() {
+                let file = Path::new(&reference);
+                let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+                let key = trust::verify_file(&policy, file, &bytes)?;
+                (
+                    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+                    key,
+                )
+            } else {
+                let image = ToolchainImage::parse("REFERENCE", &reference)?;
+                trust::verify(&image, &policy).await?
+            };
             if format == Format::Json {
                 output::json(&serde_json::json!({"subject": subject, "keyId": key}));
             } else {

@@ -6,6 +6,9 @@
 //! JSON spelling is camelCase, like the ODAHU resources users know. Every
 //! optional field has a default, and unknown fields are refused so a typo is
 //! an error that names the field rather than a silently ignored setting.
+//! Every `list<key-value>` of the contract is one JSON shape, in requests
+//! and plans alike: an object, `{"NAME": "value", …}` (a plan's `env` keeps
+//! the plugin's order; see [`env_map`]).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -62,6 +65,75 @@ pub struct Resources {
     /// GPUs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpus: Option<u32>,
+}
+
+/// A plan's environment as a JSON object in the plugin's order — the
+/// shape of every other name/value list (`hyperParameters`, `labels`, …).
+/// Reads the list of `{"name", "value"}` objects too: runs stored before
+/// the object shape still load.
+pub mod env_map {
+    use super::EnvVar;
+    use serde::de::{MapAccess, SeqAccess, Visitor};
+    use serde::ser::SerializeMap;
+    use serde::{Deserializer, Serializer};
+
+    /// `{"NAME": "value", …}`, in order.
+    pub fn serialize<S: Serializer>(env: &[EnvVar], s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(env.len()))?;
+        for e in env {
+            map.serialize_entry(&e.name, &e.value)?;
+        }
+        map.end()
+    }
+
+    /// An object (in document order) or a list of `{"name", "value"}`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EnvVar>, D::Error> {
+        struct Env;
+        impl<'de> Visitor<'de> for Env {
+            type Value = Vec<EnvVar>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of NAME: value strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, value)) = a.next_entry::<String, String>()? {
+                    out.push(EnvVar { name, value });
+                }
+                Ok(out)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = a.next_element::<EnvVar>()? {
+                    out.push(e);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(Env)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use crate::plan::Step;
+
+        #[test]
+        fn env_is_an_ordered_object_and_the_old_list_still_reads() {
+            let step: Step =
+                serde_json::from_str(r#"{"name": "s", "env": {"Z": "1", "A": "2"}}"#).unwrap();
+            let names: Vec<&str> = step.env.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, ["Z", "A"], "the plugin's order is kept");
+            let text = serde_json::to_string(&step).unwrap();
+            assert!(text.contains(r#""env":{"Z":"1","A":"2"}"#), "{text}");
+            let old: Step = serde_json::from_str(
+                r#"{"name": "s", "env": [{"name": "Z", "value": "1"}, {"name": "A", "value": "2"}]}"#,
+            )
+            .unwrap();
+            assert_eq!(old, step);
+            let err =
+                serde_json::from_str::<Step>(r#"{"name": "s", "env": {"Z": 1}}"#).unwrap_err();
+            assert!(err.to_string().contains("string"), "{err}");
+        }
+    }
 }
 
 /// One environment variable, kept in the order the plugin gave it.
@@ -161,6 +233,8 @@ pub struct Step {
     /// Further arguments.
     pub args: Vec<String>,
     /// Environment, in the order the plugin gave it.
+    #[serde(with = "env_map")]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub env: Vec<EnvVar>,
     /// Working directory relative to the source.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,6 +375,8 @@ pub struct ImagePlan {
     /// Default arguments.
     pub cmd: Vec<String>,
     /// Environment.
+    #[serde(with = "env_map")]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub env: Vec<EnvVar>,
     /// Exposed ports.
     pub exposed_ports: Vec<u16>,
@@ -362,6 +438,8 @@ pub struct ServicePlan {
     /// Arguments.
     pub args: Vec<String>,
     /// Environment.
+    #[serde(with = "env_map")]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub env: Vec<EnvVar>,
     /// Port.
     pub port: u16,

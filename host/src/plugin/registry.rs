@@ -149,10 +149,18 @@ impl Toolchains {
     }
 
     /// Registers a toolchain from a file.
+    /// Registers a toolchain from a file. Under a trust policy the file
+    /// needs a detached signature by a trusted key beside it (`FILE.sig`,
+    /// from `legion toolchain sign FILE --key KEY`).
     pub async fn add(&self, req: &AddToolchain) -> Result<ToolchainRecord, Error> {
         let display = req.path.display().to_string();
         let bytes = std::fs::read(&req.path).map_err(|e| Error::io(&req.path, e))?;
-        self.add_bytes(
+        let trust = super::trust::Trust::load(&self.home)?;
+        if trust.is_set() {
+            let key = super::trust::verify_file(&trust, &req.path, &bytes)?;
+            tracing::info!(file = %req.path.display(), key, "toolchain signature verified");
+        }
+        self.register_file(
             &bytes,
             &display,
             req.name.as_ref(),
@@ -176,13 +184,25 @@ impl Toolchains {
         let trust = super::trust::Trust::load(&self.home)?;
         if trust.is_set() {
             return Err(Error::Untrusted {
-                subject: format!("toolchain file {file}"),
+                subject: format!("toolchain upload {file}"),
                 message: format!(
-                    "a trust policy is set (trusted keys: {}): toolchains are registered from a registry, signed — legion toolchain push FILE REGISTRY/REPO:TAG, legion toolchain sign REGISTRY/REPO:TAG --key KEY, then legion toolchain add REGISTRY/REPO:TAG",
+                    "a trust policy is set (trusted keys: {}): an upload carries no signature; register it from a registry, signed — legion toolchain push FILE REGISTRY/REPO:TAG, legion toolchain sign REGISTRY/REPO:TAG --key KEY, then legion toolchain add REGISTRY/REPO:TAG",
                     trust.ids().join(", ")
                 ),
             });
         }
+        self.register_file(bytes, file, name, config, replace).await
+    }
+
+    /// A file's or an upload's bytes, their size checked, registered.
+    async fn register_file(
+        &self,
+        bytes: &[u8],
+        file: &str,
+        name: Option<&ToolchainName>,
+        config: BTreeMap<String, String>,
+        replace: bool,
+    ) -> Result<ToolchainRecord, Error> {
         if bytes.len() > MAX_WASM_BYTES {
             return Err(Error::InvalidArgument {
                 field: file.to_string(),
@@ -412,6 +432,16 @@ impl Toolchains {
             if let Some(row) = self.store.get_toolchain(name).await? {
                 return Ok(row);
             }
+            // Left out by the trust policy: say so, not "unknown".
+            if let Some(dir) = &self.builtin_dir {
+                let path = dir.join(format!("{name}.wasm"));
+                if let Ok(bytes) = std::fs::read(&path) {
+                    let trust = super::trust::Trust::load(&self.home)?;
+                    if trust.is_set() {
+                        super::trust::verify_file(&trust, &path, &bytes)?;
+                    }
+                }
+            }
         }
         Err(self.unknown(name).await)
     }
@@ -481,11 +511,22 @@ impl Toolchains {
         let Some(dir) = &self.builtin_dir else {
             return Ok(());
         };
+        let trust = super::trust::Trust::load(&self.home)?;
         for name in BUILTIN_TOOLCHAINS {
             let path = dir.join(format!("{name}.wasm"));
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
+            // Under a trust policy the built-ins are held to it too: the
+            // build signs them (scripts/sign-builtins.sh); a built-in not
+            // signed by a trusted key is left unregistered, and using it
+            // says why.
+            if trust.is_set() {
+                if let Err(e) = super::trust::verify_file(&trust, &path, &bytes) {
+                    tracing::warn!(toolchain = name, "built-in toolchain not registered: {e}");
+                    continue;
+                }
+            }
             let existing = self.store.get_toolchain(name).await?;
             let replace = match &existing {
                 None => false,

@@ -1,9 +1,11 @@
 //! Who a toolchain must be signed by: ed25519 keys, signatures kept in the
 //! registry as OCI referrers ([`crate::oci::signature`]), and the admin's
 //! trust policy — the public keys in the data directory's `trusted-keys/`.
-//! With at least one trusted key, a toolchain is registered only from a
-//! registry and only with a signature by one of them; files and uploads
-//! are refused (the built-ins ship with Legion itself).
+//! With at least one trusted key, a toolchain is registered only with a
+//! signature by one of them: from a registry, its referrer; from a file, a
+//! detached signature beside it (`FILE.sig`, the same record over the
+//! file's sha256) — which is how the build signs the built-ins; uploads,
+//! which carry no signature, are refused.
 //!
 //! ed25519 with `ed25519-dalek` rather than cosign's format through the
 //! `sigstore` crate: sigstore brings its own OCI client and TLS stack, and
@@ -202,7 +204,7 @@ impl Trust {
                 "no signature by a trusted key; trusted keys: {}; signatures found: {}",
                 list(&self.ids()),
                 if seen.is_empty() {
-                    "none (sign it: legion toolchain sign REFERENCE --key KEY)".to_string()
+                    "none (sign it: legion toolchain sign REFERENCE|FILE --key KEY)".to_string()
                 } else {
                     seen.join(", ")
                 }
@@ -231,6 +233,58 @@ fn verifies(key: &VerifyingKey, subject: &str, blob: &SignatureBlob) -> bool {
     };
     key.verify_strict(&signature::message(subject), &sig)
         .is_ok()
+}
+
+/// Where a file's detached signature is: `FILE.sig`, beside it.
+pub fn signature_file(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".sig");
+    PathBuf::from(name)
+}
+
+fn file_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Signs the toolchain file `file` with the key in `key_file`: writes
+/// `FILE.sig`, the signature record over the file's sha256.
+pub fn sign_file(file: &Path, key_file: &Path) -> Result<Signed, Error> {
+    let key = signing_key(key_file)?;
+    let bytes = std::fs::read(file).map_err(|e| Error::io(file, e))?;
+    let subject = file_digest(&bytes);
+    let key_id = key_id(&key.verifying_key());
+    let blob = SignatureBlob {
+        algorithm: "ed25519".into(),
+        key_id: key_id.clone(),
+        subject: subject.clone(),
+        signature: hex::encode(key.sign(&signature::message(&subject)).to_bytes()),
+    };
+    let sig = signature_file(file);
+    let text = serde_json::to_vec_pretty(&blob).map_err(|e| Error::json(&sig, e))?;
+    crate::fsutil::write_atomic(&sig, &text)?;
+    Ok(Signed {
+        subject,
+        signature: sig.display().to_string(),
+        key_id,
+    })
+}
+
+/// Checks `bytes`, read from `file`, against `trust` through the detached
+/// signature beside the file. Returns the trusted key's id.
+pub fn verify_file(trust: &Trust, file: &Path, bytes: &[u8]) -> Result<String, Error> {
+    let sig = signature_file(file);
+    let found = match std::fs::read(&sig) {
+        Ok(text) => vec![Found {
+            digest: sig.display().to_string(),
+            blob: serde_json::from_slice(&text).map_err(|e| e.to_string()),
+        }],
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => vec![Found {
+            digest: sig.display().to_string(),
+            blob: Err(e.to_string()),
+        }],
+    };
+    trust.check(&file.display().to_string(), &file_digest(bytes), &found)
 }
 
 /// The toolchain manifest `image` names: its digest and size, checked to
