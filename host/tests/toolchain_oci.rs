@@ -109,7 +109,10 @@ fn a_pushed_toolchain_is_what_skopeo_reads_and_registers_by_tag_and_by_digest() 
     let pinned = format!("{}/toolchains/python@{digest}", reg.addr);
     assert_eq!(by_tag["origin"], pinned);
     assert_eq!(by_tag["info"]["name"], "python");
-    assert_eq!(by_tag["interfaces"], serde_json::json!(["trainer", "batch"]));
+    assert_eq!(
+        by_tag["interfaces"],
+        serde_json::json!(["trainer", "batch"])
+    );
     let by_digest = other.json(&["toolchain", "add", &pinned, "--name", "py-digest"]);
     assert_eq!(by_digest["digest"], sha256(&wasm));
     assert_eq!(by_digest["origin"], pinned);

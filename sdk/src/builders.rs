@@ -313,28 +313,11 @@ impl ToolchainError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ModelId, Source};
 
     fn request() -> TrainingRequest {
-        TrainingRequest {
-            model: ModelId {
-                name: "m".into(),
-                version: "1".into(),
-            },
-            entrypoint: None,
-            args: vec![],
-            hyper_parameters: vec![KeyValue::new("alpha", "0.5")],
-            env: vec![],
-            image: None,
-            resources: Resources::none(),
-            source: Source {
-                uri: ".".into(),
-                reference: None,
-                commit: None,
-            },
-            data: vec![],
-            work_dir: None,
-        }
+        let mut r = crate::testing::training_request();
+        r.hyper_parameters = vec![KeyValue::new("alpha", "0.5")];
+        r
     }
 
     #[test]

@@ -59,6 +59,31 @@ pub mod testing {
         pub model: Option<PathBuf>,
     }
 
+    /// A minimal training request, for native tests: model `m:1`, the
+    /// source `.`, no entry point, parameters, data or resources; set what
+    /// a test needs on it.
+    pub fn training_request() -> crate::TrainingRequest {
+        crate::TrainingRequest {
+            model: crate::ModelId {
+                name: "m".into(),
+                version: "1".into(),
+            },
+            entrypoint: None,
+            args: vec![],
+            hyper_parameters: vec![],
+            env: vec![],
+            image: None,
+            resources: crate::Resources::none(),
+            source: crate::Source {
+                uri: ".".into(),
+                reference: None,
+                commit: None,
+            },
+            data: vec![],
+            work_dir: None,
+        }
+    }
+
     /// Runs `f` with [`crate::source_dir`], [`crate::output_dir`] and
     /// [`crate::model_dir`] answering `folders` on this thread (tests run
     /// on threads of their own, so they do not see each other's folders).
