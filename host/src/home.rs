@@ -70,10 +70,14 @@ impl Home {
         self.root.join("policy.json")
     }
 
-    /// The public keys toolchains from a registry must be signed by
-    /// (`*.pub`, SPKI PEM): none, no trust policy.
+    /// The public keys toolchains must be signed by (`*.pub`, SPKI PEM):
+    /// none, no trust policy. `LEGION_TRUSTED_KEYS` names another folder
+    /// (a cluster mounts the chart's keys there, read-only).
     pub fn trusted_keys(&self) -> PathBuf {
-        self.root.join("trusted-keys")
+        match std::env::var_os("LEGION_TRUSTED_KEYS") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => self.root.join("trusted-keys"),
+        }
     }
 
     /// Compiled components.

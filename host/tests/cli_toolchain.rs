@@ -784,4 +784,27 @@ fn built_ins_and_files_are_held_to_the_trust_policy_by_detached_signatures() {
         "changed",
     ]);
     assert!(err.contains("does not verify"), "{err}");
+
+    // The keys may live elsewhere (a cluster mounts the chart's):
+    // LEGION_TRUSTED_KEYS names the folder.
+    let mounted = tempfile::tempdir().unwrap();
+    std::fs::copy(&pub_key, mounted.path().join("ci.pub")).unwrap();
+    let fresh = Legion::new();
+    let out = fresh
+        .cmd()
+        .env("LEGION_TRUSTED_KEYS", mounted.path())
+        .args(["toolchain", "trust", "ls"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&mine));
+    let out = fresh
+        .cmd()
+        .env("LEGION_TRUSTED_KEYS", mounted.path())
+        .args(["toolchain", "show", "python"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the mounted policy holds the built-ins"
+    );
 }

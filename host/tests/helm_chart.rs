@@ -575,3 +575,48 @@ fn the_api_is_deployed_on_the_operators_database_with_its_own_least_rights() {
         .iter()
         .all(|o| !o["metadata"]["name"].as_str().unwrap().ends_with("-api")));
 }
+
+#[test]
+fn trusted_keys_are_mounted_into_the_operator_and_the_api() {
+    const PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+    let values = json!({
+        "registry": {"url": REGISTRY},
+        "database": {"urlSecret": "legion-db"},
+        "api": {"enabled": true, "tokensSecret": "legion-tokens"},
+        "trust": {"keys": {"ci": PEM}},
+    });
+    let (objects, _) = rendered(&values);
+    validate(&objects);
+    let keys = named(&objects, "ConfigMap", "legion-trusted-keys");
+    assert_eq!(keys["data"]["ci.pub"], PEM);
+    for deployment in ["legion-operator", "legion-api"] {
+        let pod = &named(&objects, "Deployment", deployment)["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let variable = json!({"name": "LEGION_TRUSTED_KEYS", "value": "/etc/legion-trust"});
+        assert!(
+            c["env"].as_array().unwrap().contains(&variable),
+            "{deployment}: {c:#}"
+        );
+        let mount =
+            json!({"name": "trusted-keys", "mountPath": "/etc/legion-trust", "readOnly": true});
+        assert!(
+            c["volumeMounts"].as_array().unwrap().contains(&mount),
+            "{deployment}: {c:#}"
+        );
+        let volume = json!({"name": "trusted-keys", "configMap": {"name": "legion-trusted-keys"}});
+        assert!(
+            pod["volumes"].as_array().unwrap().contains(&volume),
+            "{deployment}: {pod:#}"
+        );
+    }
+    // Without keys: no ConfigMap, no variable.
+    let (objects, _) = rendered(&json!({"registry": {"url": REGISTRY}}));
+    assert!(!objects
+        .iter()
+        .any(|o| o["metadata"]["name"] == "legion-trusted-keys"));
+    assert!(env(&objects, "LEGION_TRUSTED_KEYS").is_none());
+    // Not a public key: refused by the schema, naming it.
+    let err = render(&json!({"registry": {"url": REGISTRY}, "trust": {"keys": {"ci": "hello"}}}))
+        .unwrap_err();
+    assert!(err.contains("trust") && err.contains("ci"), "{err}");
+}

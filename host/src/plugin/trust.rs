@@ -262,6 +262,10 @@ pub fn sign_file(file: &Path, key_file: &Path) -> Result<Signed, Error> {
     let sig = signature_file(file);
     let text = serde_json::to_vec_pretty(&blob).map_err(|e| Error::json(&sig, e))?;
     crate::fsutil::write_atomic(&sig, &text)?;
+    // Public, like the file it signs (a temp file is made 0600).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&sig, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io(&sig, e))?;
     Ok(Signed {
         subject,
         signature: sig.display().to_string(),
