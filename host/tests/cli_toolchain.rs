@@ -807,4 +807,9 @@ fn built_ins_and_files_are_held_to_the_trust_policy_by_detached_signatures() {
         !out.status.success(),
         "the mounted policy holds the built-ins"
     );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no signature by a trusted key") && err.contains(&mine),
+        "{err}"
+    );
 }

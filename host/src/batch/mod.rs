@@ -244,8 +244,10 @@ pub async fn run(
 }
 
 /// Copies every file under `from` into `to` (made if missing), keeping
-/// the relative paths; returns them. Symbolic links are not followed: a
-/// step cannot make the host copy files from elsewhere.
+/// the relative paths; returns them. Symbolic links are left out — not
+/// followed, and not copied as links the way `fetch::source::copy_tree`
+/// keeps a project's: a step cannot make the host deliver a path to files
+/// elsewhere.
 fn copy_tree(from: &Path, to: &Path) -> Result<Vec<String>, Error> {
     let mut written = Vec::new();
     let mut stack = vec![from.to_path_buf()];

@@ -148,7 +148,6 @@ impl Toolchains {
         &self.store
     }
 
-    /// Registers a toolchain from a file.
     /// Registers a toolchain from a file. Under a trust policy the file
     /// needs a detached signature by a trusted key beside it (`FILE.sig`,
     /// from `legion toolchain sign FILE --key KEY`).
@@ -517,16 +516,6 @@ impl Toolchains {
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            // Under a trust policy the built-ins are held to it too: the
-            // build signs them (scripts/sign-builtins.sh); a built-in not
-            // signed by a trusted key is left unregistered, and using it
-            // says why.
-            if trust.is_set() {
-                if let Err(e) = super::trust::verify_file(&trust, &path, &bytes) {
-                    tracing::warn!(toolchain = name, "built-in toolchain not registered: {e}");
-                    continue;
-                }
-            }
             let existing = self.store.get_toolchain(name).await?;
             let replace = match &existing {
                 None => false,
@@ -539,6 +528,16 @@ impl Toolchains {
                 }
                 Some(_) => continue,
             };
+            // Under a trust policy a built-in is held to it when it is
+            // registered, like any toolchain: the build signs them
+            // (scripts/sign-builtins.sh); one not signed by a trusted key is
+            // left unregistered, and using it says why.
+            if trust.is_set() {
+                if let Err(e) = super::trust::verify_file(&trust, &path, &bytes) {
+                    tracing::warn!(toolchain = name, "built-in toolchain not registered: {e}");
+                    continue;
+                }
+            }
             let config = existing.map(|r| r.config).unwrap_or_default();
             match self
                 .register(
