@@ -15,8 +15,9 @@
 #
 # DURATION (default 10s) is each GET run's length; CREATES_FOR (default 5s)
 # the creates run's. DBS (default "sqlite postgres") picks the stores.
-# PROFILE=DIR records the server with `perf record -g` during the creates
-# (DIR/perf-DB.data). Prints one Markdown table for docs/benchmarks.md.
+# PROFILE=DIR records the server with `perf record` during the creates
+# (DIR/perf-DB-PHASE.data); PERF_CALLGRAPH (default `-g`; `--call-graph
+# dwarf -F 999` for stacks through Rust code built without frame pointers). Prints one Markdown table for docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/legion/target}"
@@ -123,7 +124,7 @@ for db in $DBS; do
     echo "== $db: creates ($phase)" >&2
     if [ -n "$PROFILE" ]; then
       mkdir -p "$PROFILE"
-      perf record -g -p "$server" -o "$PROFILE/perf-$db-$phase.data" -- sleep "${CREATES_FOR%s}" 2>/dev/null &
+      perf record ${PERF_CALLGRAPH:--g} -p "$server" -o "$PROFILE/perf-$db-$phase.data" -- sleep "${CREATES_FOR%s}" 2>/dev/null &
       perf_pid=$!
     fi
     taskset -c 1 wrk -t1 -c8 -d"$CREATES_FOR" --latency -s "$work/post.lua" -H "Authorization: Bearer $token" "$url/api/v1/trainings" > "$work/create-$phase.txt"

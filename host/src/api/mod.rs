@@ -149,6 +149,12 @@ pub async fn serve(
         api.events.clone(),
         background.clone(),
     ));
+    // The replica's lease exists before any run it accepts: a run whose
+    // owner has none could not be claimed should the replica die.
+    api.toolchains
+        .store()
+        .renew_leases(&api.runner.replica, api.runner.lease_until())
+        .await?;
     let leases = tokio::spawn(runs::keep_leases(api.clone(), background.clone()));
     let keys = {
         let (api, stop, every) = (api.clone(), background.clone(), opts.jwks_refresh);

@@ -95,7 +95,7 @@ pub async fn run(
 ) -> Result<BatchReport, Error> {
     // --- everything checkable before the job exists ---
     let row = toolchains.get(&opts.toolchain).await?;
-    let plugin = toolchains.load(&opts.toolchain).await?;
+    let plugin = toolchains.load_record(&row).await?;
     if !plugin.interfaces().contains(&Interface::Batch) {
         return Err(Error::NotExported {
             toolchain: row.name.clone(),

@@ -17,29 +17,59 @@ const STDERR_KEPT: usize = 5;
 #[derive(Debug, Clone)]
 pub struct RunLog {
     path: PathBuf,
-    file: Arc<Mutex<File>>,
+    file: Arc<Mutex<Sink>>,
     /// The last lines steps wrote to stderr: a step's error message belongs
     /// in its failure's reason even when its stdout, flushed later (Python
     /// buffers stdout, not stderr), fills the end of the log.
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
+/// Where a log's lines go.
+#[derive(Debug)]
+enum Sink {
+    /// Kept in memory until [`RunLog::create`]: a run accepted and queued
+    /// has no folder yet.
+    Pending(Vec<u8>),
+    /// The file.
+    File(File),
+}
+
 impl RunLog {
     /// Opens (appending) the log at `path`.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        Ok(RunLog {
+        let log = Self::pending(path);
+        log.create()?;
+        Ok(log)
+    }
+
+    /// The log at `path`, its lines kept in memory until
+    /// [`RunLog::create`] writes them there.
+    pub fn pending(path: &Path) -> Self {
+        RunLog {
             path: path.to_path_buf(),
-            file: Arc::new(Mutex::new(file)),
+            file: Arc::new(Mutex::new(Sink::Pending(Vec::new()))),
             stderr: Arc::default(),
-        })
+        }
+    }
+
+    /// Creates (or opens, appending) the file and writes the lines kept
+    /// so far into it; from then on lines go straight to the file. Does
+    /// nothing the second time.
+    pub fn create(&self) -> Result<(), Error> {
+        let mut sink = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Sink::Pending(kept) = &*sink {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| Error::io(&self.path, e))?;
+            file.write_all(kept).map_err(|e| Error::io(&self.path, e))?;
+            *sink = Sink::File(file);
+        }
+        Ok(())
     }
 
     /// The file.
@@ -50,9 +80,17 @@ impl RunLog {
     /// Appends one line. A log that cannot be written is reported once per
     /// line on stderr rather than failing the run it describes.
     pub fn line(&self, text: &str) {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = writeln!(f, "{text}") {
-            eprintln!("warning: cannot write {}: {e}", self.path.display());
+        let mut sink = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *sink {
+            Sink::Pending(kept) => {
+                kept.extend_from_slice(text.as_bytes());
+                kept.push(b'\n');
+            }
+            Sink::File(f) => {
+                if let Err(e) = writeln!(f, "{text}") {
+                    eprintln!("warning: cannot write {}: {e}", self.path.display());
+                }
+            }
         }
     }
 
@@ -94,16 +132,22 @@ impl RunLog {
         self.line(&format!("[legion] {text}"));
     }
 
-    /// The last `n` lines of the file.
+    /// The last `n` lines of the log.
     pub fn tail(&self, n: usize) -> Vec<String> {
+        if let Sink::Pending(kept) = &*self.file.lock().unwrap_or_else(|e| e.into_inner()) {
+            return last_lines(kept, n);
+        }
         tail_lines(&self.path, n)
     }
 }
 
 /// The last `n` lines of a log file (empty if it cannot be read).
 pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
+    last_lines(&std::fs::read(path).unwrap_or_default(), n)
+}
+
+fn last_lines(text: &[u8], n: usize) -> Vec<String> {
+    let text = String::from_utf8_lossy(text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()
@@ -114,6 +158,23 @@ pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_log_keeps_its_lines_until_it_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("legion.log");
+        let log = RunLog::pending(&path);
+        log.note("accepted");
+        log.line("planned");
+        assert!(!path.exists(), "nothing on disk before create");
+        assert_eq!(log.tail(1), ["planned"]);
+        log.create().unwrap();
+        log.line("started");
+        log.create().unwrap(); // the second time changes nothing
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "[legion] accepted\nplanned\nstarted\n");
+        assert_eq!(log.tail(2), ["planned", "started"]);
+    }
 
     #[test]
     fn a_failure_tail_keeps_stderr_that_stdout_pushed_out() {

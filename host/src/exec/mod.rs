@@ -53,7 +53,7 @@ impl Workspace {
     pub fn model(&self) -> PathBuf {
         self.root.join("model")
     }
-    /// Creates the folders.
+    /// Creates the folders (those there already are kept).
     pub fn create(&self) -> Result<(), Error> {
         for dir in [self.root.clone(), self.source(), self.data(), self.output()] {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;

@@ -138,24 +138,9 @@ pub async fn fetch_source(spec: &SourceSpec, dest: &Path, log: &RunLog) -> Resul
             })
         }
         SourceSpec::Local(path) => {
-            let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
-            log.note(&format!("copying source {}", abs.display()));
-            copy_tree(&abs, dest)?;
-            // A folder under git still has a commit worth recording. Git
-            // is asked only when there is a repository above the folder: a
-            // process per run costs more than the rest of a small fetch.
-            let commit = if abs.ancestors().any(|d| d.join(".git").exists()) {
-                git(&abs, &["rev-parse", "--verify", "--quiet", "HEAD"])
-                    .await
-                    .ok()
-            } else {
-                None
-            };
-            Ok(Source {
-                uri: abs.display().to_string(),
-                reference: None,
-                commit,
-            })
+            let source = local_source(path).await?;
+            copy_local(&source, dest, log)?;
+            Ok(source)
         }
         SourceSpec::Git { url, reference } => {
             log.note(&format!(
@@ -247,6 +232,33 @@ async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// A local folder as a run's source: its absolute path, and the commit
+/// it is at when it is in a git repository. Nothing is copied.
+pub async fn local_source(path: &Path) -> Result<Source, Error> {
+    let abs = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    // A folder under git still has a commit worth recording. Git is asked
+    // only when there is a repository above the folder: a process per run
+    // costs more than the rest of a small fetch.
+    let commit = if abs.ancestors().any(|d| d.join(".git").exists()) {
+        git(&abs, &["rev-parse", "--verify", "--quiet", "HEAD"])
+            .await
+            .ok()
+    } else {
+        None
+    };
+    Ok(Source {
+        uri: abs.display().to_string(),
+        reference: None,
+        commit,
+    })
+}
+
+/// Copies a [`local_source`] into `dest`, noting it in the log.
+pub fn copy_local(source: &Source, dest: &Path, log: &RunLog) -> Result<(), Error> {
+    log.note(&format!("copying source {}", source.uri));
+    copy_tree(Path::new(&source.uri), dest)
 }
 
 /// Copies a folder tree, skipping `.git`; symlinks are copied as links.

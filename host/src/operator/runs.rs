@@ -569,7 +569,7 @@ async fn adopt<K: RunResource>(
         job: Some(job.clone()),
         owner: None,
     };
-    store.insert_run(&run).await
+    store.insert_run(&run, None).await
 }
 
 /// Marks runs an earlier operator process left `running` before their Job

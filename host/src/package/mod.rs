@@ -215,7 +215,7 @@ impl<'a> Packager<'a> {
         }
         let row = self.toolchains.get(&opts.toolchain).await?;
         crate::plan::parameters::check(&row.name, &row.info.parameters, &opts.arguments, "--arg")?;
-        let plugin = self.toolchains.load(&opts.toolchain).await?;
+        let plugin = self.toolchains.load_record(&row).await?;
         if !plugin.interfaces().contains(&Interface::Packager) {
             return Err(Error::NotExported {
                 toolchain: row.name.clone(),
@@ -330,7 +330,8 @@ impl<'a> Packager<'a> {
             owner: None,
         };
         let store = self.toolchains.store();
-        let again = begin_attempt(store, &mut run, &workspace, opts.lease.as_ref()).await?;
+        let fresh = opts.run_id.is_none();
+        let again = begin_attempt(store, &mut run, &workspace, opts.lease.as_ref(), fresh).await?;
         let log = RunLog::open(&log_path)?;
         if again {
             log.note(&format!("run {id}: its host stopped; starting it again"));
@@ -420,7 +421,10 @@ impl Job<'_> {
         self.policy.check_image(self.plugin.name(), &plan)?;
         self.events.planned(run);
         let _permit =
-            start_when_allowed(self.gate, run, self.store, self.events, self.cancel).await?;
+            start_when_allowed(self.gate, run, self.store, self.events, self.cancel, || {
+                Ok(())
+            })
+            .await?;
 
         if let Some(cluster) = self.cluster {
             return self.drive_on_cluster(cluster, run).await;

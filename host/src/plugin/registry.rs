@@ -103,7 +103,16 @@ pub struct Toolchains {
     builtin_dir: Option<PathBuf>,
     /// Plugins made ready, with the row they were made from.
     loaded: Mutex<BTreeMap<String, (ToolchainRecord, Plugin)>>,
+    /// Rows read in the last [`ROW_FRESH`], by name: a server taking
+    /// creates reads a toolchain's row once a second, not once a create.
+    rows: Mutex<BTreeMap<String, (std::time::Instant, ToolchainRecord)>>,
 }
+
+/// How long a toolchain's row read from the database is used again
+/// without reading it. A change made through this registry applies at
+/// once; one made by another process (another API replica, the command
+/// line) within this time.
+pub const ROW_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Toolchains {
     /// The registry over `store` in `home`, with built-ins from `builtin_dir`.
@@ -116,6 +125,7 @@ impl Toolchains {
             cache,
             builtin_dir,
             loaded: Mutex::new(BTreeMap::new()),
+            rows: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -423,7 +433,14 @@ impl Toolchains {
 
     /// The toolchain `name`, registering it first if it is a built-in.
     pub async fn get(&self, name: &str) -> Result<ToolchainRecord, Error> {
+        if let Some((read, row)) = self.rows().get(name) {
+            if read.elapsed() < ROW_FRESH {
+                return Ok(row.clone());
+            }
+        }
         if let Some(row) = self.store.get_toolchain(name).await? {
+            self.rows()
+                .insert(name.to_string(), (std::time::Instant::now(), row.clone()));
             return Ok(row);
         }
         if BUILTIN_TOOLCHAINS.contains(&name) {
@@ -482,14 +499,21 @@ impl Toolchains {
     /// compiled cache, else compiled from the pinned wasm.
     pub async fn load(&self, name: &str) -> Result<Plugin, Error> {
         let row = self.get(name).await?;
-        if let Some((seen, p)) = self.lock().get(name) {
+        self.load_record(&row).await
+    }
+
+    /// The plugin of a row just read with [`Toolchains::get`] (a create
+    /// reads the row once, for its checks and its plugin).
+    pub async fn load_record(&self, row: &ToolchainRecord) -> Result<Plugin, Error> {
+        if let Some((seen, p)) = self.lock().get(&row.name) {
             if seen.digest == row.digest && seen.config == row.config {
                 return Ok(p.clone());
             }
         }
-        self.fetch_blob(&row).await?;
-        let plugin = self.load_row(&row)?;
-        self.lock().insert(name.to_string(), (row, plugin.clone()));
+        self.fetch_blob(row).await?;
+        let plugin = self.load_row(row)?;
+        self.lock()
+            .insert(row.name.clone(), (row.clone(), plugin.clone()));
         Ok(plugin)
     }
 
@@ -582,6 +606,13 @@ impl Toolchains {
 
     fn forget(&self, name: &str) {
         self.lock().remove(name);
+        self.rows().remove(name);
+    }
+
+    fn rows(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, (std::time::Instant, ToolchainRecord)>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -137,6 +137,15 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     )",
     // Where a toolchain was pulled from (`REGISTRY/REPO@sha256:…`).
     "ALTER TABLE toolchains ADD COLUMN origin TEXT",
+    // An API replica's lease on all its runs: one row renewed a second,
+    // not every live run's (thousands of queued runs made that renewal a
+    // write of thousands of rows, which every create waited behind).
+    "CREATE TABLE replicas (
+        name        TEXT PRIMARY KEY,
+        lease_until INTEGER NOT NULL
+    )",
+    "INSERT INTO replicas (name, lease_until)
+        SELECT owner, MAX(COALESCE(lease_until, 0)) FROM runs WHERE owner IS NOT NULL GROUP BY owner",
 ];
 
 /// PostgreSQL's schema, applied in order in one transaction under an
@@ -236,6 +245,12 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, pos)
     )",
     "ALTER TABLE toolchains ADD COLUMN origin TEXT",
+    "CREATE TABLE replicas (
+        name        TEXT PRIMARY KEY,
+        lease_until BIGINT NOT NULL
+    )",
+    "INSERT INTO replicas (name, lease_until)
+        SELECT owner, MAX(COALESCE(lease_until, 0)) FROM runs WHERE owner IS NOT NULL GROUP BY owner",
 ];
 
 /// The advisory lock migrations take.
@@ -257,11 +272,48 @@ pub struct Store {
     backend: Backend,
     /// Copies run logs into a shared database ([`logs`]).
     shipper: std::sync::Arc<logs::Shipper>,
+    /// Runs waiting to be inserted together.
+    inserts: std::sync::Arc<runs::InsertQueue>,
+    /// Dropped with the last clone of the store: background work on it
+    /// (SQLite's checkpoints) stops then.
+    alive: std::sync::Arc<()>,
 }
 
 fn install_drivers() {
     static DRIVERS: Once = Once::new();
     DRIVERS.call_once(sqlx::any::install_default_drivers);
+}
+
+/// How often the WAL is copied into an SQLite database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies the WAL into the database every [`CHECKPOINT_EVERY`] on a
+/// reader connection (`PASSIVE`: it never waits for, nor blocks, the
+/// writer), until the store is dropped or closed. Outside a runtime
+/// SQLite's own checkpoints do it.
+fn spawn_checkpoints(store: &Store) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let (pool, path) = (store.pool.clone(), store.path.clone());
+    let alive = std::sync::Arc::downgrade(&store.alive);
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+            if pool.is_closed() || alive.strong_count() == 0 {
+                return;
+            }
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&pool)
+                .await
+            {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::debug!(db = %path.display(), error = %e, "checkpoint");
+            }
+        }
+    });
 }
 
 /// `url` without its password, for messages and logs.
@@ -307,6 +359,8 @@ impl Store {
             path: shown,
             backend: Backend::Postgres,
             shipper: logs::shipper(),
+            inserts: Default::default(),
+            alive: Default::default(),
         };
         store.migrate_postgres().await?;
         Ok(store)
@@ -346,8 +400,16 @@ impl Store {
                     Box::pin(async move {
                         // The busy timeout still serves other processes
                         // (the command line) writing the same file.
+                        // Checkpoints (copying the WAL into the database,
+                        // with an fsync) run beside the writer
+                        // (`spawn_checkpoints`), not inside the commit that
+                        // crossed SQLite's threshold: there they stalled
+                        // every write queued behind it. The threshold
+                        // stays, ten times higher, for a process writing
+                        // without that task.
                         conn.execute(
-                            "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+                             PRAGMA wal_autocheckpoint = 10000",
                         )
                         .await?;
                         Ok(())
@@ -357,13 +419,17 @@ impl Store {
         };
         let pool = connect(4).await.map_err(db_err)?;
         let writer = connect(1).await.map_err(db_err)?;
+
         let store = Store {
             pool,
             writer,
             path: path.to_path_buf(),
             backend: Backend::Sqlite,
             shipper: logs::shipper(),
+            inserts: Default::default(),
+            alive: Default::default(),
         };
+        spawn_checkpoints(&store);
         let migrated = store.migrate_sqlite().await;
         let _ = lock.unlock();
         migrated?;

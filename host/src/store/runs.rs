@@ -233,8 +233,9 @@ impl RunRecord {
 }
 
 /// An API replica's hold on a run it started: who holds it, until when
-/// (ms since the epoch; renewed while the replica lives), and the request
-/// it was made from, to start it again if the replica dies.
+/// (ms since the epoch; from then on the replica's own lease, renewed while
+/// it lives, is what keeps the run), and the request it was made from, to
+/// start it again if the replica dies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     /// The replica.
@@ -329,48 +330,151 @@ pub struct JobRef {
     pub name: String,
 }
 
+/// Most runs one insert statement writes (27 parameters each, far below
+/// SQLite's and PostgreSQL's limits).
+pub const INSERT_GROUP: usize = 64;
+
+/// Runs waiting to be inserted together ([`Store::insert_run`]).
+#[derive(Debug, Default)]
+pub(crate) struct InsertQueue {
+    waiting: std::sync::Mutex<Vec<WaitingInsert>>,
+    /// Held by whoever writes; fair, so every waiter gets its turn.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl InsertQueue {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<WaitingInsert>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug)]
+struct WaitingInsert {
+    run: RunRecord,
+    lease: Option<Lease>,
+    done: tokio::sync::oneshot::Sender<Result<(), Error>>,
+}
+
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
 impl Store {
-    /// Inserts a new run.
-    pub async fn insert_run(&self, r: &RunRecord) -> Result<(), Error> {
+    /// Inserts a new run, held by `lease` when an API replica runs it (one
+    /// statement: a run is never seen without the lease that keeps it).
+    ///
+    /// Inserts made at the same time are written together, by one
+    /// statement for up to [`INSERT_GROUP`] runs (group commit): whoever
+    /// holds the writer's turn writes every run waiting for it, and each
+    /// of the others finds its run written when its own turn comes. On
+    /// SQLite each statement is a hand-off to the connection's thread and
+    /// a commit; one for many creates is what let the API accept
+    /// thousands a second.
+    pub async fn insert_run(&self, r: &RunRecord, lease: Option<&Lease>) -> Result<(), Error> {
         self.ship_log(r).await;
-        sqlx::query(
+        let (done, mut written) = tokio::sync::oneshot::channel();
+        self.inserts.waiting().push(WaitingInsert {
+            run: r.clone(),
+            lease: lease.cloned(),
+            done,
+        });
+        let _turn = self.inserts.turn.lock().await;
+        match written.try_recv() {
+            Ok(result) => return result,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return Err(self.err(sqlx::Error::Protocol(
+                    "the write of this run was interrupted".into(),
+                )))
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        loop {
+            let group: Vec<WaitingInsert> = {
+                let mut waiting = self.inserts.waiting();
+                let n = waiting.len().min(INSERT_GROUP);
+                waiting.drain(..n).collect()
+            };
+            if group.is_empty() {
+                break;
+            }
+            self.write_group(group).await;
+        }
+        written.try_recv().unwrap_or_else(|_| {
+            Err(self.err(sqlx::Error::Protocol(
+                "the write of this run was interrupted".into(),
+            )))
+        })
+    }
+
+    /// Writes `group` in one statement; if that fails, each run on its own,
+    /// so that one bad run (an id taken) does not fail the others.
+    async fn write_group(&self, group: Vec<WaitingInsert>) {
+        if group.len() > 1 && self.insert_rows(&group).await.is_ok() {
+            for w in group {
+                let _ = w.done.send(Ok(()));
+            }
+            return;
+        }
+        for w in group {
+            let one = self
+                .insert_rows(std::slice::from_ref(&w))
+                .await
+                .map_err(|e| self.err(e));
+            let _ = w.done.send(one);
+        }
+    }
+
+    async fn insert_rows(&self, rows: &[WaitingInsert]) -> Result<(), sqlx::Error> {
+        const COLUMNS: usize = 27;
+        let mut sql = String::from(
             "INSERT INTO runs (id, toolchain, toolchain_digest, model_name, model_version, state, request, plan,
                 exit_code, reason, created_at, started_at, finished_at, model_digest, model_ref, pushed_ref,
-                source_commit, workspace, log_path, pid, kind, image_ref, image_digest, job)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
-        )
-        .bind(&r.id)
-        .bind(&r.toolchain)
-        .bind(&r.toolchain_digest)
-        .bind(&r.model.name)
-        .bind(&r.model.version)
-        .bind(r.state.as_str())
-        .bind(json(&r.request))
-        .bind(r.plan.as_ref().map(json))
-        .bind(r.exit_code.map(i64::from))
-        .bind(&r.reason)
-        .bind(r.created_at)
-        .bind(r.started_at)
-        .bind(r.finished_at)
-        .bind(&r.model_digest)
-        .bind(&r.model_ref)
-        .bind(&r.pushed_ref)
-        .bind(&r.source_commit)
-        .bind(&r.workspace)
-        .bind(&r.log_path)
-        .bind(r.pid.map(i64::from))
-        .bind(r.kind.as_str())
-        .bind(&r.image_ref)
-        .bind(&r.image_digest)
-        .bind(r.job.as_ref().map(json))
-        .execute(&self.writer)
-        .await
-        .map_err(|e| self.err(e))?;
-        Ok(())
+                source_commit, workspace, log_path, pid, kind, image_ref, image_digest, job,
+                owner, lease_until, spec) VALUES ",
+        );
+        for i in 0..rows.len() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for c in 0..COLUMNS {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i * COLUMNS + c + 1));
+            }
+            sql.push(')');
+        }
+        let mut q = sqlx::query(&sql);
+        for w in rows {
+            let (r, lease) = (&w.run, w.lease.as_ref());
+            q = q
+                .bind(&r.id)
+                .bind(&r.toolchain)
+                .bind(&r.toolchain_digest)
+                .bind(&r.model.name)
+                .bind(&r.model.version)
+                .bind(r.state.as_str())
+                .bind(json(&r.request))
+                .bind(r.plan.as_ref().map(json))
+                .bind(r.exit_code.map(i64::from))
+                .bind(&r.reason)
+                .bind(r.created_at)
+                .bind(r.started_at)
+                .bind(r.finished_at)
+                .bind(&r.model_digest)
+                .bind(&r.model_ref)
+                .bind(&r.pushed_ref)
+                .bind(&r.source_commit)
+                .bind(&r.workspace)
+                .bind(&r.log_path)
+                .bind(r.pid.map(i64::from))
+                .bind(r.kind.as_str())
+                .bind(&r.image_ref)
+                .bind(&r.image_digest)
+                .bind(r.job.as_ref().map(json))
+                .bind(lease.map(|l| l.owner.as_str()))
+                .bind(lease.map(|l| l.until))
+                .bind(lease.map(|l| l.spec.as_str()));
+        }
+        q.execute(&self.writer).await.map(|_| ())
     }
 
     /// Writes every mutable field of `r` back (a final state after the
@@ -651,22 +755,25 @@ impl Store {
         Ok(())
     }
 
-    /// Extends every live lease `owner` holds to `until`; returns how many.
+    /// Extends the lease of replica `owner` — on every run it holds — to
+    /// `until` (`0` lets them go at once).
     pub async fn renew_leases(&self, owner: &str, until: i64) -> Result<u64, Error> {
-        let done = sqlx::query(&format!(
-            "UPDATE runs SET lease_until = $1 WHERE owner = $2 AND {LIVE}"
-        ))
-        .bind(until)
+        let done = sqlx::query(
+            "INSERT INTO replicas (name, lease_until) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET lease_until = excluded.lease_until",
+        )
         .bind(owner)
+        .bind(until)
         .execute(&self.writer)
         .await
         .map_err(|e| self.err(e))?;
         Ok(done.rows_affected())
     }
 
-    /// Takes one live run whose lease ran out before `now` (its replica
-    /// died) for `owner`, until `until`: the id and the request it was
-    /// made from. One statement, so two replicas never take the same run.
+    /// Takes one live run whose replica's lease ran out before `now` (it
+    /// died, or let its runs go) for `owner`: the id and the request it
+    /// was made from. One statement, so two replicas never take the same
+    /// run.
     pub async fn claim_expired(
         &self,
         owner: &str,
@@ -676,13 +783,14 @@ impl Store {
         // PostgreSQL: rows another replica is claiming are skipped, not
         // waited for; SQLite has one writer at a time anyway.
         let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Postgres => "FOR UPDATE OF r SKIP LOCKED",
             Backend::Sqlite => "",
         };
         let row = sqlx::query(&format!(
             "UPDATE runs SET owner = $1, lease_until = $2
-             WHERE id = (SELECT id FROM runs WHERE owner IS NOT NULL AND {LIVE} AND lease_until < $3
-                         ORDER BY created_at LIMIT 1 {lock})
+             WHERE id = (SELECT r.id FROM replicas p JOIN runs r ON r.owner = p.name
+                         WHERE p.lease_until < $3 AND r.{LIVE} AND r.owner <> $1
+                         ORDER BY r.created_at LIMIT 1 {lock})
              RETURNING id, spec"
         ))
         .bind(owner)
@@ -781,5 +889,116 @@ impl Store {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(owner: &str, until: i64) -> Lease {
+        Lease {
+            owner: owner.into(),
+            until,
+            spec: "{}".into(),
+        }
+    }
+
+    /// Creates arriving together are written in groups: every run lands
+    /// once, with its lease, and an id already taken fails that insert
+    /// alone, not the group it came in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inserts_land_once_each_and_a_taken_id_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        store
+            .insert_run(&RunRecord::sample("taken", RunState::Queued), None)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..150 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = if i == 70 {
+                    "taken".to_string()
+                } else {
+                    format!("r{i:03}")
+                };
+                let run = RunRecord::sample(&id, RunState::Queued);
+                store.insert_run(&run, Some(&lease("a", 7))).await
+            }));
+        }
+        let mut failed = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            if let Err(e) = t.await.unwrap() {
+                failed.push((i, e.to_string()));
+            }
+        }
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].0, 70);
+        let runs = store.list_runs(1000).await.unwrap();
+        assert_eq!(runs.len(), 150, "149 new runs and the one taken before");
+        let owned = runs
+            .iter()
+            .filter(|r| r.owner.as_deref() == Some("a"))
+            .count();
+        assert_eq!(owned, 149);
+        let taken = store.get_run("taken").await.unwrap().unwrap();
+        assert_eq!(taken.owner, None, "the run there first is left alone");
+    }
+
+    /// A replica's lease is one row: renewing it keeps all its runs, and
+    /// once it runs out another replica claims them, each once.
+    #[tokio::test]
+    async fn runs_follow_their_replicas_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        store.renew_leases("a", 1_000).await.unwrap();
+        store.renew_leases("b", 1_000).await.unwrap();
+        for i in 0..3 {
+            let run = RunRecord::sample(&format!("a{i}"), RunState::Queued);
+            store
+                .insert_run(&run, Some(&lease("a", 1_000)))
+                .await
+                .unwrap();
+        }
+        let done = RunRecord::sample("a-done", RunState::Succeeded);
+        store
+            .insert_run(&done, Some(&lease("a", 1_000)))
+            .await
+            .unwrap();
+        // Before the lease runs out nothing is claimed.
+        assert_eq!(store.claim_expired("b", 999, 5_000).await.unwrap(), None);
+        // Renewed (one row, however many runs): still nothing at 1,500.
+        assert_eq!(store.renew_leases("a", 2_000).await.unwrap(), 1);
+        assert_eq!(store.claim_expired("b", 1_500, 5_000).await.unwrap(), None);
+        // `a` stops renewing: at 2,500 `b` (renewing, as a live replica
+        // does before it claims) takes its live runs, each once; the
+        // finished one stays where it is.
+        store.renew_leases("b", 5_000).await.unwrap();
+        let mut claimed = Vec::new();
+        while let Some((id, spec)) = store.claim_expired("b", 2_500, 5_000).await.unwrap() {
+            assert_eq!(spec.as_deref(), Some("{}"));
+            assert!(claimed.len() < 3, "claimed again: {id}");
+            claimed.push(id);
+        }
+        claimed.sort();
+        assert_eq!(claimed, ["a0", "a1", "a2"]);
+        for id in &claimed {
+            let run = store.get_run(id).await.unwrap().unwrap();
+            assert_eq!(run.owner.as_deref(), Some("b"));
+        }
+        assert_eq!(
+            store
+                .get_run("a-done")
+                .await
+                .unwrap()
+                .unwrap()
+                .owner
+                .as_deref(),
+            Some("a")
+        );
+        // `b`'s lease holds them now.
+        assert_eq!(store.claim_expired("c", 2_500, 5_000).await.unwrap(), None);
     }
 }

@@ -26,7 +26,7 @@ use crate::exec::kube::executor::ClusterExecutor;
 use crate::exec::kube::runner::JobEnd;
 use crate::exec::pyenv::PythonEnvs;
 use crate::exec::{Executor, Outcome, RunContext, RunEvents, RunLog, Workspace};
-use crate::fetch::SourceSpec;
+use crate::fetch::{self, SourceSpec};
 use crate::home::Home;
 use crate::names::{ModelName, ModelVersion};
 use crate::oci::layout::Layout;
@@ -205,7 +205,7 @@ impl<'a> Trainer<'a> {
                 });
             }
         }
-        let plugin = self.toolchains.load(&opts.toolchain).await?;
+        let plugin = self.toolchains.load_record(&row).await?;
         let policy = Policy::load(&self.home.policy())?;
         Ok(Checked {
             spec,
@@ -333,34 +333,89 @@ impl<'a> Trainer<'a> {
             owner: None,
         };
         let store = self.toolchains.store();
-        let again = begin_attempt(store, &mut run, &workspace, opts.lease.as_ref()).await?;
-        let log = RunLog::open(&log_path)?;
+        let log = RunLog::pending(&log_path);
+        let training = format!(
+            "run {id}: training {}:{} with toolchain {} ({})",
+            model.name, model.version, row.name, row.digest
+        );
+        // A local folder is read in place: nothing to wait for, so it is
+        // planned before the run is written, and accepting a run writes
+        // one row, plan included. Other sources are fetched (a clone can
+        // take minutes) after the run is written, so that it is there to
+        // be seen and cancelled meanwhile.
+        let mut request = request;
+        let planned = match &spec {
+            SourceSpec::Local(path) => {
+                log.note(&training);
+                let planned = self
+                    .plan_local(path, &mut run, &mut request, &plugin, &log, events)
+                    .await;
+                if let Ok(plan) = &planned {
+                    run.plan = Some(RunPlan::Training(plan.clone()));
+                }
+                Some(planned)
+            }
+            _ => None,
+        };
+        let fresh = opts.run_id.is_none();
+        let again = begin_attempt(store, &mut run, &workspace, opts.lease.as_ref(), fresh).await?;
         if again {
             log.note(&format!("run {id}: its host stopped; starting it again"));
         }
-        log.note(&format!(
-            "run {id}: training {}:{} with toolchain {} ({})",
-            model.name, model.version, row.name, row.digest
-        ));
+        if planned.is_none() {
+            log.note(&training);
+        }
         events.recorded(&run);
 
-        let result = self
-            .drive(
-                &mut run,
-                request,
-                &spec,
-                &plugin,
-                &policy,
-                &workspace,
-                &log,
-                push.as_ref(),
-                &opts,
-                events,
-                &cancel,
-            )
-            .await;
+        let result = match planned {
+            Some(Err(stop)) => Err(stop),
+            planned => {
+                self.drive(
+                    &mut run,
+                    request,
+                    &spec,
+                    planned.and_then(Result::ok),
+                    &plugin,
+                    &policy,
+                    &workspace,
+                    &log,
+                    push.as_ref(),
+                    &opts,
+                    events,
+                    &cancel,
+                )
+                .await
+            }
+        };
         close_run(store, &mut run, result, &log).await?;
         Ok(run)
+    }
+
+    /// Plans a training whose source is the local folder `path`, read
+    /// where it is; the source is copied when the run starts.
+    async fn plan_local(
+        &self,
+        path: &Path,
+        run: &mut RunRecord,
+        request: &mut TrainingRequest,
+        plugin: &Plugin,
+        log: &RunLog,
+        events: &dyn RunEvents,
+    ) -> Result<crate::plan::Plan, Stop> {
+        events.phase("fetch");
+        let source = fetch::source::local_source(path).await?;
+        run.source_commit = source.commit.clone();
+        request.source = source;
+        run.request = RunRequest::Training(request.clone());
+        events.phase("plan");
+        let (p, req) = (plugin.clone(), request.clone());
+        let dir = std::path::PathBuf::from(&request.source.uri);
+        let plan = blocking(move || p.plan_training(&req, &dir)).await?;
+        log.note(&format!(
+            "plan: {}",
+            serde_json::to_string(&plan).unwrap_or_default()
+        ));
+        Ok(plan)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -369,6 +424,7 @@ impl<'a> Trainer<'a> {
         run: &mut RunRecord,
         mut request: TrainingRequest,
         spec: &SourceSpec,
+        planned: Option<crate::plan::Plan>,
         plugin: &Plugin,
         policy: &Policy,
         ws: &Workspace,
@@ -380,30 +436,46 @@ impl<'a> Trainer<'a> {
     ) -> Result<(), Stop> {
         let store = self.toolchains.store();
 
-        events.phase("fetch");
-        // On a cluster the pod fetches the data; here only the source is
-        // needed, for the plan.
-        let data: &[DataBinding] = match self.placement {
-            Placement::Local(_) => &request.data,
-            Placement::Cluster(_) => &[],
-        };
-        let source = cancellable(cancel, phases::fetch(spec, data, ws, log)).await?;
-        run.source_commit = source.commit.clone();
-        request.source = source;
-        run.request = RunRequest::Training(request.clone());
+        let plan = match planned {
+            Some(plan) => plan,
+            None => {
+                // Fetched into the workspace: the plan reads it, at the
+                // commit or digest the run will use.
+                events.phase("fetch");
+                log.create()?;
+                let source =
+                    cancellable(cancel, fetch::fetch_source(spec, &ws.source(), log)).await?;
+                run.source_commit = source.commit.clone();
+                request.source = source;
+                run.request = RunRequest::Training(request.clone());
 
-        events.phase("plan");
-        let (p, req, source) = (plugin.clone(), request.clone(), ws.source());
-        let plan = blocking(move || p.plan_training(&req, &source)).await?;
-        log.note(&format!(
-            "plan: {}",
-            serde_json::to_string(&plan).unwrap_or_default()
-        ));
-        run.plan = Some(RunPlan::Training(plan.clone()));
-        store.update_run(run).await.map_err(Stop::from)?;
+                events.phase("plan");
+                let (p, req, dir) = (plugin.clone(), request.clone(), ws.source());
+                let plan = blocking(move || p.plan_training(&req, &dir)).await?;
+                log.note(&format!(
+                    "plan: {}",
+                    serde_json::to_string(&plan).unwrap_or_default()
+                ));
+                run.plan = Some(RunPlan::Training(plan.clone()));
+                store.update_run(run).await.map_err(Stop::from)?;
+                plan
+            }
+        };
         policy.check(plugin.name(), &plan)?;
         events.planned(run);
-        let _permit = start_when_allowed(opts.gate.as_ref(), run, store, events, cancel).await?;
+        let _permit = start_when_allowed(opts.gate.as_ref(), run, store, events, cancel, || {
+            ws.create()?;
+            log.create()
+        })
+        .await?;
+        if let SourceSpec::Local(_) = spec {
+            let (source, dest, l) = (request.source.clone(), ws.source(), log.clone());
+            blocking(move || fetch::source::copy_local(&source, &dest, &l)).await?;
+        }
+        // On a cluster the pod fetches the data.
+        if let (Placement::Local(_), false) = (self.placement, request.data.is_empty()) {
+            cancellable(cancel, fetch::fetch_data(&request.data, &ws.data(), log)).await?;
+        }
 
         let executor = match self.placement {
             Placement::Local(executor) => executor,
@@ -680,6 +752,11 @@ async fn close_run(
     if let Err(stop) = ended {
         stop.record(run);
     }
+    // A run that ended before it started (refused, cancelled while
+    // queued) has its log written now.
+    if let Err(e) = log.create() {
+        tracing::warn!(run = %run.id, error = %e, "cannot write the run's log");
+    }
     if run.state != RunState::Succeeded {
         log.note(&format!(
             "run {} {}: {}",
@@ -692,7 +769,8 @@ async fn close_run(
     store.update_run(run).await
 }
 
-/// Waits for a permit of `gate` (if any) with the run `queued`, then
+/// Waits for a permit of `gate` (if any) with the run `queued`, makes
+/// what the run needs on disk (`prepare`: its folders, its log), then
 /// marks it `running`: from here its steps execute.
 pub(crate) async fn start_when_allowed(
     gate: Option<&std::sync::Arc<tokio::sync::Semaphore>>,
@@ -700,6 +778,7 @@ pub(crate) async fn start_when_allowed(
     store: &Store,
     events: &dyn RunEvents,
     cancel: &CancellationToken,
+    prepare: impl FnOnce() -> Result<(), Error>,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Stop> {
     // A run cancelled before it started never starts, even with a slot
     // free (`biased`: the cancel is looked at first, not at random).
@@ -719,6 +798,7 @@ pub(crate) async fn start_when_allowed(
         }
         None => None,
     };
+    prepare()?;
     run.state = RunState::Running;
     run.started_at = Some(now_ms());
     store.update_run(run).await.map_err(Stop::from)?;
@@ -729,16 +809,27 @@ pub(crate) async fn start_when_allowed(
 /// (its host died and this is another attempt), starts it over in place:
 /// same id, creation time, owner and log, a fresh workspace. Returns
 /// whether it is another attempt. A run that is over is never re-run.
+///
+/// A `fresh` id (made here, not chosen by a caller) cannot name an earlier
+/// run: it is inserted without a read first. Should its random suffix
+/// collide, the insert fails on the key rather than overwrite anything.
 pub(crate) async fn begin_attempt(
     store: &Store,
     run: &mut RunRecord,
     ws: &Workspace,
     lease: Option<&Lease>,
+    fresh: bool,
 ) -> Result<bool, Error> {
-    let again = match store.get_run(&run.id).await? {
+    let old = if fresh {
+        None
+    } else {
+        store.get_run(&run.id).await?
+    };
+    let again = match old {
         None => {
-            ws.create()?;
-            store.insert_run(run).await?;
+            // Nothing on disk yet: the run's folder and log are made when
+            // it starts (or ends without starting).
+            store.insert_run(run, lease).await?;
             false
         }
         Some(old) if old.state.is_final() => {
@@ -756,11 +847,13 @@ pub(crate) async fn begin_attempt(
             run.created_at = old.created_at;
             run.owner = old.owner;
             store.update_run(run).await?;
+            if let Some(l) = lease {
+                store.lease_run(&run.id, &l.owner, l.until, &l.spec).await?;
+            }
             true
         }
     };
     if let Some(l) = lease {
-        store.lease_run(&run.id, &l.owner, l.until, &l.spec).await?;
         run.owner = Some(l.owner.clone());
     }
     Ok(again)
@@ -914,8 +1007,9 @@ mod tests {
         let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(4));
         for (i, gate) in [Some(&gate), None].into_iter().cycle().take(40).enumerate() {
             let mut run = queued(&format!("r{i}"));
-            store.insert_run(&run).await.unwrap();
-            let started = start_when_allowed(gate, &mut run, &store, &Quiet, &cancel).await;
+            store.insert_run(&run, None).await.unwrap();
+            let started =
+                start_when_allowed(gate, &mut run, &store, &Quiet, &cancel, || Ok(())).await;
             assert!(matches!(started, Err(Stop::Cancelled(None))), "attempt {i}");
             assert_eq!(run.started_at, None);
             let stored = store.get_run(&run.id).await.unwrap().unwrap();
