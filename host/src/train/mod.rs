@@ -2,9 +2,11 @@
 //! later, the API and the operator).
 //!
 //! ```text
-//! check the request -> record the run (queued) -> fetch source and data
-//!  -> plugin.plan-training -> policy.check -> python environment
-//!  -> executor.run (running) -> plugin.collect-training
+//! check the request -> plugin.plan-training of a local folder, in place
+//!  -> record the run (queued; with its plan)
+//!  [-> fetch a git or OCI source -> plugin.plan-training] -> policy.check
+//!  -> wait for a slot -> workspace, log file, source copy, data (running)
+//!  -> python environment -> executor.run -> plugin.collect-training
 //!  -> store the model (OCI layout) [-> push] -> succeeded
 //! ```
 //!
@@ -305,7 +307,7 @@ impl<'a> Trainer<'a> {
         });
         let workspace = Workspace::new(self.home.run_dir(&id));
         let log_path = workspace.root.join("legion.log");
-        let request = Self::request(&opts, &model);
+        let mut request = Self::request(&opts, &model);
         let mut run = RunRecord {
             id: id.clone(),
             toolchain: row.name.clone(),
@@ -343,7 +345,6 @@ impl<'a> Trainer<'a> {
         // one row, plan included. Other sources are fetched (a clone can
         // take minutes) after the run is written, so that it is there to
         // be seen and cancelled meanwhile.
-        let mut request = request;
         let planned = match &spec {
             SourceSpec::Local(path) => {
                 log.note(&training);
@@ -404,18 +405,8 @@ impl<'a> Trainer<'a> {
     ) -> Result<crate::plan::Plan, Stop> {
         events.phase("fetch");
         let source = fetch::source::local_source(path).await?;
-        run.source_commit = source.commit.clone();
-        request.source = source;
-        run.request = RunRequest::Training(request.clone());
-        events.phase("plan");
-        let (p, req) = (plugin.clone(), request.clone());
-        let dir = std::path::PathBuf::from(&request.source.uri);
-        let plan = blocking(move || p.plan_training(&req, &dir)).await?;
-        log.note(&format!(
-            "plan: {}",
-            serde_json::to_string(&plan).unwrap_or_default()
-        ));
-        Ok(plan)
+        let dir = std::path::PathBuf::from(&source.uri);
+        plan_source(source, dir, run, request, plugin, log, events).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -445,17 +436,8 @@ impl<'a> Trainer<'a> {
                 log.create()?;
                 let source =
                     cancellable(cancel, fetch::fetch_source(spec, &ws.source(), log)).await?;
-                run.source_commit = source.commit.clone();
-                request.source = source;
-                run.request = RunRequest::Training(request.clone());
-
-                events.phase("plan");
-                let (p, req, dir) = (plugin.clone(), request.clone(), ws.source());
-                let plan = blocking(move || p.plan_training(&req, &dir)).await?;
-                log.note(&format!(
-                    "plan: {}",
-                    serde_json::to_string(&plan).unwrap_or_default()
-                ));
+                let plan = plan_source(source, ws.source(), run, &mut request, plugin, log, events)
+                    .await?;
                 run.plan = Some(RunPlan::Training(plan.clone()));
                 store.update_run(run).await.map_err(Stop::from)?;
                 plan
@@ -739,6 +721,31 @@ pub async fn attach(
     };
     close_run(store, &mut run, ended, &log).await?;
     Ok(run)
+}
+
+/// Writes where the source came from into the run and its request, then
+/// asks the toolchain for the plan of `dir` (the source as the plan reads
+/// it) and notes the plan in the log.
+async fn plan_source(
+    source: crate::plan::Source,
+    dir: std::path::PathBuf,
+    run: &mut RunRecord,
+    request: &mut TrainingRequest,
+    plugin: &Plugin,
+    log: &RunLog,
+    events: &dyn RunEvents,
+) -> Result<crate::plan::Plan, Stop> {
+    run.source_commit = source.commit.clone();
+    request.source = source;
+    run.request = RunRequest::Training(request.clone());
+    events.phase("plan");
+    let (p, req) = (plugin.clone(), request.clone());
+    let plan = blocking(move || p.plan_training(&req, &dir)).await?;
+    log.note(&format!(
+        "plan: {}",
+        serde_json::to_string(&plan).unwrap_or_default()
+    ));
+    Ok(plan)
 }
 
 /// Ends a recorded run: how it stopped (if it did) written into it, a
