@@ -9,6 +9,7 @@
 //! reports success, so what the user was told is what is on disk.
 
 mod deployments;
+mod inline;
 mod logs;
 mod runs;
 mod toolchains;
@@ -146,6 +147,10 @@ const SQLITE_MIGRATIONS: &[&str] = &[
     )",
     "INSERT INTO replicas (name, lease_until)
         SELECT owner, MAX(COALESCE(lease_until, 0)) FROM runs WHERE owner IS NOT NULL GROUP BY owner",
+    // The few runs with a cancel asked for, looked for each second by
+    // their replica: without it that look walked every live run it owns
+    // (tens of thousands queued under load, ~10 ms a second).
+    "CREATE INDEX runs_cancels ON runs (owner, cancel_requested) WHERE cancel_requested = 1",
 ];
 
 /// PostgreSQL's schema, applied in order in one transaction under an
@@ -251,6 +256,7 @@ const POSTGRES_MIGRATIONS: &[&str] = &[
     )",
     "INSERT INTO replicas (name, lease_until)
         SELECT owner, MAX(COALESCE(lease_until, 0)) FROM runs WHERE owner IS NOT NULL GROUP BY owner",
+    "CREATE INDEX runs_cancels ON runs (owner, cancel_requested) WHERE cancel_requested = 1",
 ];
 
 /// The advisory lock migrations take.
@@ -277,6 +283,8 @@ pub struct Store {
     /// Dropped with the last clone of the store: background work on it
     /// (SQLite's checkpoints) stops then.
     alive: std::sync::Arc<()>,
+    /// SQLite: point reads made on the asking thread ([`inline`]).
+    inline: Option<std::sync::Arc<inline::InlineReads>>,
 }
 
 fn install_drivers() {
@@ -361,6 +369,7 @@ impl Store {
             shipper: logs::shipper(),
             inserts: Default::default(),
             alive: Default::default(),
+            inline: None,
         };
         store.migrate_postgres().await?;
         Ok(store)
@@ -396,6 +405,11 @@ impl Store {
         let connect = |n: u32| {
             AnyPoolOptions::new()
                 .max_connections(n)
+                // A connection to a local file does not go stale the way a
+                // socket does; sqlx still tests each one as it is given
+                // back. Testing it again as it is taken was a third round
+                // trip to the connection's thread for every statement.
+                .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         // The busy timeout still serves other processes
@@ -428,6 +442,12 @@ impl Store {
             shipper: logs::shipper(),
             inserts: Default::default(),
             alive: Default::default(),
+            // One for each thread that may read at once: the runtime's
+            // workers and the runs' threads, one of each per CPU.
+            inline: Some(std::sync::Arc::new(inline::InlineReads::new(
+                path.to_path_buf(),
+                2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ))),
         };
         spawn_checkpoints(&store);
         let migrated = store.migrate_sqlite().await;

@@ -513,37 +513,53 @@ impl Store {
     /// or its digest).
     pub async fn packaging_of_image(&self, image: &str) -> Result<Option<RunRecord>, Error> {
         let digest = image.rsplit_once('@').map(|(_, d)| d).unwrap_or(image);
-        let row = sqlx::query(
-            "SELECT * FROM runs WHERE kind = 'packaging' AND state = 'succeeded'
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE kind = 'packaging' AND state = 'succeeded'
                AND (image_ref = $1 OR image_digest = $2)
-             ORDER BY created_at DESC LIMIT 1",
-        )
+             ORDER BY created_at DESC LIMIT 1"
+        ))
         .bind(image)
         .bind(digest)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
-        row.map(|r| self.decode_run(r)).transpose()
+        row.map(|r| self.decode_run(&r)).transpose()
     }
 
     /// The run `id`.
     pub async fn get_run(&self, id: &str) -> Result<Option<RunRecord>, Error> {
-        let row = sqlx::query("SELECT * FROM runs WHERE id = $1")
+        if let Some(found) = self.get_run_inline(id) {
+            return found;
+        }
+        let row = sqlx::query(&GET_RUN)
             .bind(id)
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        row.map(|r| self.decode_run(r)).transpose()
+        row.map(|r| self.decode_run(&r)).transpose()
+    }
+
+    /// The run `id` read on this thread; `None` when that cannot be done
+    /// now (not SQLite, no free connection, SQLite busy): ask sqlx.
+    fn get_run_inline(&self, id: &str) -> Option<Result<Option<RunRecord>, Error>> {
+        let read = self.inline.as_ref()?.read(|c| {
+            let mut stmt = c.prepare_cached(&GET_RUN)?;
+            let mut rows = stmt.query([id])?;
+            Ok(rows.next()?.map(|r| self.decode_run(r)))
+        })?;
+        Some(read.transpose())
     }
 
     /// Runs, newest first.
     pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunRecord>, Error> {
-        let rows = sqlx::query("SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        rows.into_iter().map(|r| self.decode_run(r)).collect()
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.into_iter().map(|r| self.decode_run(&r)).collect()
     }
 
     /// One page of runs matching `filter`, newest first, after `cursor`
@@ -555,7 +571,7 @@ impl Store {
         cursor: Option<&RunCursor>,
         limit: i64,
     ) -> Result<Vec<RunRecord>, Error> {
-        let mut q = Sql::new("SELECT * FROM runs WHERE 1=1");
+        let mut q = Sql::new(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE 1=1"));
         if let Some(kind) = filter.kind {
             q.push(" AND kind = ").bind(kind.as_str());
         }
@@ -593,7 +609,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.err(e))?;
-        rows.into_iter().map(|r| self.decode_run(r)).collect()
+        rows.into_iter().map(|r| self.decode_run(&r)).collect()
     }
 
     /// Whether the database answers.
@@ -605,21 +621,15 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    fn decode_run(&self, r: sqlx::any::AnyRow) -> Result<RunRecord, Error> {
+    /// Reads a row of [`RUN_COLUMNS`].
+    fn decode_run(&self, r: &impl RunColumns) -> Result<RunRecord, Error> {
         let corrupt = |field: &str, e: String| Error::Database {
             path: self.path.clone(),
             message: format!("runs.{field}: {e}"),
         };
-        let get_s = |name: &str| -> Result<String, Error> {
-            r.try_get::<String, _>(name).map_err(|e| self.err(e))
-        };
-        let get_os = |name: &str| -> Result<Option<String>, Error> {
-            r.try_get::<Option<String>, _>(name)
-                .map_err(|e| self.err(e))
-        };
-        let get_oi = |name: &str| -> Result<Option<i64>, Error> {
-            r.try_get::<Option<i64>, _>(name).map_err(|e| self.err(e))
-        };
+        let get_os = |name: &str| r.text(name).map_err(|e| corrupt(name, e));
+        let get_s = |name: &str| get_os(name)?.ok_or_else(|| corrupt(name, "missing".into()));
+        let get_oi = |name: &str| r.int(name).map_err(|e| corrupt(name, e));
         let state = get_s("state")?;
         let request = get_s("request")?;
         let plan = get_os("plan")?;
@@ -653,7 +663,8 @@ impl Store {
             plan,
             exit_code: get_oi("exit_code")?.map(|c| c as i32),
             reason: get_os("reason")?,
-            created_at: r.try_get("created_at").map_err(|e| self.err(e))?,
+            created_at: get_oi("created_at")?
+                .ok_or_else(|| corrupt("created_at", "missing".into()))?,
             started_at: get_oi("started_at")?,
             finished_at: get_oi("finished_at")?,
             model_digest: get_os("model_digest")?,
@@ -671,6 +682,31 @@ impl Store {
                 .map_err(|e| corrupt("job", e.to_string()))?,
             owner: get_os("owner")?,
         })
+    }
+}
+
+/// A row of [`RUN_COLUMNS`], as sqlx or an inline read ([`super::inline`])
+/// gives it: each column by name, `None` for NULL.
+trait RunColumns {
+    fn text(&self, name: &str) -> Result<Option<String>, String>;
+    fn int(&self, name: &str) -> Result<Option<i64>, String>;
+}
+
+impl RunColumns for sqlx::any::AnyRow {
+    fn text(&self, name: &str) -> Result<Option<String>, String> {
+        self.try_get(name).map_err(|e| e.to_string())
+    }
+    fn int(&self, name: &str) -> Result<Option<i64>, String> {
+        self.try_get(name).map_err(|e| e.to_string())
+    }
+}
+
+impl RunColumns for rusqlite::Row<'_> {
+    fn text(&self, name: &str) -> Result<Option<String>, String> {
+        self.get(name).map_err(|e| e.to_string())
+    }
+    fn int(&self, name: &str) -> Result<Option<i64>, String> {
+        self.get(name).map_err(|e| e.to_string())
     }
 }
 
@@ -730,6 +766,22 @@ impl Sql {
     }
 }
 
+/// The columns a [`RunRecord`] is read from: not the lease's own (`spec`,
+/// the stored request, is as long as the request again).
+const RUN_COLUMNS: &str = "id, toolchain, toolchain_digest, model_name, model_version, state, kind,
+    request, plan, exit_code, reason, created_at, started_at, finished_at, model_digest, model_ref,
+    pushed_ref, image_ref, image_digest, source_commit, workspace, log_path, pid, job, owner";
+
+/// One run by its id.
+static GET_RUN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"));
+
+/// The live runs of a replica with a cancel asked for: by the partial
+/// index `runs_cancels`, not a walk of every live run the replica owns.
+static CANCELS_FOR: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT id FROM runs WHERE owner = $1 AND cancel_requested = 1 AND {LIVE}")
+});
+
 /// Runs still going: what leases cover.
 const LIVE: &str = "state IN ('queued', 'running')";
 
@@ -780,25 +832,13 @@ impl Store {
         now: i64,
         until: i64,
     ) -> Result<Option<(String, Option<String>)>, Error> {
-        // PostgreSQL: rows another replica is claiming are skipped, not
-        // waited for; SQLite has one writer at a time anyway.
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE OF r SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let row = sqlx::query(&format!(
-            "UPDATE runs SET owner = $1, lease_until = $2
-             WHERE id = (SELECT r.id FROM replicas p JOIN runs r ON r.owner = p.name
-                         WHERE p.lease_until < $3 AND r.{LIVE} AND r.owner <> $1
-                         ORDER BY r.created_at LIMIT 1 {lock})
-             RETURNING id, spec"
-        ))
-        .bind(owner)
-        .bind(until)
-        .bind(now)
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(|e| self.err(e))?;
+        let row = sqlx::query(&self.claim_sql())
+            .bind(owner)
+            .bind(until)
+            .bind(now)
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(|e| self.err(e))?;
         row.map(|r| {
             Ok((
                 r.try_get::<String, _>("id").map_err(|e| self.err(e))?,
@@ -807,6 +847,26 @@ impl Store {
             ))
         })
         .transpose()
+    }
+
+    /// The claim of [`Self::claim_expired`]: found from the replicas whose
+    /// lease ran out (usually none), by the owner index. (Driven from the
+    /// runs, it walked every live run each second, holding SQLite's one
+    /// writer meanwhile.) PostgreSQL skips rows another replica is
+    /// claiming rather than wait; SQLite has one writer at a time anyway.
+    fn claim_sql(&self) -> String {
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE OF r SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        format!(
+            "UPDATE runs SET owner = $1, lease_until = $2
+             WHERE id = (SELECT r.id FROM runs r
+                         WHERE r.owner IN (SELECT name FROM replicas WHERE lease_until < $3 AND name <> $1)
+                           AND r.{LIVE}
+                         ORDER BY r.created_at LIMIT 1 {lock})
+             RETURNING id, spec"
+        )
     }
 
     /// Asks for `id` to be cancelled by whichever replica runs it; `false`
@@ -824,13 +884,11 @@ impl Store {
 
     /// The live runs of `owner` someone asked to cancel.
     pub async fn cancels_for(&self, owner: &str) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar(&format!(
-            "SELECT id FROM runs WHERE owner = $1 AND cancel_requested = 1 AND {LIVE}"
-        ))
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))
+        sqlx::query_scalar(&CANCELS_FOR)
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))
     }
 
     /// Up to `limit` events after `seq`, oldest first, of `kind` if given.
@@ -945,6 +1003,82 @@ mod tests {
         assert_eq!(owned, 149);
         let taken = store.get_run("taken").await.unwrap().unwrap();
         assert_eq!(taken.owner, None, "the run there first is left alone");
+    }
+
+    /// `get_run` reads SQLite on the asking thread: it sees each commit of
+    /// the writer at once, gives the record sqlx's path gives, and reports
+    /// a corrupt row the same way.
+    #[tokio::test]
+    async fn inline_reads_see_each_commit_and_agree_with_sqlx() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        let inline = |id: &str| store.get_run_inline(id).expect("read on this thread");
+        assert!(inline("r1").unwrap().is_none());
+        let mut run = RunRecord::sample("r1", RunState::Queued);
+        run.plan = None;
+        store.insert_run(&run, Some(&lease("a", 7))).await.unwrap();
+        let read = inline("r1").unwrap().unwrap();
+        let listed = store.list_runs(10).await.unwrap().remove(0);
+        let json = |r: &RunRecord| serde_json::to_value(r).unwrap();
+        assert_eq!(json(&read), json(&listed));
+        assert_eq!(read.owner.as_deref(), Some("a"));
+
+        run.state = RunState::Running;
+        run.started_at = Some(42);
+        run.exit_code = Some(3);
+        store.update_run(&run).await.unwrap();
+        let read = inline("r1").unwrap().unwrap();
+        assert_eq!(read.state, RunState::Running);
+        assert_eq!((read.started_at, read.exit_code), (Some(42), Some(3)));
+        assert_eq!(json(&read), json(&store.list_runs(10).await.unwrap()[0]));
+
+        sqlx::query("UPDATE runs SET state = 'bogus' WHERE id = 'r1'")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let inline = store.get_run("r1").await.unwrap_err().to_string();
+        let listed = store.list_runs(10).await.unwrap_err().to_string();
+        assert!(
+            inline.contains("runs.state: unknown state bogus"),
+            "{inline}"
+        );
+        assert_eq!(inline, listed);
+    }
+
+    /// What each replica asks every second — its cancels, the runs of
+    /// replicas that died — is found by an index that holds only those
+    /// (the cancels) or only the dead replicas' runs: SQLite's plan walks
+    /// neither the table nor a live replica's runs.
+    #[tokio::test]
+    async fn the_once_a_second_reads_walk_no_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).await.unwrap();
+        let db = rusqlite::Connection::open(&path).unwrap();
+        for (sql, index) in [
+            (CANCELS_FOR.clone(), "runs_cancels"),
+            (store.claim_sql(), "runs_owner"),
+        ] {
+            let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter()
+                    .any(|d| d.contains(&format!("USING INDEX {index} "))),
+                "{sql}: {plan:?}"
+            );
+            assert!(
+                !plan
+                    .iter()
+                    .any(|d| ["SCAN r", "SCAN runs"]
+                        .contains(&d.split(" USING").next().unwrap_or(d))),
+                "{sql} walks the runs: {plan:?}"
+            );
+        }
     }
 
     /// A replica's lease is one row: renewing it keeps all its runs, and
