@@ -15,6 +15,9 @@
 #
 # DURATION (default 10s) is each GET run's length; CREATES_FOR (default 5s)
 # the creates run's. DBS (default "sqlite postgres") picks the stores.
+# DISK_NOISE=MB has another process write MB megabytes to the same disk
+# (dd, with an fsync) from the first second of the held creates: the API
+# while the disk is busy with someone else's writes.
 # PROFILE=DIR records the server with `perf record` during the creates
 # (DIR/perf-DB-PHASE.data); PERF_CALLGRAPH (default `-g`; `--call-graph
 # dwarf -F 999` for stacks through Rust code built without frame pointers). Prints one Markdown table for docs/benchmarks.md.
@@ -26,6 +29,7 @@ DURATION="${DURATION:-10s}"
 CREATES_FOR="${CREATES_FOR:-5s}"
 DBS="${DBS:-sqlite postgres}"
 PROFILE="${PROFILE:-}"
+DISK_NOISE="${DISK_NOISE:-}"
 work=$(mktemp -d)
 chmod 755 "$work"
 pids=()
@@ -69,6 +73,13 @@ wait_idle() { # until no run is queued or running
   echo "runs never finished" >&2; return 1
 }
 
+# Before each measurement: write back what is dirty (the build, the
+# phase before) so that its writeback does not share the disk with the
+# phase measured. A run of creates right after a build measured a p99 of
+# 234 ms; with another process writing 400 MB/s meanwhile, 528 ms - 1 s
+# before the writer stopped checkpointing (docs/benchmarks.md).
+quiet() { sync; }
+
 rows=()
 for db in $DBS; do
   home="$work/$db"
@@ -106,11 +117,13 @@ for db in $DBS; do
   # core, writes for seconds after them: measured at once, GET p99 was
   # 300-900 ms instead of 7).
   sleep 5
+  quiet
   id=$(curl -s -H "Authorization: Bearer $token" "$url/api/v1/trainings?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["items"][0]["id"])')
 
   echo "== $db: GET one run" >&2
   taskset -c 1 wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url/api/v1/trainings/$id" > "$work/one.txt"
   echo "== $db: GET a page of 100" >&2
+  quiet
   taskset -c 1 wrk -t1 -c16 -d"$DURATION" --latency -H "Authorization: Bearer $token" "$url/api/v1/trainings?limit=100" > "$work/page.txt"
   # Creates, twice. First with the run slot held (the server runs one
   # run at a time on its one core; a first run waits for a file): every
@@ -122,12 +135,21 @@ for db in $DBS; do
     -d "${body%\}},\"env\":{\"HOLD\":\"$hold\"}}" "$url/api/v1/trainings"
   for phase in held running; do
     echo "== $db: creates ($phase)" >&2
+    quiet
     if [ -n "$PROFILE" ]; then
       mkdir -p "$PROFILE"
       perf record ${PERF_CALLGRAPH:--g} -p "$server" -o "$PROFILE/perf-$db-$phase.data" -- sleep "${CREATES_FOR%s}" 2>/dev/null &
       perf_pid=$!
     fi
+    noise=
+    if [ -n "$DISK_NOISE" ] && [ "$phase" = held ]; then
+      # Left until the end: deleting it now would discard its blocks
+      # during the next phase.
+      (sleep 1; taskset -c 1 dd if=/dev/zero of="$work/noise" bs=1M count="$DISK_NOISE" conv=fsync 2>/dev/null) &
+      noise=$!
+    fi
     taskset -c 1 wrk -t1 -c8 -d"$CREATES_FOR" --latency -s "$work/post.lua" -H "Authorization: Bearer $token" "$url/api/v1/trainings" > "$work/create-$phase.txt"
+    [ -n "$noise" ] && wait "$noise"
     [ -n "$PROFILE" ] && wait "$perf_pid"
     touch "$hold"
   done

@@ -295,6 +295,28 @@ fn install_drivers() {
 /// How often the WAL is copied into an SQLite database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// WAL frames (4 KiB pages: ~400 MiB) past which a committing connection
+/// checkpoints by itself: only a back-stop, for when nothing else
+/// checkpoints or the disk cannot keep up.
+///
+/// While writes go on without a pause, [`spawn_checkpoints`]'s passive
+/// checkpoints copy the WAL into the database but never catch up with its
+/// end, so the WAL is not started again and grows. A checkpoint made by
+/// the writer itself (SQLite's default, 1,000 frames) does catch up, but
+/// holds every write queued behind it for two fsyncs, and the write after
+/// it a third (the new WAL header is synced). At 10,000 frames (the value
+/// before this one) that was about once a second of creates, and most of
+/// the p99 of accepting a run: 55 ms on a quiet disk, up to 855 ms while
+/// another process wrote to the same disk; 12 – 19 ms at this value
+/// (`docs/benchmarks.md`, "The writer does not checkpoint").
+///
+/// Readers pay nothing for the longer WAL: a read looks only at frames
+/// written after the last checkpoint. The WAL file keeps its largest size
+/// (up to ~400 MiB after a long burst) and is reused from its start: it
+/// is not cut back (`journal_size_limit`), because freeing that much at
+/// once held the writer for 0.4 s on a disk mounted with `discard`.
+const WRITER_CHECKPOINT_AT: u32 = 100_000;
+
 /// Copies the WAL into the database every [`CHECKPOINT_EVERY`] on a
 /// reader connection (`PASSIVE`: it never waits for, nor blocks, the
 /// writer), until the store is dropped or closed. Outside a runtime
@@ -415,17 +437,14 @@ impl Store {
                         // The busy timeout still serves other processes
                         // (the command line) writing the same file.
                         // Checkpoints (copying the WAL into the database,
-                        // with an fsync) run beside the writer
-                        // (`spawn_checkpoints`), not inside the commit that
-                        // crossed SQLite's threshold: there they stalled
-                        // every write queued behind it. The threshold
-                        // stays, ten times higher, for a process writing
-                        // without that task.
-                        conn.execute(
+                        // with fsyncs) run beside the writer
+                        // (`spawn_checkpoints`), not inside a commit:
+                        // see `WRITER_CHECKPOINT_AT`.
+                        let pragmas = format!(
                             "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
-                             PRAGMA wal_autocheckpoint = 10000",
-                        )
-                        .await?;
+                             PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_AT}"
+                        );
+                        conn.execute(pragmas.as_str()).await?;
                         Ok(())
                     })
                 })
@@ -541,5 +560,27 @@ impl Store {
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit does not checkpoint (the task beside the writer does)
+    /// until the WAL is far past SQLite's threshold. Read from the
+    /// connections themselves, as SQLite applies them.
+    #[tokio::test]
+    async fn commits_leave_checkpoints_to_the_task_beside_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+        for pool in [&store.writer, &store.pool] {
+            let mut conn = pool.acquire().await.unwrap();
+            let at: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(at, i64::from(WRITER_CHECKPOINT_AT));
+        }
     }
 }
