@@ -3,8 +3,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    legion_serve::init_logging();
     let cli = legion::cli::Cli::parse();
+    let _log = legion_serve::init_logging(cli.serves());
     let runtime = match legion_serve::runtime() {
         Ok(rt) => rt,
         Err(e) => {

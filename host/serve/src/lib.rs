@@ -238,18 +238,38 @@ pub async fn serve(
 
 /// Logs to stderr, as both binaries do: `LEGION_LOG` sets the filter
 /// (default `info`); colour only on a terminal and without `NO_COLOR`.
-pub fn init_logging() {
+///
+/// A server (`background`) hands each line to a thread of its own that
+/// writes it, so that a slow stderr (a pipe nobody drains fast enough, a
+/// log file on a busy disk) never holds the async threads answering
+/// requests: while another process wrote to the disk, one such write held
+/// the API's only worker for tens of milliseconds. Lines are kept in order
+/// and never dropped (past 128k waiting, the logger waits); the returned
+/// guard writes the rest when dropped, so keep it until the end of `main`.
+/// A command line writes each line in place, in order with its own
+/// messages on stderr.
+#[must_use = "dropping the guard stops the background writer"]
+pub fn init_logging(background: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEGION_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false)
-        .without_time()
-        .init();
+        .without_time();
+    if background {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("legion-log")
+            .finish(std::io::stderr());
+        fmt.with_writer(writer).init();
+        Some(guard)
+    } else {
+        fmt.with_writer(std::io::stderr).init();
+        None
+    }
 }
 
 /// A multi-threaded runtime, or the message to print if there is none.

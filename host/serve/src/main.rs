@@ -24,8 +24,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    legion_serve::init_logging();
     let cli = Cli::parse();
+    let _log = legion_serve::init_logging(true);
     let runtime = match legion_serve::runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -174,6 +174,7 @@ pub async fn serve(
     let _ = leases.await;
     let _ = publisher.await;
     let _ = keys.await;
+    api.runner.stop().await;
     served
 }
 

@@ -114,6 +114,13 @@ impl Runner {
         now_ms() + self.lease.as_millis() as i64
     }
 
+    /// Stops driving runs, as the server stops ([`RunThreads::stop`]).
+    pub async fn stop(&self) {
+        if let Some(threads) = self.threads.get() {
+            threads.stop().await;
+        }
+    }
+
     /// How many runs this replica executes now.
     pub fn active(&self) -> usize {
         self.active.lock().map(|a| a.len()).unwrap_or(0)

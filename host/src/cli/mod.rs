@@ -106,6 +106,17 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Whether the command serves until stopped (`server`, `serve`,
+    /// `operator run`): its log lines are then written by a thread of
+    /// their own ([`legion_serve::init_logging`]).
+    pub fn serves(&self) -> bool {
+        match &self.command {
+            Command::Serve(_) | Command::Operator(operator::OperatorCommand::Run(_)) => true,
+            Command::Server(s) => s.command.is_none(),
+            _ => false,
+        }
+    }
+
     /// Runs the command; returns the process exit code.
     pub async fn run(self) -> Result<i32, Error> {
         // Writes files only: the same here and in remote mode, and no data

@@ -278,6 +278,7 @@ pub async fn run(
     // Runs followed by this process stop being followed; their Jobs go on,
     // and the next leader finds them by label.
     work.cancel();
+    ctx.threads.stop().await;
     // The lease is released before the process ends, so a standby takes
     // over now rather than when it expires.
     if let Some(k) = keeper {
