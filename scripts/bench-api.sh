@@ -48,10 +48,19 @@ pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 mkdir -p "$work/projects/noop"
 echo 'the no-op toolchain reads nothing' > "$work/projects/noop/README"
 body="{\"toolchain\":\"noop\",\"model\":{\"name\":\"noop\",\"version\":\"1\"},\"source\":{\"uri\":\"$work/projects/noop\"}}"
+# Every answer other than 202 is kept, status and body, in refused.txt
+# (wrk only counts them).
 cat > "$work/post.lua" <<EOF
 wrk.method = "POST"
 wrk.body = '$body'
 wrk.headers["Content-Type"] = "application/json"
+response = function(status, headers, body)
+  if status ~= 202 then
+    local f = io.open("$work/refused.txt", "a")
+    f:write(status, " ", body, "\\n")
+    f:close()
+  end
+end
 EOF
 
 # "Requests/sec", p50 and p99 (ms) from `wrk --latency` output.
@@ -148,7 +157,12 @@ for db in $DBS; do
       (sleep 1; taskset -c 1 dd if=/dev/zero of="$work/noise" bs=1M count="$DISK_NOISE" conv=fsync 2>/dev/null) &
       noise=$!
     fi
+    written=$(awk '/^write_bytes/ {print $2}' "/proc/$server/io")
     taskset -c 1 wrk -t1 -c8 -d"$CREATES_FOR" --latency -s "$work/post.lua" -H "Authorization: Bearer $token" "$url/api/v1/trainings" > "$work/create-$phase.txt"
+    written=$(( $(awk '/^write_bytes/ {print $2}' "/proc/$server/io") - written ))
+    creates=$(awk '/requests in/ {print $1}' "$work/create-$phase.txt")
+    # The server's own writes (on SQLite, its database's): bytes a create.
+    [ "$db" = sqlite ] && echo "$db $phase: $((written / (creates > 0 ? creates : 1))) bytes written a create by the server ($creates creates)" >&2
     [ -n "$noise" ] && wait "$noise"
     [ -n "$PROFILE" ] && wait "$perf_pid"
     touch "$hold"
@@ -164,6 +178,10 @@ for db in $DBS; do
   # The runs still queued are left: the server goes with the temp dir.
 done
 
+if [ -s "$work/refused.txt" ]; then
+  echo "creates not accepted (count, status, body):" >&2
+  sort "$work/refused.txt" | uniq -c | sort -rn | head -20 >&2
+fi
 echo
 echo "| store | request | req/s | p50 ms | p99 ms |"
 echo "|---|---|---|---|---|"

@@ -16,7 +16,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::pyenv::PythonEnvs;
@@ -121,11 +120,14 @@ pub async fn run(
     };
 
     // --- the job exists from here on: its folder and log stay ---
-    let id = format!(
-        "batch-{}-{:08x}",
-        model.name.chars().take(40).collect::<String>(),
-        rand::rng().random::<u32>()
-    );
+    let id = crate::names::new_run_id(&format!(
+        "batch-{}",
+        model
+            .name
+            .chars()
+            .take(crate::names::RUN_PREFIX_CHARS)
+            .collect::<String>()
+    ));
     let ws = Workspace::new(home.run_dir(&id));
     ws.create()?;
     let log = RunLog::open(&ws.root.join("legion.log"))?;

@@ -27,7 +27,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event};
 use kube::{Api, Resource, ResourceExt};
-use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -185,11 +184,8 @@ async fn start<K: RunResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action,
             return Ok(Action::await_change());
         }
     };
-    let run_id = format!(
-        "{}-{:08x}",
-        dns_label(&obj.name_any(), 40),
-        rand::rng().random::<u32>()
-    );
+    let run_id =
+        crate::names::new_run_id(&dns_label(&obj.name_any(), crate::names::RUN_PREFIX_CHARS));
     status.phase = Some(phase::PENDING.into());
     status.run_id = Some(run_id.clone());
     status.job_name = None;

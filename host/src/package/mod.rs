@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use oci_client::manifest::OciDescriptor;
 use oci_client::Reference;
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::kube::executor::ClusterExecutor;
@@ -295,11 +294,12 @@ impl<'a> Packager<'a> {
 
         // --- the run exists from here on ---
         let id = opts.run_id.clone().unwrap_or_else(|| {
-            format!(
-                "{}-pkg-{:08x}",
-                model.name.chars().take(36).collect::<String>(),
-                rand::rng().random::<u32>()
-            )
+            let model: String = model
+                .name
+                .chars()
+                .take(crate::names::RUN_PREFIX_CHARS)
+                .collect();
+            crate::names::new_run_id(&format!("{model}-pkg"))
         });
         let workspace = Workspace::new(self.home.run_dir(&id));
         let log_path = workspace.root.join("legion.log");

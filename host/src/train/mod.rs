@@ -21,7 +21,6 @@ pub mod phases;
 use std::path::Path;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::kube::executor::ClusterExecutor;
@@ -77,7 +76,7 @@ pub struct TrainOptions {
     pub timeout: Duration,
     /// The run's id, chosen by the caller (the operator names a run before
     /// it exists, so that a restart finds it); default: the model's name
-    /// and a random suffix.
+    /// and a time-ordered suffix ([`crate::names::new_run_id`]).
     pub run_id: Option<String>,
     /// The API replica holding the run, when the API started it.
     pub lease: Option<Lease>,
@@ -302,9 +301,10 @@ impl<'a> Trainer<'a> {
         } = self.check(&opts).await?;
 
         // --- the run exists from here on ---
-        let id = opts.run_id.clone().unwrap_or_else(|| {
-            format!("{}-{:08x}", run_prefix(&model), rand::rng().random::<u32>())
-        });
+        let id = opts
+            .run_id
+            .clone()
+            .unwrap_or_else(|| crate::names::new_run_id(&run_prefix(&model)));
         let workspace = Workspace::new(self.home.run_dir(&id));
         let log_path = workspace.root.join("legion.log");
         let mut request = Self::request(&opts, &model);
@@ -818,8 +818,9 @@ pub(crate) async fn start_when_allowed(
 /// whether it is another attempt. A run that is over is never re-run.
 ///
 /// A `fresh` id (made here, not chosen by a caller) cannot name an earlier
-/// run: it is inserted without a read first. Should its random suffix
-/// collide, the insert fails on the key rather than overwrite anything.
+/// run: it is inserted without a read first. Should it collide all the
+/// same (another replica, the same millisecond, the same 35 random bits),
+/// the insert fails on the key rather than overwrite anything.
 pub(crate) async fn begin_attempt(
     store: &Store,
     run: &mut RunRecord,
@@ -867,7 +868,11 @@ pub(crate) async fn begin_attempt(
 }
 
 fn run_prefix(model: &ModelId) -> String {
-    model.name.chars().take(40).collect()
+    model
+        .name
+        .chars()
+        .take(crate::names::RUN_PREFIX_CHARS)
+        .collect()
 }
 
 /// Marks runs whose host process is gone (killed, machine restarted) as

@@ -529,6 +529,18 @@ mod tests {
     }
 
     #[test]
+    fn a_job_keeps_the_whole_id_of_a_run_of_the_longest_model_name() {
+        use crate::names::{new_run_id, RUN_PREFIX_CHARS};
+        let model = "m".repeat(63);
+        let prefix = &model[..RUN_PREFIX_CHARS];
+        // A training's id, a packaging's (as train/ and package/ make them).
+        for id in [new_run_id(prefix), new_run_id(&format!("{prefix}-pkg"))] {
+            assert_eq!(job_name(&id), format!("legion-{id}"));
+            assert_eq!(labels(&id, "t", "training")[RUN_ID_LABEL], id);
+        }
+    }
+
+    #[test]
     fn names_are_dns_labels_and_steps_keep_their_order() {
         assert_eq!(dns_label("Step_One!!", 63), "step-one");
         assert_eq!(dns_label(&"a".repeat(100), 63).len(), 63);
