@@ -21,10 +21,10 @@ legion_serve::checked_name!(
 /// Made in order, a new run's id lands at the end of the runs' id index:
 /// a group of creates written together changes one page of it, where
 /// random ids changed one page a run (each a 4 KiB WAL frame on SQLite).
-/// And ids never repeat within a process (the 32 random bits before
-/// repeated, by the birthday bound, about once in 77,000 runs of one
-/// model, failing that create); 35 random bits a millisecond keep
-/// replicas apart.
+/// And ids never repeat within a process (with the 32 random bits
+/// before, the first repeat among one model's runs was expected near
+/// 82,000 runs — the birthday bound — failing that create); 35 random
+/// bits a millisecond keep replicas apart.
 pub fn new_run_id(prefix: &str) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
