@@ -13,6 +13,31 @@ legion_serve::checked_name!(
     |v| check_label("toolchain name", v, 63)
 );
 
+/// A new training's id: the start of its model's name, then
+/// [`new_run_id`]'s suffix.
+pub fn training_id(model: &str) -> String {
+    new_run_id(model_prefix(model))
+}
+
+/// A new packaging's id: `MODEL-pkg-…`.
+pub fn packaging_id(model: &str) -> String {
+    new_run_id(&format!("{}-pkg", model_prefix(model)))
+}
+
+/// A new batch job's id: `batch-MODEL-…`.
+pub fn batch_id(model: &str) -> String {
+    new_run_id(&format!("batch-{}", model_prefix(model)))
+}
+
+/// The start of `model` that begins its runs' ids: its first
+/// [`RUN_PREFIX_CHARS`] characters.
+pub fn model_prefix(model: &str) -> &str {
+    match model.char_indices().nth(RUN_PREFIX_CHARS) {
+        Some((end, _)) => &model[..end],
+        None => model,
+    }
+}
+
 /// A new run's id: `prefix`, a dash, and 16 characters that sort in the
 /// order the ids were made — the milliseconds since 1970 (45 bits), then
 /// 35 random bits, in lowercase Crockford base 32. Within a process each
@@ -49,6 +74,7 @@ pub const RUN_SUFFIX_CHARS: usize = 16;
 /// How much of a model's name starts its runs' ids: so that a Kubernetes
 /// Job's name, `legion-` and the id (`-pkg` added for a packaging), fits
 /// a 63-character DNS label whole: 7 + 32 + 4 + 1 + 16 = 60.
+/// (`exec::kube::job`'s tests check it.)
 pub const RUN_PREFIX_CHARS: usize = 32;
 
 const RUN_RANDOM_BITS: u32 = 35;
@@ -115,6 +141,15 @@ mod tests {
                 "{id}: {ms} not in {before}..{after}"
             );
         }
+    }
+
+    #[test]
+    fn run_ids_start_with_their_kind_and_the_start_of_the_model_name() {
+        assert_eq!(model_prefix("wine"), "wine");
+        assert_eq!(model_prefix(&"m".repeat(63)), "m".repeat(RUN_PREFIX_CHARS));
+        assert!(training_id("wine").starts_with("wine-"));
+        assert!(packaging_id("wine").starts_with("wine-pkg-"));
+        assert!(batch_id("wine").starts_with("batch-wine-"));
     }
 
     #[test]

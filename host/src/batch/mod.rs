@@ -120,14 +120,7 @@ pub async fn run(
     };
 
     // --- the job exists from here on: its folder and log stay ---
-    let id = crate::names::new_run_id(&format!(
-        "batch-{}",
-        model
-            .name
-            .chars()
-            .take(crate::names::RUN_PREFIX_CHARS)
-            .collect::<String>()
-    ));
+    let id = crate::names::batch_id(&model.name);
     let ws = Workspace::new(home.run_dir(&id));
     ws.create()?;
     let log = RunLog::open(&ws.root.join("legion.log"))?;

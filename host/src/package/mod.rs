@@ -293,14 +293,10 @@ impl<'a> Packager<'a> {
         } = self.check(&opts).await?;
 
         // --- the run exists from here on ---
-        let id = opts.run_id.clone().unwrap_or_else(|| {
-            let model: String = model
-                .name
-                .chars()
-                .take(crate::names::RUN_PREFIX_CHARS)
-                .collect();
-            crate::names::new_run_id(&format!("{model}-pkg"))
-        });
+        let id = opts
+            .run_id
+            .clone()
+            .unwrap_or_else(|| crate::names::packaging_id(&model.name));
         let workspace = Workspace::new(self.home.run_dir(&id));
         let log_path = workspace.root.join("legion.log");
         let mut run = RunRecord {

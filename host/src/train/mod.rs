@@ -263,7 +263,7 @@ impl<'a> Trainer<'a> {
             .await
             .map_err(Stop::into_error)?;
         c.policy.check(c.plugin.name(), &plan)?;
-        let id = format!("{}-dryrun", run_prefix(&c.model));
+        let id = format!("{}-dryrun", crate::names::model_prefix(&c.model.name));
         cluster
             .prepare_training(
                 self.home,
@@ -304,7 +304,7 @@ impl<'a> Trainer<'a> {
         let id = opts
             .run_id
             .clone()
-            .unwrap_or_else(|| crate::names::new_run_id(&run_prefix(&model)));
+            .unwrap_or_else(|| crate::names::training_id(&model.name));
         let workspace = Workspace::new(self.home.run_dir(&id));
         let log_path = workspace.root.join("legion.log");
         let mut request = Self::request(&opts, &model);
@@ -865,14 +865,6 @@ pub(crate) async fn begin_attempt(
         run.owner = Some(l.owner.clone());
     }
     Ok(again)
-}
-
-fn run_prefix(model: &ModelId) -> String {
-    model
-        .name
-        .chars()
-        .take(crate::names::RUN_PREFIX_CHARS)
-        .collect()
 }
 
 /// Marks runs whose host process is gone (killed, machine restarted) as

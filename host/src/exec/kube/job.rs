@@ -530,11 +530,10 @@ mod tests {
 
     #[test]
     fn a_job_keeps_the_whole_id_of_a_run_of_the_longest_model_name() {
-        use crate::names::{new_run_id, RUN_PREFIX_CHARS};
+        use crate::names::{packaging_id, training_id};
+        // A model name is a label of up to 63 characters.
         let model = "m".repeat(63);
-        let prefix = &model[..RUN_PREFIX_CHARS];
-        // A training's id, a packaging's (as train/ and package/ make them).
-        for id in [new_run_id(prefix), new_run_id(&format!("{prefix}-pkg"))] {
+        for id in [training_id(&model), packaging_id(&model)] {
             assert_eq!(job_name(&id), format!("legion-{id}"));
             assert_eq!(labels(&id, "t", "training")[RUN_ID_LABEL], id);
         }
